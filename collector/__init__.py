@@ -1,0 +1,1 @@
+"""The collector service: OTLP receiver, store, world tailer, Sentry relay and web UI (see README)."""
