@@ -1,0 +1,98 @@
+"""Decoding against payloads serialized by the real SDK (tests/fixtures/make_devalue_cases.mjs)."""
+
+import base64
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from telemetry.payloads import (
+    UNDEFINED,
+    Encrypted,
+    JSError,
+    JSRegExp,
+    Opaque,
+    decode_payload,
+    devalue_parse,
+    split_frames,
+    to_jsonable,
+)
+
+CASES = {k: base64.b64decode(v) for k, v in json.loads((Path(__file__).parent / "fixtures/devalue_cases.json").read_text()).items()}
+
+
+def decoded(name):
+    return decode_payload(CASES[name])
+
+
+def test_primitives_and_undefined():
+    assert decoded("primitives") == {"s": "x", "n": 1.5, "t": True, "f": False, "z": None}
+    assert decoded("undefined_in_object") == {"a": UNDEFINED, "b": 1}
+    assert decoded("top_undefined") is UNDEFINED
+    assert to_jsonable(decoded("undefined_in_object")) == {"b": 1}
+
+
+def test_special_numbers():
+    nan, inf, ninf, nzero, zero = decoded("specials")
+    assert math.isnan(nan) and inf == math.inf and ninf == -math.inf
+    assert nzero == 0 and math.copysign(1, nzero) == -1
+    assert zero == 0 and math.copysign(1, zero) == 1
+
+
+def test_custom_types():
+    assert decoded("date") == datetime(2026, 11, 22, 3, 38, 48, 117000, tzinfo=timezone.utc)
+    assert decoded("map") == {"a": 1, "b": datetime(2020, 1, 1, tzinfo=timezone.utc)}
+    assert decoded("set") == {1, "two", 3}
+    assert decoded("set_one") == {7}
+    assert decoded("bigint") == 12345678901234567890
+    assert decoded("bytes") == bytes([0, 1, 2, 253, 254, 255])
+    assert decoded("empty_bytes") == b""
+    assert decoded("int32") == [-1, 2, 2147483647]
+    assert decoded("regexp") == JSRegExp("ab+c", "gi")
+    assert decoded("url") == "https://example.com/a?b=c"
+    error = decoded("error")
+    assert isinstance(error, JSError) and (error.name, error.message) == ("TypeError", "bad thing")
+    assert error.stack.startswith("TypeError: bad thing")
+
+
+def test_references_repeated_cyclic_sparse_nested():
+    repeated = decoded("repeated")
+    assert repeated["first"] is repeated["second"] == {"k": "v"}
+    cyclic = decoded("cyclic")
+    assert cyclic["self"] is cyclic and cyclic["name"] == "loop"
+    sparse = decoded("sparse")
+    assert len(sparse) == 11 and sparse[0] == 1 and sparse[1] is UNDEFINED and sparse[2] == 3 and sparse[10] == "far"
+    nested = decoded("nested")
+    assert nested == {"list": [{"when": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc)}, {1: {"x"}}]}
+
+
+def test_builtin_devalue_forms_are_accepted_too():
+    assert devalue_parse('[["Date","2026-01-01T00:00:00.000Z"]]') == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert devalue_parse('[["Set",1,2],"a","b"]') == {"a", "b"}
+    assert devalue_parse('[["Map",1,2],"k","v"]') == {"k": "v"}
+    assert devalue_parse('[["BigInt","5"]]') == 5
+    assert devalue_parse('[["null","a",1],2]') == {"a": 2}
+    assert devalue_parse('[["RegExp","x","g"]]') == JSRegExp("x", "g")
+    assert devalue_parse('[[1,-2,1],7]') == [7, UNDEFINED, 7]
+
+
+@pytest.mark.parametrize("bad", ["[]", "{}", "-9", "[[5]]", '[{"a":"x"}]'])
+def test_malformed_devalue_is_a_value_error(bad):
+    with pytest.raises(ValueError):
+        devalue_parse(bad)
+
+
+def test_encrypted_and_unknown_formats_stay_opaque():
+    blob = b"encr" + bytes(range(40))
+    value = decode_payload(blob)
+    assert isinstance(value, Encrypted) and value.encrypted and value.data == blob
+    assert to_jsonable(value) == {"encrypted": True}
+    assert decode_payload(b"zzzzabc") == Opaque("zzzz", b"zzzzabc")
+    assert decode_payload({"legacy": "json"}) == {"legacy": "json"}
+
+
+def test_split_frames():
+    frames = split_frames(b"\x00\x00\x00\x03abc\x00\x00\x00\x00\x00\x00\x00\x01z")
+    assert frames == [b"abc", b"", b"z"]
