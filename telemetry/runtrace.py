@@ -57,6 +57,10 @@ def _ns(moment: datetime) -> int:
     return int(round(moment.timestamp() * 1000)) * 1_000_000
 
 
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _parse_traceparent(run: WorkflowRun | None) -> tuple[int, int] | None:
     carrier = ((run.execution_context or {}).get("traceCarrier") or {}) if run else {}
     value = carrier.get("traceparent") if isinstance(carrier, dict) else None
@@ -144,6 +148,7 @@ class _Builder:
         self.open_attempt: dict[str, str] = {}
         self.run_part: _Part | None = None
         self.created_seen = False
+        self.retrying: dict[str, _Part] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def anomaly(self, kind: str, event: Event, target: _Part | None = None) -> None:
@@ -250,6 +255,11 @@ class _Builder:
             return
         if kind == "step_started":
             self.close_attempt(step_id, event, None)
+            previous = self.retrying.pop(step_id, None)
+            if previous is not None:  # the retry time, as it happened (4.8 logs carry no retryAfter)
+                at = _ns(event.created_at)
+                previous.attributes["step.retry.next_attempt_at"] = _iso(event.created_at)
+                previous.attributes["step.retry.delay_ms"] = (at - (previous.end or at)) // 1_000_000
             self.attempts[step_id] += 1
             number = self.attempts[step_id]
             step.attributes.update({"step.attempt": number, "step.status": "running"})
@@ -293,12 +303,14 @@ class _Builder:
             extra = {}
             retry_after = (data or {}).get("retryAfter")
             if isinstance(retry_after, datetime):
-                extra["step.retry_after"] = retry_after.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                extra["step.retry_after"] = _iso(retry_after)
                 attempt.attributes["step.retry_after"] = extra["step.retry_after"]
             exception = _exception_event(error, "Error", attempt.end, extra)
             attempt.events.append(exception)
             attempt.attributes["error.type"] = exception.attributes["exception.type"]
             attempt.status = Status(StatusCode.ERROR, error.message)
+            if outcome == "retrying":
+                self.retrying[step_id] = attempt
 
     def wait_event(self, event: Event, data: dict[str, Any]) -> None:
         wait_id = event.correlation_id or "?"
@@ -310,7 +322,7 @@ class _Builder:
             wait = self.open(key, "sleep", "run", event, **{"workflow.wait.id": wait_id})
         resume_at = data.get("resumeAt")
         if isinstance(resume_at, datetime):
-            wait.attributes["workflow.wait.resume_at"] = resume_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            wait.attributes["workflow.wait.resume_at"] = _iso(resume_at)
         if wait.end is not None:
             self.anomaly("after_wait_end", event, wait)
             return

@@ -22,3 +22,82 @@ def spans():
 def _fresh_benign_counts():
     reset_benign_counts()
     yield
+
+
+# ---- real SDK data: the harness runs once per test session --------------------------------
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .pgserver import destroy, start_pg
+
+HARNESS = Path(__file__).resolve().parents[2] / "shared" / "sdk-harness"
+
+
+def _run_harness(world: str, out: Path) -> None:
+    log = out / f"harness-{world}.log"
+    with log.open("w") as fh:
+        result = subprocess.run(["bash", str(HARNESS / "run.sh"), world, str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=1200)
+    if result.returncode != 0:
+        raise RuntimeError(f"sdk-harness {world} failed (exit {result.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def harness_out() -> Path:
+    """The harness's outputs for both worlds. WFT_HARNESS_OUT reuses an earlier output dir."""
+    reuse = os.environ.get("WFT_HARNESS_OUT")
+    if reuse and (Path(reuse) / "local-runs-summary.json").exists() and (Path(reuse) / "postgres" / "world.sql").exists():
+        return Path(reuse)
+    if not HARNESS.exists():
+        pytest.fail(f"sdk-harness not found at {HARNESS} (../shared must sit beside the repo)")
+    out = Path(tempfile.mkdtemp(prefix="wft-harness-"))
+    _run_harness("local", out)
+    _run_harness("postgres", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    server = start_pg()
+    yield server
+    destroy(server)
+
+
+@pytest.fixture(scope="session")
+def harness_pg_url(pg_server, harness_out) -> str:
+    """A database loaded from the harness's final world-postgres dump."""
+    url = pg_server.create_database("harness_final")
+    pg_server.psql("-f", str(harness_out / "postgres" / "world.sql"), db="harness_final")
+    return url
+
+
+def summary(harness_out: Path, world: str) -> dict:
+    return json.loads((harness_out / f"{world}-runs-summary.json").read_text())["results"]
+
+
+@pytest.fixture
+def otlp_receiver():
+    from .otlp_receiver import start_receiver
+
+    receiver, stop = start_receiver()
+    yield receiver
+    stop()
+
+
+@pytest.fixture(params=["local", "postgres"])
+def real_world(request, harness_out):
+    """(world kind, world reader over the harness's final data, driver summary for that world)."""
+    if request.param == "local":
+        from telemetry.worlds.local import LocalWorld
+
+        world = LocalWorld(harness_out / "local-data")
+    else:
+        from telemetry.worlds.postgres import PostgresWorld
+
+        world = PostgresWorld(request.getfixturevalue("harness_pg_url"))
+    yield request.param, world, summary(harness_out, request.param)
+    import asyncio
+
+    asyncio.run(world.close())

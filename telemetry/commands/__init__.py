@@ -1,5 +1,11 @@
-"""The ``wft`` subcommands, one module each."""
+"""The ``wft`` subcommands, one module each: (name, help, configure)."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+from . import export, follow, runs
+
+COMMANDS = [
+    ("runs", "list a world's runs (like `workflow inspect runs`)", runs.configure),
+    ("export", "backfill every run of a world to an OTLP collector as traces", export.configure),
+    ("follow", "tail a world and export spans as steps finish (resumes from a checkpoint)", follow.configure),
+]

@@ -29,7 +29,6 @@ from ..world import (
     Page,
     Pagination,
     Step,
-    StreamChunk,
     StreamChunks,
     StreamInfo,
     Wait,
@@ -145,18 +144,14 @@ class _Runs:
             raise WorkflowRunNotFoundError(run_id) from None
 
     async def list(self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all") -> Page[WorkflowRun]:
+        """Newest first by ``createdAt`` (as world-local and ``workflow inspect runs`` order them)."""
         names = [n for n in self.w.listing("runs").names() if n.endswith(".json")]
-        p = pagination or Pagination()
-        if workflow_name is None and status is None:  # page on file names, read only the page
-            ids = records.paginate([n[:-5] for n in names], lambda i: i, p, "desc")
-            runs = [records.run_from(d, resolve_data == "all") for d in self.w.load_all("runs", [f"{i}.json" for i in ids.data])]
-            return Page(data=runs, cursor=ids.cursor, has_more=ids.has_more)
         runs = [
             records.run_from(d, resolve_data == "all")
             for d in self.w.load_all("runs", names)
             if (workflow_name is None or d.get("workflowName") == workflow_name) and (status is None or d.get("status") == status)
         ]
-        return records.paginate(runs, lambda r: r.run_id, p, "desc")
+        return records.paginate(runs, records.run_cursor, pagination, "desc")
 
 
 class _Steps:
@@ -177,6 +172,14 @@ class _Steps:
 class _Events:
     def __init__(self, world: LocalWorld) -> None:
         self.w = world
+
+    async def counts_by_run(self) -> dict[str, int]:
+        """Events stored per run, from the directory listing alone: what a tailer polls."""
+        counts: dict[str, int] = {}
+        for name in self.w.listing("events").names():
+            run_id = name.split("-", 1)[0]
+            counts[run_id] = counts.get(run_id, 0) + 1
+        return counts
 
     def all_for_run(self, run_id: str, resolve: bool = True) -> list[Event]:
         """The run's whole event log in event-id order (the order world-local appends)."""
@@ -310,17 +313,7 @@ class _Streams:
 
     async def get_chunks(self, name: str, run_id: str, *, limit: int = 100, cursor: str | None = None) -> StreamChunks:
         chunks, done, _ = self.read_all(name)
-        start = int(cursor) if cursor else 0
-        limit = max(1, min(limit, 1000))
-        page = chunks[start : start + limit]
-        end = start + len(page)
-        has_more = end < len(chunks)
-        return StreamChunks(
-            data=[StreamChunk(index=start + i, data=c) for i, c in enumerate(page)],
-            cursor=str(end) if has_more else None,
-            has_more=has_more,
-            done=done and not has_more,
-        )
+        return records.page_chunks(chunks, done, limit, cursor)
 
     async def get_info(self, name: str, run_id: str) -> StreamInfo:
         chunks, done, _ = self.read_all(name)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..payloads import decode_payload
-from ..world import Event, Hook, Pagination, Page, Step, StructuredError, Wait, WorkflowRun
+from ..world import Event, Hook, Page, Pagination, Step, StreamChunk, StreamChunks, StructuredError, Wait, WorkflowRun
 
 #: eventData fields holding user payloads (the SDK's EVENT_DATA_REF_FIELDS).
 PAYLOAD_FIELDS = ("input", "output", "result", "metadata", "payload")
@@ -127,6 +127,11 @@ def wait_from(d: dict[str, Any]) -> Wait:
     )
 
 
+def run_cursor(run: WorkflowRun) -> str:
+    """Runs page by ``createdAt`` then id, like world-local's ``"<createdAt>|<id>"`` cursor."""
+    return f"{run.created_at.isoformat(timespec='microseconds')}|{run.run_id}"
+
+
 def paginate(items: list[Any], key, pagination: Pagination | None, default_order: str, default_limit: int = 20) -> Page[Any]:
     """One page of ``items`` ordered by ``key`` (ids are ULIDs, so id order is time order).
     The cursor is the last key returned."""
@@ -139,3 +144,17 @@ def paginate(items: list[Any], key, pagination: Pagination | None, default_order
     page = items[:limit]
     has_more = len(items) > limit
     return Page(data=page, cursor=key(page[-1]) if has_more and page else None, has_more=has_more)
+
+
+def page_chunks(chunks: list[bytes], done: bool, limit: int, cursor: str | None) -> StreamChunks:
+    """``getStreamChunks``: a page of the chunks before EOF; the cursor is the next index."""
+    start = int(cursor) if cursor else 0
+    page = chunks[start : start + max(1, min(limit, 1000))]
+    end = start + len(page)
+    has_more = end < len(chunks)
+    return StreamChunks(
+        data=[StreamChunk(index=start + i, data=c) for i, c in enumerate(page)],
+        cursor=str(end) if has_more else None,
+        has_more=has_more,
+        done=done and not has_more,
+    )

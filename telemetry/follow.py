@@ -1,0 +1,124 @@
+"""Tailing a world: export each finished step, sleep, hook and run as soon as it is in the log.
+
+Each poll asks the world how many events each run has (a directory listing, or one grouped
+query), rebuilds only the runs whose count changed and sends the spans not sent before. The
+checkpoint (span ids sent, events seen, per run) is written atomically after every
+acknowledged export, so a restart — after ``kill -9`` too — resumes with no gap. Span ids are
+deterministic; the one window in which a span can be sent twice is between the collector's
+acknowledgement and the checkpoint write, and then it is the same span, with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+
+from .reading import event_log
+from .runtrace import build_run_trace
+
+__all__ = ["Checkpoint", "Follower"]
+
+log = logging.getLogger("telemetry.follow")
+
+
+@dataclass
+class _RunState:
+    events: int = 0
+    sent: set[str] = field(default_factory=set)
+    complete: bool = False
+
+
+class Checkpoint:
+    """What has been sent, per run; persisted as JSON with write-then-rename."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self.runs: dict[str, _RunState] = {}
+        if self.path and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"checkpoint {self.path} is not valid JSON ({error}); move it away to start over") from None
+            for run_id, state in data.get("runs", {}).items():
+                self.runs[run_id] = _RunState(state.get("events", 0), set(state.get("sent", [])), bool(state.get("complete")))
+
+    def state(self, run_id: str) -> _RunState:
+        return self.runs.setdefault(run_id, _RunState())
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        data = {"version": 1, "runs": {k: {"events": v.events, "sent": sorted(v.sent), "complete": v.complete} for k, v in self.runs.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(self.path.name + ".tmp")
+        with temp.open("w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, self.path)
+
+
+class Follower:
+    """One poll at a time: ``poll()`` returns the spans it sent; ``run()`` loops forever."""
+
+    def __init__(
+        self,
+        world: Any,
+        send: Callable[[list[ReadableSpan]], Any],
+        checkpoint: Checkpoint,
+        *,
+        resource: Resource | None = None,
+        include_payloads: bool = True,
+        interval: float = 0.25,
+    ) -> None:
+        self.world = world
+        self.send = send
+        self.checkpoint = checkpoint
+        self.resource = resource
+        self.include_payloads = include_payloads
+        self.interval = interval
+        self.lag_seconds = 0.0
+
+    async def poll(self) -> int:
+        counts = await self.world.events.counts_by_run()
+        sent = 0
+        for run_id, count in sorted(counts.items()):
+            state = self.checkpoint.state(run_id)
+            if count == state.events:
+                continue
+            try:
+                run = await self.world.runs.get(run_id, resolve_data="none")
+            except Exception as error:  # a run file not yet written: next poll
+                log.debug("follow: run %s not readable yet: %s", run_id, error)
+                continue
+            events = await event_log(self.world, run_id)
+            trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
+            fresh = [s for s in trace.spans if f"{s.context.span_id:016x}" not in state.sent]
+            if fresh:
+                result = self.send(fresh)
+                if asyncio.iscoroutine(result):
+                    await result
+                state.sent.update(f"{s.context.span_id:016x}" for s in fresh)
+                sent += len(fresh)
+            state.events = len(events)
+            state.complete = trace.complete
+            self.checkpoint.save()
+        return sent
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            await self.poll()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+            except asyncio.TimeoutError:
+                pass
