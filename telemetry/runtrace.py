@@ -237,6 +237,7 @@ class _Builder:
         key = f"step:{step_id}"
         step = self.parts.get(key)
         kind = event.event_type
+        unseen = step is None
         if step is None:
             if kind != "step_created":
                 self.anomaly("missing_start", event)
@@ -273,8 +274,8 @@ class _Builder:
             step.attributes["step.status"] = "pending"
         elif kind in ("step_completed", "step_failed"):
             outcome = kind.removeprefix("step_")
-            if step_id not in self.open_attempt and not self.attempts[step_id]:
-                self.anomaly("missing_start", event, step)
+            if not unseen and step_id not in self.open_attempt and not self.attempts[step_id]:
+                self.anomaly("missing_start", event, step)  # created, never started
             self.close_attempt(step_id, event, outcome, data)
             step.end = _ns(event.created_at)
             step.attributes["step.status"] = outcome
