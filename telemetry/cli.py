@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .commands.common import CliError
 
 #: (name, help, configure(parser) -> handler) for every subcommand, in ``--help`` order.
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]
@@ -17,10 +18,6 @@ def _commands() -> list[Command]:
     from .commands import COMMANDS
 
     return COMMANDS
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

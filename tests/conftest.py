@@ -101,3 +101,20 @@ def real_world(request, harness_out):
     import asyncio
 
     asyncio.run(world.close())
+
+
+@pytest.fixture(scope="session")
+def harness_app_dir() -> Path:
+    """The harness's built app (it has the SDK's CLI installed)."""
+    out = subprocess.run(["bash", str(HARNESS / "run.sh"), "prepare"], capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(f"sdk-harness prepare failed: {out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def wft(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "telemetry", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip

@@ -49,6 +49,7 @@ class Receiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
     fail_next: int = 0  # answer this many requests with 503 first
+    encodings: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_id(self) -> dict[str, ReceivedSpan]:
@@ -92,8 +93,10 @@ def start_receiver() -> tuple[Receiver, callable]:
             if receiver.fail_next > 0:
                 receiver.fail_next -= 1
                 return web.Response(status=503, headers={"Retry-After": "0"})
-        if request.headers.get("Content-Encoding") == "gzip":
+        if body[:2] == b"\x1f\x8b":  # aiohttp normally inflates Content-Encoding: gzip already
             body = gzip.decompress(body)
+        with receiver.lock:
+            receiver.encodings.append(request.headers.get("Content-Encoding", ""))
         spans = decode_request(body)
         with receiver.lock:
             receiver.spans.extend(spans)

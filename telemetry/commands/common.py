@@ -7,11 +7,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..cli import CliError
 from ..errors import WorkflowWorldError
 from ..worlds import open_world
 
 T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def add_world_options(parser: argparse.ArgumentParser) -> None:

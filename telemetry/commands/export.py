@@ -7,10 +7,9 @@ import asyncio
 import sys
 import time
 
-from ..cli import CliError
 from ..export import ExportError, OtlpSink, run_resource
 from ..reading import all_runs, run_trace
-from .common import add_world_options, run_async, world_from
+from .common import CliError, add_world_options, run_async, world_from
 
 
 class Progress:

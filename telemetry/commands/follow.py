@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import signal
 
-from ..cli import CliError
 from ..export import OtlpSink, run_resource
 from ..follow import Checkpoint, Follower
-from .common import add_world_options, run_async, world_from
+from .common import CliError, add_world_options, run_async, world_from
 
 
 def configure(parser: argparse.ArgumentParser):

@@ -25,6 +25,9 @@ def run_json(run: WorkflowRun) -> dict[str, Any]:
         "deploymentId": run.deployment_id,
         "workflowName": run.workflow_name,
         "specVersion": run.spec_version,
+        "error": {k: v for k, v in (("message", run.error.message), ("stack", run.error.stack), ("code", run.error.code)) if v is not None}
+        if run.error
+        else None,
         "startedAt": _iso(run.started_at),
         "completedAt": _iso(run.completed_at),
         "createdAt": _iso(run.created_at),
