@@ -109,6 +109,6 @@ def test_export_honours_otel_endpoint_and_retries_503(harness_out, otlp_receiver
 def test_export_failure_is_reported_not_silent(harness_out, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(harness_out / "local-data", data)
-    result = wft("export", "--dir", str(data), "--otlp", "http://127.0.0.1:9", timeout=300)
+    result = wft("export", "--dir", str(data), "--otlp", "http://127.0.0.1:9", "--timeout", "1", timeout=300)
     assert result.returncode != 0
     assert "failed" in result.stderr and "127.0.0.1:9/v1/traces" in result.stderr

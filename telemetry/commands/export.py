@@ -32,11 +32,12 @@ class Progress:
 def configure(parser: argparse.ArgumentParser):
     add_world_options(parser)
     parser.add_argument("--otlp", metavar="URL", help="OTLP/HTTP base URL; /v1/traces is appended (default: OTEL_EXPORTER_OTLP_ENDPOINT or http://localhost:4318)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)")
     parser.add_argument("--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes")
 
     def handle(args: argparse.Namespace) -> int:
         world = world_from(args)
-        sink = OtlpSink(args.otlp)
+        sink = OtlpSink(args.otlp, timeout=args.timeout)
         resource = run_resource(args.world or "local")
         progress = Progress()
         started = time.monotonic()

@@ -16,6 +16,7 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument("--otlp", metavar="URL", help="OTLP/HTTP base URL; /v1/traces is appended")
     parser.add_argument("--checkpoint", metavar="PATH", default="wft-follow.checkpoint.json", help="where progress is kept across restarts (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between polls (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)")
     parser.add_argument("--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes")
 
     def handle(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def configure(parser: argparse.ArgumentParser):
             checkpoint = Checkpoint(args.checkpoint)
         except ValueError as error:
             raise CliError(str(error)) from None
-        sink = OtlpSink(args.otlp)
+        sink = OtlpSink(args.otlp, timeout=args.timeout)
         follower = Follower(world, lambda spans: asyncio.to_thread(sink.send, spans), checkpoint,
                             resource=run_resource(args.world or "local"), include_payloads=not args.no_payloads, interval=args.interval)  # fmt: skip
 
