@@ -118,3 +118,31 @@ def wft(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
 
     return subprocess.run([sys.executable, "-m", "telemetry", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})  # fmt: skip
+
+
+@pytest.fixture
+def live_local_app(tmp_path):
+    """The real SDK app serving on world-local (`run.sh serve local`), stopped afterwards."""
+    state = tmp_path / "app"
+    out = subprocess.run(["bash", str(HARNESS / "run.sh"), "serve", "local", str(state)], capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(f"sdk-harness serve failed: {out.stderr[-2000:]}")
+    info = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    yield info
+    subprocess.run(["bash", str(HARNESS / "run.sh"), "stop", str(state)], capture_output=True, timeout=60)
+
+
+def start_workflow(app_url: str, name: str, args: list) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(f"{app_url}/api/start/{name}", data=json.dumps({"args": args}).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["runId"]
+
+
+def run_status(app_url: str, run_id: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{app_url}/api/run/{run_id}", timeout=30) as response:
+        return json.loads(response.read())["status"]

@@ -24,9 +24,9 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--url", metavar="URL", help="world-postgres URL")
 
 
-def world_from(args: argparse.Namespace) -> Any:
+def world_from(args: argparse.Namespace, *, allow_missing: bool = False) -> Any:
     try:
-        return open_world(args.world, data_dir=args.dir, url=args.url)
+        return open_world(args.world, data_dir=args.dir, url=args.url, allow_missing=allow_missing)
     except WorkflowWorldError as error:
         raise CliError(str(error)) from None
 

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument("--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes")
 
     def handle(args: argparse.Namespace) -> int:
-        world = world_from(args)
+        world = world_from(args, allow_missing=True)
         try:
             checkpoint = Checkpoint(args.checkpoint)
         except ValueError as error:

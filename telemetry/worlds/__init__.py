@@ -30,7 +30,7 @@ def world_kind(target: str | None = None) -> str:
     return kind
 
 
-def open_world(target: str | None = None, *, data_dir: str | None = None, url: str | None = None) -> Any:
+def open_world(target: str | None = None, *, data_dir: str | None = None, url: str | None = None, allow_missing: bool = False) -> Any:
     """A world from explicit arguments, else the SDK's own env vars:
     ``WORKFLOW_TARGET_WORLD``, ``WORKFLOW_LOCAL_DATA_DIR`` (default ``.workflow-data``), ``WORKFLOW_POSTGRES_URL``."""
     if target is None and url and not data_dir:
@@ -42,4 +42,4 @@ def open_world(target: str | None = None, *, data_dir: str | None = None, url: s
         return PostgresWorld(url or os.environ.get("WORKFLOW_POSTGRES_URL"))
     from .local import LocalWorld
 
-    return LocalWorld(data_dir or os.environ.get("WORKFLOW_LOCAL_DATA_DIR") or ".workflow-data")
+    return LocalWorld(data_dir or os.environ.get("WORKFLOW_LOCAL_DATA_DIR") or ".workflow-data", allow_missing=allow_missing)

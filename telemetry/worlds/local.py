@@ -103,9 +103,12 @@ class LocalWorld:
     peer_service = "world-local"
     accepts_post_completion_writes = True
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, allow_missing: bool = False) -> None:
+        """``allow_missing``: the SDK creates the directory on its first write; a tailer may
+        start before that and simply sees no runs until then."""
         self.root = Path(data_dir)
-        check_layout(self.root)
+        if not (allow_missing and not self.root.exists()):
+            check_layout(self.root)
         self._listings = {sub: _Listing(self.root / sub) for sub in ("runs", "steps", "events", "hooks", "waits", "streams/chunks")}
         self.runs = _Runs(self)
         self.steps = _Steps(self)
