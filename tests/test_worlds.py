@@ -82,10 +82,12 @@ def test_local_midrun_snapshot_has_the_pending_hook_and_wait(writable_local, har
     assert [w.status for w in waits] == ["waiting"]
 
 
-def test_stream_writer_on_local_world(writable_local, harness_out):
+def test_stream_writer_on_local_world(writable_local, harness_out, tmp_path):
     results = summary(harness_out, "local")
     running = results["sleep"]["runId"]  # still sleeping in the mid-run snapshot
     finished = results["sequential"]["runId"]
+    shutil.copytree(harness_out / "local-data", tmp_path / "final")
+    final = LocalWorld(tmp_path / "final")  # every run has finished here
 
     async def go():
         run = await writable_local.runs.get(running)
@@ -94,7 +96,7 @@ def test_stream_writer_on_local_world(writable_local, harness_out):
         assert await out.write(b"\x00\x00\x00\x03abc") and await out.write("text")
         assert await out.close()
         chunks = await writable_local.streams.get_chunks(out.name, running)
-        late = StreamWriter(writable_local, finished)
+        late = StreamWriter(final, finished)
         dropped = await late.write(b"too late")
         return out, chunks, late, dropped
 
@@ -105,10 +107,10 @@ def test_stream_writer_on_local_world(writable_local, harness_out):
     files = sorted((writable_local.root / "streams" / "chunks").glob(f"{out.name}-chnk_*.bin"))
     assert [f.read_bytes()[:1] for f in files] == [b"\x00", b"\x00", b"\x01"]  # world-local's EOF flag byte
     assert dropped is False and late.dropped == 1 and sum(benign_counts().values()) == 1
-    assert not list((writable_local.root / "streams" / "chunks").glob(f"{late.name}-chnk_*"))
+    assert not list((final.root / "streams" / "chunks").glob(f"{late.name}-chnk_*"))
 
 
-def test_stream_writer_on_postgres_world_notifies(pg_server, harness_out):
+def test_stream_writer_on_postgres_world_notifies(pg_server, harness_out, harness_pg_url):
     url = pg_server.create_database("harness_midrun")
     pg_server.psql("-f", str(harness_out / "postgres" / "world-midrun.sql"), db="harness_midrun")
     results = summary(harness_out, "postgres")
@@ -133,13 +135,14 @@ def test_stream_writer_on_postgres_world_notifies(pg_server, harness_out):
         out = StreamWriter(world, running)
         assert await out.write(b"one") and await out.write(b"two") and await out.close()
         chunks = await world.streams.get_chunks(out.name, running)
-        finished = next(r for r in (await world.runs.list(status="completed")).data)
-        late = StreamWriter(world, finished.run_id)
-        count = "SELECT count(*) AS n FROM workflow.workflow_stream_chunks WHERE stream_id = %s"
-        before = (await world.query(count, [late.name]))[0]["n"]
-        dropped = await late.write(b"too late")
-        assert (await world.query(count, [late.name]))[0]["n"] == before  # nothing stored where no reader looks
         await world.close()
+        final = PostgresWorld(harness_pg_url)  # every run has finished in the final dump
+        late = StreamWriter(final, results["sequential"]["runId"])
+        count = "SELECT count(*) AS n FROM workflow.workflow_stream_chunks WHERE stream_id = %s"
+        before = (await final.query(count, [late.name]))[0]["n"]
+        dropped = await late.write(b"too late")
+        assert (await final.query(count, [late.name]))[0]["n"] == before  # nothing stored where no reader looks
+        await final.close()
         return out, chunks, dropped
 
     out, chunks, dropped = asyncio.run(go())
