@@ -3,9 +3,9 @@
 Each poll asks the world how many events each run has (a directory listing, or one grouped
 query), rebuilds only the runs whose count changed and sends the spans not sent before. The
 checkpoint (span ids sent, events seen, per run) is written atomically after every
-acknowledged export, so a restart — after ``kill -9`` too — resumes with no gap. Span ids are
-deterministic; the one window in which a span can be sent twice is between the collector's
-acknowledgement and the checkpoint write, and then it is the same span, with the same id.
+acknowledged export, so a restart — after ``kill -9`` too — resumes with no gap. Delivery is
+at-least-once: a batch acknowledged just before a crash, whose checkpoint write was lost, is
+sent again — the same spans with the same deterministic ids, which id-keyed stores collapse.
 """
 
 from __future__ import annotations
