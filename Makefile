@@ -14,9 +14,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Until the collector service lands, `make run` shows the CLI and what it can do.
+# The collector on 127.0.0.1:4318 with the embedded SQLite store (wft-data/); it follows
+# ./.workflow-data or the world the SDK's env vars name, when there is one.
 run: install
-	$(BIN)/wft
+	$(BIN)/wft serve $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -79,14 +79,17 @@ class Follower:
         resource: Resource | None = None,
         include_payloads: bool = True,
         interval: float = 0.25,
+        observe: Callable[[Any, list[Any]], Any] | None = None,
     ) -> None:
+        """``observe(run, events)`` is called for every run whose log changed, before its
+        spans are sent (the collector stores the events themselves through it)."""
         self.world = world
         self.send = send
         self.checkpoint = checkpoint
         self.resource = resource
         self.include_payloads = include_payloads
         self.interval = interval
-        self.lag_seconds = 0.0
+        self.observe = observe
 
     async def poll(self) -> int:
         counts = await self.world.events.counts_by_run()
@@ -101,6 +104,10 @@ class Follower:
                 log.debug("follow: run %s not readable yet: %s", run_id, error)
                 continue
             events = await event_log(self.world, run_id)
+            if self.observe is not None:
+                result = self.observe(run, events)
+                if asyncio.iscoroutine(result):
+                    await result
             trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
             fresh = [s for s in trace.spans if f"{s.context.span_id:016x}" not in state.sent]
             if fresh:

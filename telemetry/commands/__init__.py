@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import export, follow, runs
+from . import export, follow, runs, serve
 
 COMMANDS = [
+    ("serve", "run the collector: OTLP receiver, store, world tailer and run API", serve.configure),
     ("runs", "list a world's runs (like `workflow inspect runs`)", runs.configure),
     ("export", "backfill every run of a world to an OTLP collector as traces", export.configure),
     ("follow", "tail a world and export spans as steps finish (resumes from a checkpoint)", follow.configure),

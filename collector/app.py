@@ -1,0 +1,134 @@
+"""The collector service: wiring of store, writer, ingest, API, tailer and forwarder."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from telemetry.worlds import open_world
+
+from .api import Api
+from .forward import Forwarder
+from .ingest import Ingest
+from .metrics import Metrics
+from .settings import Settings
+from .store import Store
+from .tailer import Tailer
+from .writer import Writer
+
+__all__ = ["Service", "build", "start", "serve"]
+
+log = logging.getLogger("collector")
+_PROTECTED = ("/v1/", "/api/")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    writer: Writer
+    metrics: Metrics
+    app: web.Application
+    runner: web.AppRunner | None = None
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    tailer: Tailer | None = None
+    forwarder: Forwarder | None = None
+    world: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        site = next(iter(self.runner.sites), None) if self.runner else None
+        return site._server.sockets[0].getsockname()[1] if site and site._server else self.settings.port
+
+    async def close(self) -> None:
+        self.stop_event.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.world is not None:
+            await self.world.close()
+        await asyncio.to_thread(self.writer.stop)
+
+
+def _auth(token: str | None):
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if expected is not None and request.path.startswith(_PROTECTED):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return middleware
+
+
+def build(settings: Settings) -> Service:
+    settings.check()
+    store = Store(settings.store)
+    metrics = Metrics()
+    writer = Writer(store, max_pending=settings.max_pending_spans, max_age_s=settings.retention_age_s, max_bytes=settings.retention_bytes)
+    metrics.gauges["wft_store_bytes"] = store.file_bytes
+    metrics.gauges["wft_queue_depth"] = lambda: writer.pending
+    app = web.Application(middlewares=[_auth(settings.token)], client_max_size=settings.max_body_bytes + 1024)
+    service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)
+    forward = None
+    if settings.forward_otlp:
+        service.forwarder = Forwarder(settings.forward_otlp, settings.spool_dir or settings.store.parent / "spool", metrics,
+                                      max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
+        metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
+        forward = service.forwarder.enqueue
+    ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
+    app.router.add_post("/v1/traces", ingest.handle)
+    app.router.add_routes(Api(store, metrics).routes())
+    if settings.world:
+        service.world = open_world(settings.world, data_dir=settings.world_dir, url=settings.world_url, allow_missing=True)
+        checkpoint = str(settings.store) + ".follow.json"
+        service.tailer = Tailer(service.world, writer, metrics, checkpoint, world_kind=settings.world,
+                                interval=settings.tail_interval, forward=forward)  # fmt: skip
+    return service
+
+
+async def start(settings: Settings) -> Service:
+    service = build(settings)
+    service.writer.start()
+    service.runner = web.AppRunner(service.app, auto_decompress=False, access_log=None)
+    await service.runner.setup()
+    site = web.TCPSite(service.runner, settings.host, settings.port)
+    await site.start()
+    if service.tailer is not None:
+        service.tasks.append(asyncio.create_task(service.tailer.run(service.stop_event)))
+    if service.forwarder is not None:
+        service.tasks.append(asyncio.create_task(service.forwarder.run(service.stop_event)))
+    world = f"following {settings.world} {settings.world_dir or settings.world_url or '(from env)'}" if settings.world else "no world"
+    log.info("listening on %s (store %s, %s, token %s)", service.url, settings.store, world, "required" if settings.token else "off")
+    return service
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        service = await start(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await service.close()
+
+    asyncio.run(main())

@@ -1,0 +1,100 @@
+"""``--forward-otlp``: everything stored is also sent upstream, through an on-disk spool.
+
+Each batch is written to the spool directory first (one protobuf file per batch), then a
+background task sends the files in order, deleting each once upstream acknowledged it. While
+upstream is down, it retries with exponential backoff (capped) and the spool grows up to its
+byte bound; past the bound the oldest batches are dropped, counted and logged, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+
+from .metrics import Metrics
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger("collector.forward")
+
+
+class Forwarder:
+    def __init__(self, url: str, spool_dir: str | Path, metrics: Metrics, *, max_spool_bytes: int = 256 * 1024 * 1024,
+                 headers: dict[str, str] | None = None, max_backoff: float = 30.0) -> None:  # fmt: skip
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/v1/traces") else base + "/v1/traces"
+        self.spool = Path(spool_dir)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.metrics = metrics
+        self.max_spool_bytes = max_spool_bytes
+        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self.max_backoff = max_backoff
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+
+    def spool_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.spool.glob("*.pb") if p.exists())
+
+    async def enqueue(self, payload: bytes) -> None:
+        name = f"{time.time_ns():020d}-{next(self._seq):08d}.pb"
+        temp = self.spool / (name + ".tmp")
+        temp.write_bytes(payload)
+        os.replace(temp, self.spool / name)
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
+        files = sorted(self.spool.glob("*.pb"))
+        total = sum(f.stat().st_size for f in files)
+        while files and total > self.max_spool_bytes:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink(missing_ok=True)
+            self.metrics.forward_dropped_batches += 1
+            log.warning("forward spool over %d bytes: dropped the oldest batch %s", self.max_spool_bytes, oldest.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while not stop.is_set():
+                files = sorted(self.spool.glob("*.pb"))
+                if not files:
+                    self._wake.clear()
+                    await _wait_any(stop, self._wake, None)
+                    continue
+                body = files[0].read_bytes()
+                try:
+                    async with session.post(self.url, data=body, headers=self.headers) as response:
+                        await response.read()
+                        ok = 200 <= response.status < 300
+                        retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
+                        reason = f"HTTP {response.status}"
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                    ok, retryable, reason = False, True, str(error) or type(error).__name__
+                if ok or not retryable:
+                    if not ok:
+                        log.error("upstream refused a batch (%s); dropping it", reason)
+                        self.metrics.forward_dropped_batches += 1
+                    else:
+                        self.metrics.forwarded_batches += 1
+                    files[0].unlink(missing_ok=True)
+                    backoff = 0.5
+                    continue
+                log.warning("upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs", self.url, reason, len(files), backoff)
+                await _wait_any(stop, None, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float | None) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()

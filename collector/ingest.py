@@ -1,0 +1,131 @@
+"""``POST /v1/traces``: OTLP/HTTP ingestion with bounded memory.
+
+The body is read in chunks and counted before and after decompression (we decompress
+ourselves, incrementally, with an output cap), so an oversized body or a gzip bomb is refused
+with 413 after at most ``max_body`` bytes, never held whole. Spans are answered 200 only after
+the writer has committed them; a full queue answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .metrics import Metrics
+from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, records_from, set_attribute
+from .policy import apply_benign_policy
+from .writer import Batch, Overloaded, Writer
+
+__all__ = ["Ingest", "TooLarge"]
+
+log = logging.getLogger("collector.ingest")
+_CHUNK = 64 * 1024
+
+
+class TooLarge(Exception):
+    pass
+
+
+class _Inflater:
+    """Incremental gzip/deflate with a hard cap on output."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(wbits) if encoding in ("gzip", "deflate") else None
+        self.limit = limit
+        self.out = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self._z is None:
+            self._append(data)
+            return
+        while data:
+            chunk = self._z.decompress(data, self.limit - len(self.out) + 1)
+            self._append(chunk)
+            data = self._z.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if self._z is not None:
+            self._append(self._z.flush(self.limit - len(self.out) + 1))
+            if not self._z.eof:
+                raise zlib.error("truncated compressed body")
+        return bytes(self.out)
+
+    def _append(self, chunk: bytes) -> None:
+        if len(self.out) + len(chunk) > self.limit:
+            raise TooLarge()
+        self.out += chunk
+
+
+class Ingest:
+    def __init__(self, writer: Writer, metrics: Metrics, *, max_body: int,
+                 forward: Callable[[bytes], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        self.writer = writer
+        self.metrics = metrics
+        self.max_body = max_body
+        self.forward = forward
+
+    async def read_body(self, request: web.Request) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise TooLarge()
+        inflater = _Inflater(encoding, self.max_body)
+        received = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            received += len(chunk)
+            if received > self.max_body:
+                raise TooLarge()
+            inflater.feed(chunk)
+        return inflater.finish()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            self.metrics.requests_rejected += 1
+            return web.Response(status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}")
+        try:
+            body = await self.read_body(request)
+            otlp = decode_request(body, content_type)
+        except TooLarge:
+            self.metrics.requests_rejected += 1
+            return web.Response(status=413, text=f"request body over {self.max_body} bytes (before or after decompression)")
+        except zlib.error as error:
+            self.metrics.requests_rejected += 1
+            return web.Response(status=400, text=f"bad compressed body: {error}")
+        except BadPayload as error:
+            self.metrics.requests_rejected += 1
+            return web.Response(status=400, text=str(error))
+        records, rejected, reason = records_from(otlp)
+        benign = sum(1 for r in records if apply_benign_policy(r))
+        try:
+            await self.writer.submit(Batch(spans=records))
+        except Overloaded:
+            self.metrics.requests_overloaded += 1
+            return web.Response(status=503, headers={"Retry-After": "1"}, text="collector is overloaded; retry later")
+        self.metrics.spans_accepted += len(records)
+        self.metrics.spans_rejected += rejected
+        self.metrics.spans_benign += benign
+        if self.forward is not None and records:
+            if benign:
+                _mark_benign(otlp, {(r.trace_id, r.span_id) for r in records if r.benign})
+            await self.forward(otlp.SerializeToString())
+        message = f"{rejected} spans rejected: {reason}" if rejected else ""
+        return web.Response(body=encode_response(content_type, rejected, message), content_type=content_type)
+
+
+def _mark_benign(otlp, ids: set[tuple[str, str]]) -> None:
+    """Forward what we stored: the downgraded spans go upstream downgraded too."""
+    for resource_spans in otlp.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if (span.trace_id.hex(), span.span_id.hex()) in ids:
+                    original = span.status.message
+                    span.status.code = 0
+                    span.status.message = ""
+                    set_attribute(span, "workflow.conflict", "benign")
+                    set_attribute(span, "workflow.original_status", f"ERROR: {original}" if original else "ERROR")

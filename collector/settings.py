@@ -1,0 +1,82 @@
+"""The service's settings, from flags and environment, checked before anything starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError", "parse_bytes", "parse_duration", "is_loopback"]
+
+
+class SettingsError(ValueError):
+    """Bad configuration: one line, and the service does not start."""
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4318
+    store: Path = Path("wft-data/store.sqlite3")
+    token: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_pending_spans: int = 200_000
+    retention_age_s: float | None = 7 * 24 * 3600
+    retention_bytes: int | None = 1024**3
+    world: str | None = None  # "local" | "postgres" | None (no tailer)
+    world_dir: str | None = None
+    world_url: str | None = None
+    tail_interval: float = 0.25
+    forward_otlp: str | None = None
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 256 * 1024 * 1024
+
+    def check(self) -> None:
+        if not is_loopback(self.host) and not self.token:
+            raise SettingsError(f"refusing to listen on {self.host} without a token: set --token or WFT_TOKEN (or bind 127.0.0.1)")
+        if self.token is not None and len(self.token) < 16:
+            raise SettingsError("the token must be at least 16 characters")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port {self.port} is out of range")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise SettingsError(f"not a size: {text!r} (examples: 16MiB, 1GiB, 500000)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise SettingsError(f"not a duration: {text!r} (examples: 90s, 12h, 7d)")
+    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+
+
+def default_world() -> tuple[str | None, str | None, str | None]:
+    """Follow the world the SDK would use, when the environment or ./.workflow-data says there is one."""
+    target = os.environ.get("WORKFLOW_TARGET_WORLD")
+    if target or os.environ.get("WORKFLOW_POSTGRES_URL") and not os.environ.get("WORKFLOW_LOCAL_DATA_DIR"):
+        kind = "postgres" if "postgres" in (target or "postgres") else "local"
+        return kind, None, None
+    if os.environ.get("WORKFLOW_LOCAL_DATA_DIR") or Path(".workflow-data").is_dir():
+        return "local", None, None
+    return None, None, None

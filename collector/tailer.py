@@ -1,0 +1,84 @@
+"""The world tailer inside the service: ``telemetry.follow.Follower`` writing into the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+
+from telemetry.export import run_resource
+from telemetry.follow import Checkpoint, Follower
+from telemetry.payloads import to_jsonable
+
+from .metrics import Metrics
+from .otlp import records_from
+from .store import EventRow, RunInfo
+from .writer import Batch, Overloaded, Writer
+
+__all__ = ["Tailer"]
+
+log = logging.getLogger("collector.tailer")
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1e9)
+
+
+class Tailer:
+    def __init__(self, world: Any, writer: Writer, metrics: Metrics, checkpoint_path: str, *, world_kind: str,
+                 interval: float = 0.25, forward: Callable[[bytes], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        self.world = world
+        self.writer = writer
+        self.metrics = metrics
+        self.forward = forward
+        self.follower = Follower(world, self._send, Checkpoint(checkpoint_path), resource=run_resource(world_kind),
+                                 interval=interval, observe=self._observe)  # fmt: skip
+
+    async def _submit(self, batch: Batch) -> None:
+        while True:  # our own writes wait their turn instead of failing
+            try:
+                await self.writer.submit(batch)
+                return
+            except Overloaded:
+                await asyncio.sleep(0.2)
+
+    async def _observe(self, run: Any, events: list[Any]) -> None:
+        rows = [
+            EventRow(e.run_id, e.event_id, e.event_type, e.correlation_id, _ns(e.created_at),
+                     json.dumps(to_jsonable(e.event_data), default=str) if e.event_data else None)
+            for e in events
+        ]  # fmt: skip
+        info = RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at))
+        await self._submit(Batch(events=rows, runs=[info]))
+        if events:
+            self.metrics.tailer_lag_seconds = max(0.0, time.time() - events[-1].created_at.timestamp())
+
+    async def _send(self, spans: list[ReadableSpan]) -> None:
+        payload = encode_spans(spans)
+        records, _, _ = records_from(payload)
+        for record in records:
+            record.source = "world"
+        await self._submit(Batch(spans=records))
+        self.metrics.tailer_spans += len(records)
+        if self.forward is not None:
+            await self.forward(payload.SerializeToString())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.follower.run(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a world hiccup must not kill the service
+                log.warning("world tailer: %s; retrying in 1s", error)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
