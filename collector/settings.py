@@ -38,7 +38,7 @@ class Settings:
             raise SettingsError(f"refusing to listen on {self.host} without a token: set --token or WFT_TOKEN (or bind 127.0.0.1)")
         if self.token is not None and len(self.token) < 16:
             raise SettingsError("the token must be at least 16 characters")
-        if not 0 < self.port < 65536:
+        if not 0 <= self.port < 65536:  # 0: any free port
             raise SettingsError(f"port {self.port} is out of range")
 
 

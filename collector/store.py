@@ -158,11 +158,12 @@ class Store:
                          " AND run_id IN (SELECT run_id FROM runs WHERE updated_ns < ?)", (cutoff,))  # fmt: skip
             conn.execute("DELETE FROM runs WHERE updated_ns < ? AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)", (cutoff,))
         while max_bytes and self.used_bytes(conn) > max_bytes:
-            oldest = conn.execute("SELECT min(received_ns) FROM spans").fetchone()[0]
-            if oldest is None:
+            count = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+            if count == 0:
                 break
+            step = max(50, count // 20)  # 5% at a time: stop close to the bound
             batch = conn.execute(
-                "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT 1000)"
+                "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)", (step,)
             ).rowcount
             dropped += batch
             if batch == 0:

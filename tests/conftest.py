@@ -146,3 +146,65 @@ def run_status(app_url: str, run_id: str) -> str:
 
     with urllib.request.urlopen(f"{app_url}/api/run/{run_id}", timeout=30) as response:
         return json.loads(response.read())["status"]
+
+
+@pytest.fixture
+def collector(tmp_path):
+    """A collector service in this process (its own thread and loop), on a free port."""
+    import asyncio
+    import threading
+
+    from collector.app import start
+    from collector.settings import Settings
+
+    holder: dict = {}
+    ready = threading.Event()
+
+    def make(**overrides):
+        settings = Settings(port=0, store=tmp_path / "store.sqlite3", retention_age_s=None, retention_bytes=None, **overrides)
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            holder["loop"] = loop
+            try:
+                holder["service"] = loop.run_until_complete(start(settings))
+            except BaseException as error:  # surfaced to the test
+                holder["error"] = error
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(holder["service"].close())
+            loop.close()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        ready.wait(30)
+        if "error" in holder:
+            raise holder["error"]
+        holder["thread"] = thread
+        return holder["service"]
+
+    yield make
+    if "service" in holder:
+        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
+        holder["thread"].join(30)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
+    """(status, headers, body) of one request; errors are answers, not exceptions."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def get_json(url: str, headers: dict | None = None):
+    status, _, body = http("GET", url, headers=headers)
+    assert status == 200, body
+    return json.loads(body)
