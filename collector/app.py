@@ -16,6 +16,7 @@ from .api import Api
 from .forward import Forwarder
 from .ingest import Ingest
 from .metrics import Metrics
+from .sentry_relay import SentryRelay
 from .settings import Settings
 from .store import Store
 from .tailer import Tailer
@@ -24,7 +25,7 @@ from .writer import Writer
 __all__ = ["Service", "build", "start", "serve"]
 
 log = logging.getLogger("collector")
-_PROTECTED = ("/v1/", "/api/")
+_PROTECTED = ("/v1/", "/api/runs", "/api/traces")  # Sentry SDKs authenticate with their DSN key, not our token
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Service:
     tasks: list[asyncio.Task] = field(default_factory=list)
     tailer: Tailer | None = None
     forwarder: Forwarder | None = None
+    sentry_forwarder: Forwarder | None = None
+    relay: Any = None
     world: Any = None
 
     @property
@@ -94,6 +97,16 @@ def build(settings: Settings) -> Service:
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
     app.router.add_post("/v1/traces", ingest.handle)
     app.router.add_routes(Api(store, metrics).routes())
+    sentry_forwarder = None
+    if settings.sentry_upstream:
+        sentry_forwarder = Forwarder(settings.sentry_upstream, settings.store.parent / "sentry-spool", metrics,
+                                     max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
+        service.sentry_forwarder = sentry_forwarder
+    relay = SentryRelay(writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes, dashboard_url=settings.dashboard_url)
+    service.relay = relay
+    app.router.add_routes(relay.routes())
+    metrics.labelled["wft_sentry_dropped_total"] = ("rule", lambda: dict(relay.dropped))
+    metrics.gauges["wft_sentry_kept_events"] = lambda: relay.kept
     if settings.world:
         service.world = open_world(settings.world, data_dir=settings.world_dir, url=settings.world_url, allow_missing=True)
         checkpoint = str(settings.store) + ".follow.json"
@@ -111,8 +124,9 @@ async def start(settings: Settings) -> Service:
     await site.start()
     if service.tailer is not None:
         service.tasks.append(asyncio.create_task(service.tailer.run(service.stop_event)))
-    if service.forwarder is not None:
-        service.tasks.append(asyncio.create_task(service.forwarder.run(service.stop_event)))
+    for forwarder in (service.forwarder, service.sentry_forwarder):
+        if forwarder is not None:
+            service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
     world = f"following {settings.world} {settings.world_dir or settings.world_url or '(from env)'}" if settings.world else "no world"
     log.info("listening on %s (store %s, %s, token %s)", service.url, settings.store, world, "required" if settings.token else "off")
     return service

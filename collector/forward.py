@@ -1,7 +1,8 @@
-"""``--forward-otlp``: everything stored is also sent upstream, through an on-disk spool.
+"""Forwarding upstream through an on-disk spool (``--forward-otlp``, and the Sentry relay).
 
-Each batch is written to the spool directory first (one protobuf file per batch), then a
-background task sends the files in order, deleting each once upstream acknowledged it. While
+Each batch is written to the spool directory first (one file per batch: a JSON line with its
+URL and headers, then the body as it will be sent), then a background task sends the files in
+order, deleting each once upstream acknowledged it. While
 upstream is down, it retries with exponential backoff (capped) and the spool grows up to its
 byte bound; past the bound the oldest batches are dropped, counted and logged, never silently.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import time
@@ -41,10 +43,12 @@ class Forwarder:
     def spool_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.spool.glob("*.pb") if p.exists())
 
-    async def enqueue(self, payload: bytes) -> None:
+    async def enqueue(self, payload: bytes, *, url: str | None = None, headers: dict[str, str] | None = None) -> None:
+        """Spool one batch; ``url``/``headers`` override the defaults for this batch only."""
         name = f"{time.time_ns():020d}-{next(self._seq):08d}.pb"
         temp = self.spool / (name + ".tmp")
-        temp.write_bytes(payload)
+        meta = json.dumps({"url": url or self.url, "headers": headers if headers is not None else self.headers}).encode()
+        temp.write_bytes(meta + b"\n" + payload)
         os.replace(temp, self.spool / name)
         self._trim()
         self._wake.set()
@@ -68,9 +72,10 @@ class Forwarder:
                     self._wake.clear()
                     await _wait_any(stop, self._wake, None)
                     continue
-                body = files[0].read_bytes()
+                meta, _, body = files[0].read_bytes().partition(b"\n")
+                target = json.loads(meta)
                 try:
-                    async with session.post(self.url, data=body, headers=self.headers) as response:
+                    async with session.post(target["url"], data=body, headers=target["headers"]) as response:
                         await response.read()
                         ok = 200 <= response.status < 300
                         retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
@@ -86,7 +91,7 @@ class Forwarder:
                     files[0].unlink(missing_ok=True)
                     backoff = 0.5
                     continue
-                log.warning("upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs", self.url, reason, len(files), backoff)
+                log.warning("upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs", target["url"].split("?")[0], reason, len(files), backoff)
                 await _wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 

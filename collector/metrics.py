@@ -18,6 +18,7 @@ class Metrics:
     forwarded_batches: int = 0
     forward_dropped_batches: int = 0
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)
+    labelled: dict[str, tuple[str, Callable[[], dict[str, int]]]] = field(default_factory=dict)  # name -> (label, read)
 
     def render(self) -> str:
         lines: list[str] = []
@@ -38,4 +39,9 @@ class Metrics:
         metric("wft_forward_dropped_batches_total", "counter", "Spooled batches dropped because the spool was full.", self.forward_dropped_batches)
         for name, read in sorted(self.gauges.items()):
             metric(name, "gauge", name.replace("_", " "), read())
+        for name, (label, read) in sorted(self.labelled.items()):
+            lines.append(f"# HELP {name} {name.replace('_', ' ')} by {label}")
+            lines.append(f"# TYPE {name} counter")
+            for value, count in sorted(read().items()):
+                lines.append(f'{name}{{{label}="{value}"}} {count}')
         return "\n".join(lines) + "\n"

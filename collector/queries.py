@@ -122,8 +122,10 @@ def run_view(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     events = conn.execute(
         "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? ORDER BY event_id", (run_id,)
     ).fetchall()
+    drops = conn.execute("SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)).fetchall()
     return {
         "run": run_json(run),
+        "sentryDropped": [{"rule": d["rule"], "count": d["count"], "lastMessage": d["last_message"]} for d in drops],
         "spans": [span_json(s) for s in spans],
         "events": [
             {"eventId": e["event_id"], "eventType": e["event_type"], "correlationId": e["correlation_id"],

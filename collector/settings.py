@@ -32,6 +32,8 @@ class Settings:
     forward_otlp: str | None = None
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+    sentry_upstream: str | None = None  # DSN of the Sentry the relay forwards to
+    dashboard_url: str | None = None
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -40,6 +42,13 @@ class Settings:
             raise SettingsError("the token must be at least 16 characters")
         if not 0 <= self.port < 65536:  # 0: any free port
             raise SettingsError(f"port {self.port} is out of range")
+        if self.sentry_upstream:
+            from .sentry_relay import upstream_base
+
+            try:
+                upstream_base(self.sentry_upstream)
+            except ValueError as error:
+                raise SettingsError(str(error)) from None
 
 
 def is_loopback(host: str) -> bool:

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS run_events (
   created_ns INTEGER NOT NULL, data TEXT, PRIMARY KEY (run_id, event_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sentry_drops (
+  run_id TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL, last_message TEXT, last_ns INTEGER NOT NULL,
+  PRIMARY KEY (run_id, rule)
+) WITHOUT ROWID;
 """
 
 
@@ -138,6 +142,16 @@ class Store:
                 " benign=excluded.benign, trace_id=excluded.trace_id, updated_ns=excluded.updated_ns",
                 summary,
             )
+
+    @staticmethod
+    def record_sentry_drops(conn: sqlite3.Connection, drops: Iterable[tuple[str | None, str, str]]) -> None:
+        """Sentry events the relay dropped, per (run, rule); run '' when the event named none."""
+        now = time.time_ns()
+        conn.executemany(
+            "INSERT INTO sentry_drops VALUES (?, ?, 1, ?, ?) ON CONFLICT(run_id, rule) DO UPDATE SET"
+            " count = count + 1, last_message = excluded.last_message, last_ns = excluded.last_ns",
+            [(run_id or "", rule, message, now) for run_id, rule, message in drops],
+        )
 
     @staticmethod
     def bump(conn: sqlite3.Connection, name: str, by: int) -> None:

@@ -35,13 +35,14 @@ class Batch:
     events: list[EventRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    sentry_drops: list[tuple[str | None, str, str]] = field(default_factory=list)  # (run id, rule, summary)
     after_commit: Callable[[], None] | None = None
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def size(self) -> int:
-        return len(self.spans) + len(self.events) + len(self.runs) + 1
+        return len(self.spans) + len(self.events) + len(self.runs) + len(self.sentry_drops) + 1
 
 
 class Writer:
@@ -105,6 +106,7 @@ class Writer:
                 touched: set[str] = set()
                 for batch in batches:
                     touched |= self.store.write(conn, batch.spans, batch.events, batch.runs)
+                    self.store.record_sentry_drops(conn, batch.sentry_drops)
                     for name, value in batch.counters.items():
                         self.store.bump(conn, name, value)
                 self.store.refresh_runs(conn, touched)

@@ -208,3 +208,12 @@ def get_json(url: str, headers: dict | None = None):
     status, _, body = http("GET", url, headers=headers)
     assert status == 200, body
     return json.loads(body)
+
+
+@pytest.fixture
+def sentry_upstream():
+    from .sentry_standin import start_standin
+
+    standin, stop = start_standin()
+    yield standin
+    stop()

@@ -188,7 +188,7 @@ def test_spool_is_bounded_and_drops_are_counted(tmp_path):
     asyncio.run(go())
     files = sorted((tmp_path / "spool").glob("*.pb"))
     assert len(files) == 2 and metrics.forward_dropped_batches == 3
-    assert [f.read_bytes()[0] for f in files] == [3, 4]  # the newest are kept
+    assert [f.read_bytes().partition(b"\n")[2][0] for f in files] == [3, 4]  # the newest are kept
 
 
 def test_api_filters_pagination_and_errors(collector):

@@ -1,0 +1,94 @@
+"""A stand-in for an upstream Sentry server (none can run here): it records what arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Arrival:
+    path: str
+    query: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def body(self) -> bytes:
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            return gzip.decompress(self.raw)
+        if encoding == "deflate":
+            return zlib.decompress(self.raw)
+        return self.raw
+
+    def events(self) -> list[dict[str, Any]]:
+        if self.path.endswith("/store/"):
+            return [json.loads(self.body)]
+        from collector.sentry_relay import parse_envelope
+
+        _, items = parse_envelope(self.body)
+        return [json.loads(i.payload) for i in items if i.type == "event"]
+
+
+@dataclass
+class SentryUpstreamStandIn:
+    url: str = ""
+    arrivals: list[Arrival] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def dsn(self, project: str = "7", key: str = "upstreamkey") -> str:
+        host = self.url.split("://", 1)[1]
+        return f"http://{key}@{host}/{project}"
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for a in self.arrivals for e in a.events()]
+
+
+def start_standin() -> tuple[SentryUpstreamStandIn, Any]:
+    standin = SentryUpstreamStandIn()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def receive(request: web.Request) -> web.Response:
+        raw = await request.read()
+        with standin.lock:
+            if standin.fail_next > 0:
+                standin.fail_next -= 1
+                return web.Response(status=503)
+            standin.arrivals.append(Arrival(request.path, request.query_string, dict(request.headers), raw))
+        return web.json_response({"id": "x"})
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        holder["loop"] = loop
+        app = web.Application()
+        app.router.add_post("/api/{project}/envelope/", receive)
+        app.router.add_post("/api/{project}/store/", receive)
+        runner = web.AppRunner(app, auto_decompress=False)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        standin.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+
+    def stop() -> None:
+        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
+        thread.join(10)
+
+    return standin, stop
