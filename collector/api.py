@@ -10,6 +10,7 @@ from aiohttp import web
 from .metrics import Metrics
 from .queries import QueryError, list_runs, run_view, trace_spans
 from .store import Store
+from .waterfall import run_events, run_for_trace, span_detail, waterfall
 
 __all__ = ["Api"]
 
@@ -27,6 +28,10 @@ class Api:
             web.get("/api/runs", self.runs),
             web.get("/api/runs/{run_id}", self.run),
             web.get("/api/traces/{trace_id}", self.trace),
+            web.get("/api/runs/{run_id}/waterfall", self.waterfall),
+            web.get("/api/runs/{run_id}/events", self.events),
+            web.get("/api/spans/{trace_id}/{span_id}", self.span),
+            web.get("/api/lookup/{ident}", self.lookup),
             web.get("/metrics", self.prometheus),
             web.get("/healthz", self.health),
         ]
@@ -66,6 +71,36 @@ class Api:
         if not spans:
             return web.json_response({"error": f"no spans for trace {trace_id}"}, status=404)
         return web.json_response({"traceId": trace_id.lower(), "spans": spans})
+
+    async def waterfall(self, request: web.Request) -> web.Response:
+        view = await self._read(waterfall, request.match_info["run_id"])
+        if view is None:
+            return web.json_response({"error": f"no run {request.match_info['run_id']!r} in the store"}, status=404)
+        return web.json_response(view)
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", "200")), 1), 1000)
+        except ValueError:
+            return _bad("limit: expected a whole number")
+        return web.json_response(await self._read(run_events, request.match_info["run_id"], after=request.query.get("cursor"), limit=limit))
+
+    async def span(self, request: web.Request) -> web.Response:
+        detail = await self._read(span_detail, request.match_info["trace_id"], request.match_info["span_id"])
+        if detail is None:
+            return web.json_response({"error": "no such span"}, status=404)
+        return web.json_response(detail)
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        """A run id or a trace id → the run it belongs to (for search and deep links)."""
+        ident = request.match_info["ident"].strip()
+        if _TRACE_ID.match(ident):
+            run_id = await self._read(run_for_trace, ident)
+        else:
+            run_id = ident if await self._read(lambda conn: conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (ident,)).fetchone()) else None
+        if run_id is None:
+            return web.json_response({"error": f"no run or trace {ident!r} in the store"}, status=404)
+        return web.json_response({"runId": run_id})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",

@@ -20,12 +20,13 @@ from .sentry_relay import SentryRelay
 from .settings import Settings
 from .store import Store
 from .tailer import Tailer
+from .ui import routes as ui_routes
 from .writer import Writer
 
 __all__ = ["Service", "build", "start", "serve"]
 
 log = logging.getLogger("collector")
-_PROTECTED = ("/v1/", "/api/runs", "/api/traces")  # Sentry SDKs authenticate with their DSN key, not our token
+_PROTECTED = ("/v1/", "/api/runs", "/api/traces", "/api/spans", "/api/lookup")  # Sentry SDKs authenticate with their DSN key, not our token
 
 
 @dataclass
@@ -97,6 +98,7 @@ def build(settings: Settings) -> Service:
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
     app.router.add_post("/v1/traces", ingest.handle)
     app.router.add_routes(Api(store, metrics).routes())
+    app.router.add_routes(ui_routes())
     sentry_forwarder = None
     if settings.sentry_upstream:
         sentry_forwarder = Forwarder(settings.sentry_upstream, settings.store.parent / "sentry-spool", metrics,
