@@ -104,14 +104,18 @@ class Store:
         now = time.time_ns()
         touched: set[str] = set()
         rows = []
+        resources: dict[int, str] = {}  # one request's spans share one resource dict
         for s in spans:
+            resource = resources.get(id(s.resource))
+            if resource is None:
+                resource = resources[id(s.resource)] = _dumps(s.resource)
             run_id = s.run_id
             if run_id:
                 touched.add(run_id)
             rows.append((
                 s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns, s.status_code, s.status_message,
-                run_id, s.resource.get("service.name"), s.scope, s.source, int(s.benign), _dumps(s.attributes), _dumps(s.events),
-                _dumps(s.links), _dumps(s.resource), now,
+                run_id, s.resource.get("service.name"), s.scope, s.source, int(s.benign), _dumps(s.attributes),
+                _dumps(s.events) if s.events else "[]", _dumps(s.links) if s.links else "[]", resource, now,
             ))  # fmt: skip
         conn.executemany("INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         event_rows = [(e.run_id, e.event_id, e.event_type, e.correlation_id, e.created_ns, e.data) for e in events]

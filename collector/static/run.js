@@ -33,6 +33,7 @@ async function load() {
   drawAxis();
   drawRows();
   drawSdk();
+  if (!window.__wftRenderedAt) window.__wftRenderedAt = performance.now();  // for bench/: first full draw
   $('events-summary').textContent = `Events (${data.eventsCount})`;
   clearTimeout(timer);
   if (live) timer = setTimeout(() => load().catch(() => {}), 1000);
