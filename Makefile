@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test install bench clean
 
+$(BIN)/.bench: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wft needs Python >= 3.11; set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +25,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every benchmark under bench/, one run; prints the table and writes bench/results.md.
+bench: $(BIN)/.bench
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -60,7 +60,7 @@ def big_run(source: Path, target: Path, steps: int) -> str:
     def emit(event: dict, correlation: str | None) -> None:
         nonlocal t
         t += timedelta(milliseconds=1)
-        event = {**event, "runId": new_run, "eventId": f"evnt_{ULID.from_timestamp(t)}", "createdAt": t.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        event = {**event, "runId": new_run, "eventId": f"evnt_{ULID.from_timestamp(t.timestamp())}", "createdAt": t.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
         if correlation:
             event["correlationId"] = correlation
         (target / "events" / f"{new_run}-{event['eventId']}.json").write_text(json.dumps(event))

@@ -7,7 +7,11 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["list_runs", "run_view", "trace_spans", "span_json", "run_json", "QueryError"]
+__all__ = ["STITCHED", "list_runs", "run_view", "trace_spans", "span_json", "run_json", "QueryError"]
+
+
+#: A run's stitched spans: every span carrying its run id, plus the rest of its event-log trace.
+STITCHED = "run_id = ? OR trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE run_id = ? AND source = 'world')"
 
 
 class QueryError(ValueError):
@@ -113,12 +117,7 @@ def run_view(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
-    spans = conn.execute(
-        "SELECT * FROM spans WHERE run_id = ? UNION "
-        "SELECT * FROM spans WHERE trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE run_id = ? AND source = 'world') "
-        "ORDER BY start_ns, span_id",
-        (run_id, run_id),
-    ).fetchall()
+    spans = conn.execute(f"SELECT * FROM spans WHERE {STITCHED} ORDER BY start_ns, span_id", (run_id, run_id)).fetchall()
     events = conn.execute(
         "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? ORDER BY event_id", (run_id,)
     ).fetchall()

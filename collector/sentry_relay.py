@@ -103,7 +103,8 @@ class SentryRelay:
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/{project_id}/envelope/", self.envelope), web.post("/api/{project_id}/store/", self.store)]
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: web.Request) -> tuple[bytes, bytes]:
+        """(body as received, decompressed body)."""
         encoding = request.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("identity", "gzip", "deflate"):
             raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r}")
@@ -112,8 +113,7 @@ class SentryRelay:
             raise TooLarge()
         inflater = _Inflater(encoding, self.max_body)
         inflater.feed(raw)
-        request["raw_body"] = raw
-        return inflater.finish()
+        return raw, inflater.finish()
 
     def _judge(self, payload: bytes) -> tuple[str | None, dict | None]:
         try:
@@ -137,6 +137,7 @@ class SentryRelay:
         await self.writer.submit(Batch(sentry_drops=rows))
 
     async def _forward(self, request: web.Request, kind: str, body: bytes, *, original: bool) -> None:
+        """Spool ``body`` for upstream; ``original``: the very bytes the client sent (keep their encoding)."""
         if self.forwarder is None or self.upstream is None:
             return
         base, project = self.upstream
@@ -148,7 +149,7 @@ class SentryRelay:
 
     async def envelope(self, request: web.Request) -> web.Response:
         try:
-            body = await self._body(request)
+            raw, body = await self._body(request)
             header, items = parse_envelope(body)
         except TooLarge:
             return web.Response(status=413, text=f"envelope over {self.max_body} bytes")
@@ -166,7 +167,7 @@ class SentryRelay:
         if kept:
             self.kept += sum(1 for i in kept if i.type in _EVENT_TYPES)
             if not drops:
-                await self._forward(request, "envelope", request["raw_body"], original=True)
+                await self._forward(request, "envelope", raw, original=True)
             else:
                 await self._forward(request, "envelope", header + b"".join(i.raw for i in kept), original=False)
         event_id = json.loads(header or b"{}").get("event_id")
@@ -174,7 +175,7 @@ class SentryRelay:
 
     async def store(self, request: web.Request) -> web.Response:
         try:
-            body = await self._body(request)
+            raw, body = await self._body(request)
         except TooLarge:
             return web.Response(status=413, text=f"event over {self.max_body} bytes")
         except zlib.error as error:
@@ -186,7 +187,7 @@ class SentryRelay:
             await self._record_drops([(rule_id, event)])
         else:
             self.kept += 1
-            await self._forward(request, "store", request["raw_body"], original=True)
+            await self._forward(request, "store", raw, original=True)
         return web.json_response({"id": event.get("event_id")})
 
 

@@ -38,8 +38,7 @@ class Tailer:
         self.writer = writer
         self.metrics = metrics
         self.forward = forward
-        self.follower = Follower(world, self._send, Checkpoint(checkpoint_path), resource=run_resource(world_kind),
-                                 interval=interval, observe=self._observe)  # fmt: skip
+        self.follower = Follower(world, self._deliver, Checkpoint(checkpoint_path), resource=run_resource(world_kind), interval=interval)
 
     async def _submit(self, batch: Batch) -> None:
         while True:  # our own writes wait their turn instead of failing
@@ -49,25 +48,22 @@ class Tailer:
             except Overloaded:
                 await asyncio.sleep(0.2)
 
-    async def _observe(self, run: Any, events: list[Any]) -> None:
+    async def _deliver(self, run: Any, events: list[Any], spans: list[ReadableSpan]) -> None:
+        """One commit per changed run: its events, what the world says of it, its new spans."""
         rows = [
             EventRow(e.run_id, e.event_id, e.event_type, e.correlation_id, _ns(e.created_at),
                      json.dumps(to_jsonable(e.event_data), default=str) if e.event_data else None)
             for e in events
         ]  # fmt: skip
-        info = RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at))
-        await self._submit(Batch(events=rows, runs=[info]))
-        if events:
-            self.metrics.tailer_lag_seconds = max(0.0, time.time() - events[-1].created_at.timestamp())
-
-    async def _send(self, spans: list[ReadableSpan]) -> None:
-        payload = encode_spans(spans)
-        records, _, _ = records_from(payload)
+        payload = encode_spans(spans) if spans else None
+        records = records_from(payload)[0] if payload is not None else []
         for record in records:
             record.source = "world"
-        await self._submit(Batch(spans=records))
+        await self._submit(Batch(spans=records, events=rows, runs=[RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at))]))
         self.metrics.tailer_spans += len(records)
-        if self.forward is not None:
+        if events:
+            self.metrics.tailer_lag_seconds = max(0.0, time.time() - events[-1].created_at.timestamp())
+        if self.forward is not None and payload is not None:
             await self.forward(payload.SerializeToString())
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
-from .queries import run_json
+from .queries import STITCHED, run_json
 
 __all__ = ["waterfall", "span_detail"]
 
@@ -29,10 +29,7 @@ def waterfall(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     spans = conn.execute(
         "SELECT trace_id, span_id, parent_span_id, name, start_ns, end_ns, status_code, status_message, source, benign,"
         " json_extract(attributes, '$.\"step.attempt\"') AS attempt, json_extract(attributes, '$.\"step.status\"') AS step_status,"
-        " events FROM spans WHERE run_id = ? UNION "
-        "SELECT trace_id, span_id, parent_span_id, name, start_ns, end_ns, status_code, status_message, source, benign, NULL, NULL, events"
-        " FROM spans WHERE trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE run_id = ? AND source = 'world') AND run_id IS NULL "
-        "ORDER BY start_ns, span_id",
+        f" events FROM spans WHERE {STITCHED} ORDER BY start_ns, span_id",
         (run_id, run_id),
     ).fetchall()
     t0 = min((s["start_ns"] for s in spans), default=run["start_ns"] or 0)

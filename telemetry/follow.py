@@ -68,28 +68,26 @@ class Checkpoint:
 
 
 class Follower:
-    """One poll at a time: ``poll()`` returns the spans it sent; ``run()`` loops forever."""
+    """One poll at a time: ``poll()`` returns the spans it delivered; ``run()`` loops until stopped."""
 
     def __init__(
         self,
         world: Any,
-        send: Callable[[list[ReadableSpan]], Any],
+        deliver: Callable[[Any, list[Any], list[ReadableSpan]], Any],
         checkpoint: Checkpoint,
         *,
         resource: Resource | None = None,
         include_payloads: bool = True,
         interval: float = 0.25,
-        observe: Callable[[Any, list[Any]], Any] | None = None,
     ) -> None:
-        """``observe(run, events)`` is called for every run whose log changed, before its
-        spans are sent (the collector stores the events themselves through it)."""
+        """``deliver(run, events, new_spans)`` is called once for every run whose log changed
+        (``new_spans`` may be empty); the run counts as sent once it returns."""
         self.world = world
-        self.send = send
+        self.deliver = deliver
         self.checkpoint = checkpoint
         self.resource = resource
         self.include_payloads = include_payloads
         self.interval = interval
-        self.observe = observe
 
     async def poll(self) -> int:
         counts = await self.world.events.counts_by_run()
@@ -104,18 +102,13 @@ class Follower:
                 log.debug("follow: run %s not readable yet: %s", run_id, error)
                 continue
             events = await event_log(self.world, run_id)
-            if self.observe is not None:
-                result = self.observe(run, events)
-                if asyncio.iscoroutine(result):
-                    await result
             trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
             fresh = [s for s in trace.spans if f"{s.context.span_id:016x}" not in state.sent]
-            if fresh:
-                result = self.send(fresh)
-                if asyncio.iscoroutine(result):
-                    await result
-                state.sent.update(f"{s.context.span_id:016x}" for s in fresh)
-                sent += len(fresh)
+            result = self.deliver(run, events, fresh)
+            if asyncio.iscoroutine(result):
+                await result
+            state.sent.update(f"{s.context.span_id:016x}" for s in fresh)
+            sent += len(fresh)
             state.events = len(events)
             state.complete = trace.complete
             self.checkpoint.save()

@@ -313,14 +313,18 @@ class _Builder:
             if outcome == "retrying":
                 self.retrying[step_id] = attempt
 
-    def wait_event(self, event: Event, data: dict[str, Any]) -> None:
-        wait_id = event.correlation_id or "?"
-        key = f"wait:{wait_id}"
-        wait = self.parts.get(key)
-        if wait is None:
-            if event.event_type != "wait_created":
+    def entity(self, kind: str, event: Event, *, created: str, name: str, id_attribute: str) -> _Part:
+        """The span of a sleep or hook, opened by its first event (an anomaly unless its creation)."""
+        entity_id = event.correlation_id or "?"
+        part = self.parts.get(f"{kind}:{entity_id}")
+        if part is None:
+            if event.event_type != created:
                 self.anomaly("missing_start", event)
-            wait = self.open(key, "sleep", "run", event, **{"workflow.wait.id": wait_id})
+            part = self.open(f"{kind}:{entity_id}", name, "run", event, **{id_attribute: entity_id})
+        return part
+
+    def wait_event(self, event: Event, data: dict[str, Any]) -> None:
+        wait = self.entity("wait", event, created="wait_created", name="sleep", id_attribute="workflow.wait.id")
         resume_at = data.get("resumeAt")
         if isinstance(resume_at, datetime):
             wait.attributes["workflow.wait.resume_at"] = _iso(resume_at)
@@ -332,13 +336,7 @@ class _Builder:
             wait.end = _ns(event.created_at)
 
     def hook_event(self, event: Event, data: dict[str, Any]) -> None:
-        hook_id = event.correlation_id or "?"
-        key = f"hook:{hook_id}"
-        hook = self.parts.get(key)
-        if hook is None:
-            if event.event_type != "hook_created":
-                self.anomaly("missing_start", event)
-            hook = self.open(key, "hook", "run", event, **{"workflow.hook.id": hook_id})
+        hook = self.entity("hook", event, created="hook_created", name="hook", id_attribute="workflow.hook.id")
         token = data.get("token")
         if token:
             hook.attributes["workflow.hook.token"] = token

@@ -132,20 +132,7 @@ def live_local_app(tmp_path):
     subprocess.run(["bash", str(HARNESS / "run.sh"), "stop", str(state)], capture_output=True, timeout=60)
 
 
-def start_workflow(app_url: str, name: str, args: list) -> str:
-    import urllib.request
-
-    request = urllib.request.Request(f"{app_url}/api/start/{name}", data=json.dumps({"args": args}).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["runId"]
-
-
-def run_status(app_url: str, run_id: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{app_url}/api/run/{run_id}", timeout=30) as response:
-        return json.loads(response.read())["status"]
+from .harness_app import run_status, start_workflow  # noqa: E402,F401  (re-exported for the tests)
 
 
 @pytest.fixture

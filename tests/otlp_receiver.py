@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import threading
 from dataclasses import dataclass, field
@@ -11,6 +10,8 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from .threaded_server import serve_in_thread
 
 
 def _value(v: AnyValue) -> Any:
@@ -83,8 +84,6 @@ def decode_request(body: bytes) -> list[ReceivedSpan]:
 
 def start_receiver() -> tuple[Receiver, callable]:
     receiver = Receiver()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
 
     async def traces(request: web.Request) -> web.Response:
         body = await request.read()
@@ -102,29 +101,7 @@ def start_receiver() -> tuple[Receiver, callable]:
             receiver.spans.extend(spans)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")
 
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        holder["loop"] = loop
-        app = web.Application()
-        app.router.add_post("/v1/traces", traces)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]
-        receiver.url = f"http://127.0.0.1:{port}"
-        holder["runner"] = runner
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-
-    def stop() -> None:
-        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
-        thread.join(10)
-
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    receiver.url, stop = serve_in_thread(app)
     return receiver, stop

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import threading
@@ -11,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from .threaded_server import serve_in_thread
 
 
 @dataclass
@@ -56,8 +57,6 @@ class SentryUpstreamStandIn:
 
 def start_standin() -> tuple[SentryUpstreamStandIn, Any]:
     standin = SentryUpstreamStandIn()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
 
     async def receive(request: web.Request) -> web.Response:
         raw = await request.read()
@@ -68,27 +67,8 @@ def start_standin() -> tuple[SentryUpstreamStandIn, Any]:
             standin.arrivals.append(Arrival(request.path, request.query_string, dict(request.headers), raw))
         return web.json_response({"id": "x"})
 
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        holder["loop"] = loop
-        app = web.Application()
-        app.router.add_post("/api/{project}/envelope/", receive)
-        app.router.add_post("/api/{project}/store/", receive)
-        runner = web.AppRunner(app, auto_decompress=False)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        standin.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-
-    def stop() -> None:
-        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
-        thread.join(10)
-
+    app = web.Application()
+    app.router.add_post("/api/{project}/envelope/", receive)
+    app.router.add_post("/api/{project}/store/", receive)
+    standin.url, stop = serve_in_thread(app, auto_decompress=False)
     return standin, stop

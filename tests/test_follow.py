@@ -108,10 +108,10 @@ def test_follower_on_postgres_sends_each_span_once(harness_pg_url, tmp_path):
     batches: list[list] = []
 
     async def go():
-        follower = Follower(world, batches.append, Checkpoint(tmp_path / "cp.json"))
+        follower = Follower(world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.json"))
         first = await follower.poll()
         second = await follower.poll()
-        restarted = Follower(world, batches.append, Checkpoint(tmp_path / "cp.json"))
+        restarted = Follower(world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.json"))
         third = await restarted.poll()
         expected = [s async for run in all_runs(world) for s in (await run_trace(world, run)).spans]
         await world.close()

@@ -26,7 +26,11 @@ def configure(parser: argparse.ArgumentParser):
         except ValueError as error:
             raise CliError(str(error)) from None
         sink = OtlpSink(args.otlp, timeout=args.timeout)
-        follower = Follower(world, lambda spans: asyncio.to_thread(sink.send, spans), checkpoint,
+        async def deliver(run, events, spans) -> None:
+            if spans:
+                await asyncio.to_thread(sink.send, spans)
+
+        follower = Follower(world, deliver, checkpoint,
                             resource=run_resource(args.world or "local"), include_payloads=not args.no_payloads, interval=args.interval)  # fmt: skip
 
         async def tail() -> None:
