@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS run_events (
   run_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, correlation_id TEXT,
   created_ns INTEGER NOT NULL, data TEXT, PRIMARY KEY (run_id, event_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sentry_drops (
   run_id TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL, last_message TEXT, last_ns INTEGER NOT NULL,
   PRIMARY KEY (run_id, rule)
@@ -157,10 +156,6 @@ class Store:
             [(run_id or "", rule, message, now) for run_id, rule, message in drops],
         )
 
-    @staticmethod
-    def bump(conn: sqlite3.Connection, name: str, by: int) -> None:
-        conn.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by))
-
     # ---- retention (writer thread) ---------------------------------------------------------
     def used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -189,10 +184,6 @@ class Store:
         return dropped
 
     # ---- reading -------------------------------------------------------------------------------
-    def counter(self, name: str) -> int:
-        row = self.reader().execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
-
     def file_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal", "-shm"):

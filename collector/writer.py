@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .otlp import SpanRecord
@@ -34,9 +33,7 @@ class Batch:
     spans: list[SpanRecord] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
     sentry_drops: list[tuple[str | None, str, str]] = field(default_factory=list)  # (run id, rule, summary)
-    after_commit: Callable[[], None] | None = None
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -107,8 +104,6 @@ class Writer:
                 for batch in batches:
                     touched |= self.store.write(conn, batch.spans, batch.events, batch.runs)
                     self.store.record_sentry_drops(conn, batch.sentry_drops)
-                    for name, value in batch.counters.items():
-                        self.store.bump(conn, name, value)
                 self.store.refresh_runs(conn, touched)
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -122,8 +117,6 @@ class Writer:
             for batch in batches:
                 with self._lock:
                     self._pending -= batch.size
-                if error is None and batch.after_commit:
-                    batch.after_commit()
                 if batch.future is not None and batch.loop is not None and not batch.loop.is_closed():
                     try:
                         batch.loop.call_soon_threadsafe(_settle, batch.future, error)
