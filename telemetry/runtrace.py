@@ -1,10 +1,8 @@
 """A run's event log, rebuilt as a trace: run → steps → attempts, sleeps, hooks, errors.
 
 The event log is the one authoritative record (hook and wait records are deleted once
-resolved), so spans are derived from events alone. Ids are deterministic: the trace id is the
-run's stored W3C ``traceparent`` trace (its spans then sit beside the SDK's own) or else the
-128 bits of the run's ULID; span ids hash (trace, run, entity). Rebuilding the same log gives
-the same spans, so exporting twice is harmless.
+resolved), so spans are derived from events alone. Ids are deterministic (``trace_identity``):
+the same log always gives the same spans, so exporting twice is harmless.
 
 Only finished work becomes a span. While a run is live, finished steps, attempts, sleeps and
 hooks are emitted; the run span (and anything still open) follows when the run ends.
@@ -14,7 +12,6 @@ start each become a ``workflow.anomaly`` span event and are counted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import Counter
@@ -27,10 +24,10 @@ from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from ulid import ULID
 
 from . import __version__
 from .payloads import to_jsonable
+from .trace_identity import parse_traceparent, span_id_for, trace_id_for
 from .world import TERMINAL_RUN_EVENT_TYPES, Event, StructuredError, WorkflowRun
 
 __all__ = ["RunTrace", "build_run_trace", "anomaly_counts", "trace_id_for", "short_name"]
@@ -59,32 +56,6 @@ def _ns(moment: datetime) -> int:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _parse_traceparent(run: WorkflowRun | None) -> tuple[int, int] | None:
-    carrier = ((run.execution_context or {}).get("traceCarrier") or {}) if run else {}
-    value = carrier.get("traceparent") if isinstance(carrier, dict) else None
-    if not isinstance(value, str):
-        return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
-        return None
-    try:
-        trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
-    except ValueError:
-        return None
-    return (trace_id, span_id) if trace_id and span_id else None
-
-
-def trace_id_for(run_id: str, run: WorkflowRun | None = None) -> int:
-    """The trace a run's spans join: its stored traceparent's, else its ULID's 128 bits."""
-    carried = _parse_traceparent(run)
-    if carried:
-        return carried[0]
-    try:
-        return int(ULID.from_str(run_id.removeprefix("wrun_"))) or 1
-    except ValueError:  # 5.x tagged run ids are not strict ULIDs
-        return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:16], "big") or 1
 
 
 def _payload_attr(value: Any) -> str:
@@ -386,17 +357,13 @@ def build_run_trace(
         builder.feed(event)
     builder.finish()
     trace_id = trace_id_for(run_id, run)
-    carried = _parse_traceparent(run)
+    carried = parse_traceparent(run)
     resource = resource or Resource.get_empty()
     workflow_name = builder.workflow_name
     common = {"workflow.run.id": run_id, "workflow.name": workflow_name}
 
-    def span_id(key: str) -> int:
-        digest = hashlib.sha256(f"{trace_id:032x}/{run_id}/{key}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") or 1
-
     def context(key: str) -> SpanContext:
-        return SpanContext(trace_id, span_id(key), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        return SpanContext(trace_id, span_id_for(trace_id, run_id, key), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
     spans: list[ReadableSpan] = []
     run_part = builder.run_part
