@@ -82,10 +82,17 @@ def parse_duration(text: str) -> float:
 
 def default_world() -> tuple[str | None, str | None, str | None]:
     """Follow the world the SDK would use, when the environment or ./.workflow-data says there is one."""
+    from telemetry.errors import WorkflowWorldError
+    from telemetry.worlds import world_kind
+
     target = os.environ.get("WORKFLOW_TARGET_WORLD")
-    if target or os.environ.get("WORKFLOW_POSTGRES_URL") and not os.environ.get("WORKFLOW_LOCAL_DATA_DIR"):
-        kind = "postgres" if "postgres" in (target or "postgres") else "local"
-        return kind, None, None
+    try:
+        if target:
+            return world_kind(target), None, None
+    except WorkflowWorldError as error:
+        raise SettingsError(str(error)) from None
+    if os.environ.get("WORKFLOW_POSTGRES_URL") and not os.environ.get("WORKFLOW_LOCAL_DATA_DIR"):
+        return "postgres", None, None
     if os.environ.get("WORKFLOW_LOCAL_DATA_DIR") or Path(".workflow-data").is_dir():
         return "local", None, None
     return None, None, None

@@ -224,3 +224,21 @@ def test_size_and_duration_parsing():
         parse_bytes("lots")
     with pytest.raises(SettingsError):
         parse_duration("soon")
+
+
+def test_serve_picks_its_world_like_the_sdk(monkeypatch, tmp_path):
+    from collector.settings import default_world
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("WORKFLOW_TARGET_WORLD", "WORKFLOW_LOCAL_DATA_DIR", "WORKFLOW_POSTGRES_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_world() == (None, None, None)
+    (tmp_path / ".workflow-data").mkdir()
+    assert default_world()[0] == "local"
+    monkeypatch.setenv("WORKFLOW_TARGET_WORLD", "@workflow/world-postgres")
+    assert default_world()[0] == "postgres"
+    monkeypatch.setenv("WORKFLOW_TARGET_WORLD", "vercel")
+    with pytest.raises(SettingsError, match="world-vercel is not readable"):
+        default_world()
+    result = wft("serve", env={"WORKFLOW_TARGET_WORLD": "mongo"})
+    assert result.returncode == 2 and "unknown world 'mongo'" in result.stderr
