@@ -103,14 +103,17 @@ class Follower:
                 continue
             events = await event_log(self.world, run_id)
             trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
+            if state.complete:  # a finished run's log changed again: send its spans again (same ids)
+                state.sent.clear()
             fresh = [s for s in trace.spans if f"{s.context.span_id:016x}" not in state.sent]
             result = self.deliver(run, events, fresh)
             if asyncio.iscoroutine(result):
                 await result
-            state.sent.update(f"{s.context.span_id:016x}" for s in fresh)
             sent += len(fresh)
             state.events = len(events)
             state.complete = trace.complete
+            # a finished run keeps only its event count: the checkpoint does not grow with every span ever sent
+            state.sent = set() if trace.complete else state.sent | {f"{s.context.span_id:016x}" for s in fresh}
             self.checkpoint.save()
         return sent
 

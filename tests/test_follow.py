@@ -120,3 +120,18 @@ def test_follower_on_postgres_sends_each_span_once(harness_pg_url, tmp_path):
     first, second, third, expected = asyncio.run(go())
     assert first == len(expected) > 0 and second == 0 and third == 0
     assert sorted(s.context.span_id for b in batches for s in b) == sorted(s.context.span_id for s in expected)
+
+
+def test_checkpoint_keeps_finished_runs_small_and_bad_checkpoints_are_one_line(harness_out, tmp_path):
+    import json
+
+    world = LocalWorld(harness_out / "local-data")
+    checkpoint = tmp_path / "cp.json"
+    asyncio.run(Follower(world, lambda run, events, spans: None, Checkpoint(checkpoint)).poll())
+    saved = json.loads(checkpoint.read_text())["runs"]
+    assert len(saved) == 11 and all(v["complete"] and v["sent"] == [] and v["events"] > 0 for v in saved.values())
+    checkpoint.write_text("{broken")
+    from .conftest import wft
+
+    result = wft("follow", "--dir", str(harness_out / "local-data"), "--checkpoint", str(checkpoint), "--otlp", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "not valid JSON" in result.stderr and "move it away" in result.stderr
