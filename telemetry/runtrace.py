@@ -58,8 +58,15 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _not_plain_json(value: Any) -> Any:
+    raise TypeError("not plain JSON")
+
+
 def _payload_attr(value: Any) -> str:
-    text = json.dumps(to_jsonable(value), default=str, ensure_ascii=False)
+    try:  # most payloads are plain JSON already; JS-only values (undefined, Date, NaN…) take the slow path
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_not_plain_json)
+    except (TypeError, ValueError):
+        text = json.dumps(to_jsonable(value), default=str, ensure_ascii=False)
     return text if len(text) <= MAX_PAYLOAD_CHARS else text[: MAX_PAYLOAD_CHARS - 1] + "…"
 
 
@@ -382,7 +389,9 @@ def build_run_trace(
             parent = SpanContext(trace_id, carried[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)) if carried else None
         else:
             parent = context(part.parent)
-        attributes = {**common, **{k: v for k, v in part.attributes.items() if v is not None}}
+        attributes = {**common, **part.attributes}
+        if None in attributes.values():
+            attributes = {k: v for k, v in attributes.items() if v is not None}
         spans.append(
             ReadableSpan(
                 name=part.name,
