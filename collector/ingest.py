@@ -19,7 +19,7 @@ from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, r
 from .policy import apply_benign_policy
 from .writer import Batch, Overloaded, Writer
 
-__all__ = ["Ingest", "TooLarge"]
+__all__ = ["Ingest", "TooLarge", "read_limited"]
 
 log = logging.getLogger("collector.ingest")
 _CHUNK = 64 * 1024
@@ -60,6 +60,27 @@ class _Inflater:
         self.out += chunk
 
 
+async def read_limited(request: web.Request, limit: int, *, keep_raw: bool = False) -> tuple[bytes, bytes]:
+    """(body as received if ``keep_raw``, decompressed body), reading to EOF in chunks and refusing
+    (``TooLarge``) past ``limit`` bytes before or after decompression."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge()
+    inflater = _Inflater(encoding, limit)
+    raw = bytearray()
+    received = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge()
+        if keep_raw:
+            raw += chunk
+        inflater.feed(chunk)
+    return bytes(raw), inflater.finish()
+
+
 class Ingest:
     def __init__(self, writer: Writer, metrics: Metrics, *, max_body: int,
                  forward: Callable[[bytes], Awaitable[None]] | None = None) -> None:  # fmt: skip
@@ -68,28 +89,13 @@ class Ingest:
         self.max_body = max_body
         self.forward = forward
 
-    async def read_body(self, request: web.Request) -> bytes:
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("identity", "gzip", "deflate"):
-            raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise TooLarge()
-        inflater = _Inflater(encoding, self.max_body)
-        received = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            received += len(chunk)
-            if received > self.max_body:
-                raise TooLarge()
-            inflater.feed(chunk)
-        return inflater.finish()
-
     async def handle(self, request: web.Request) -> web.Response:
         content_type = request.content_type
         if content_type not in (PROTOBUF, JSON):
             self.metrics.requests_rejected += 1
             return web.Response(status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}")
         try:
-            body = await self.read_body(request)
+            _, body = await read_limited(request, self.max_body)
             otlp = decode_request(body, content_type)
         except TooLarge:
             self.metrics.requests_rejected += 1

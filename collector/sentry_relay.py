@@ -22,7 +22,7 @@ from aiohttp import web
 from telemetry.sentry import annotate, classify
 
 from .forward import Forwarder
-from .ingest import TooLarge, _Inflater
+from .ingest import TooLarge, read_limited
 from .writer import Batch, Writer
 
 __all__ = ["SentryRelay", "parse_envelope", "upstream_base"]
@@ -103,18 +103,6 @@ class SentryRelay:
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/{project_id}/envelope/", self.envelope), web.post("/api/{project_id}/store/", self.store)]
 
-    async def _body(self, request: web.Request) -> tuple[bytes, bytes]:
-        """(body as received, decompressed body)."""
-        encoding = request.headers.get("Content-Encoding", "identity").lower()
-        if encoding not in ("identity", "gzip", "deflate"):
-            raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r}")
-        raw = await request.content.read(self.max_body + 1)
-        if len(raw) > self.max_body:
-            raise TooLarge()
-        inflater = _Inflater(encoding, self.max_body)
-        inflater.feed(raw)
-        return raw, inflater.finish()
-
     def _judge(self, payload: bytes) -> tuple[str | None, dict | None]:
         try:
             event = json.loads(payload)
@@ -149,7 +137,7 @@ class SentryRelay:
 
     async def envelope(self, request: web.Request) -> web.Response:
         try:
-            raw, body = await self._body(request)
+            raw, body = await read_limited(request, self.max_body, keep_raw=True)
             header, items = parse_envelope(body)
         except TooLarge:
             return web.Response(status=413, text=f"envelope over {self.max_body} bytes")
@@ -175,7 +163,7 @@ class SentryRelay:
 
     async def store(self, request: web.Request) -> web.Response:
         try:
-            raw, body = await self._body(request)
+            raw, body = await read_limited(request, self.max_body, keep_raw=True)
         except TooLarge:
             return web.Response(status=413, text=f"event over {self.max_body} bytes")
         except zlib.error as error:

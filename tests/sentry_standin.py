@@ -67,7 +67,7 @@ def start_standin() -> tuple[SentryUpstreamStandIn, Any]:
             standin.arrivals.append(Arrival(request.path, request.query_string, dict(request.headers), raw))
         return web.json_response({"id": "x"})
 
-    app = web.Application()
+    app = web.Application(client_max_size=32 * 1024 * 1024)  # real Sentry takes envelopes of tens of MB
     app.router.add_post("/api/{project}/envelope/", receive)
     app.router.add_post("/api/{project}/store/", receive)
     standin.url, stop = serve_in_thread(app, auto_decompress=False)

@@ -143,3 +143,22 @@ def test_node_sdk_through_the_relay(collector, sentry_upstream, sentry_node):
     time.sleep(0.3)
     assert [e["exception"]["values"][-1]["value"] for e in sentry_upstream.events()] == ["a real node failure"]
     assert service.relay.dropped["vercel-stream-409"] == 1
+
+
+def test_large_chunked_envelope_is_read_whole(collector, sentry_upstream):
+    service = collector(sentry_upstream=sentry_upstream.dsn())
+    big = json.dumps({**js_error("Error", "a real failure"), "extra": {"blob": "x" * 3_000_000}}).encode()
+    body = _envelope(({"type": "event", "length": len(big)}, big))
+
+    def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    import urllib.request
+
+    request = urllib.request.Request(f"{service.url}/api/42/envelope/", data=chunks(), method="POST",
+                                     headers={"Content-Type": "application/x-sentry-envelope", "Transfer-Encoding": "chunked"})  # fmt: skip
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+    _wait_for(lambda: sentry_upstream.arrivals)
+    assert sentry_upstream.arrivals[0].raw == body
