@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 from aiohttp import web
 
 from .metrics import Metrics
-from .queries import QueryError, list_runs, run_view, trace_spans
+from .queries import TRACE_ID, QueryError, list_runs, lookup_run, run_events, run_view, span_detail, trace_spans
 from .store import Store
-from .waterfall import run_events, run_for_trace, span_detail, waterfall
+from .waterfall import waterfall
 
 __all__ = ["Api"]
 
-_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _STATUSES = {"pending", "running", "completed", "failed", "cancelled"}
 
 
@@ -65,7 +63,7 @@ class Api:
 
     async def trace(self, request: web.Request) -> web.Response:
         trace_id = request.match_info["trace_id"]
-        if not _TRACE_ID.match(trace_id):
+        if not TRACE_ID.match(trace_id):
             return _bad("trace id: expected 32 hex characters")
         spans = await self._read(trace_spans, trace_id)
         if not spans:
@@ -94,10 +92,7 @@ class Api:
     async def lookup(self, request: web.Request) -> web.Response:
         """A run id or a trace id → the run it belongs to (for search and deep links)."""
         ident = request.match_info["ident"].strip()
-        if _TRACE_ID.match(ident):
-            run_id = await self._read(run_for_trace, ident)
-        else:
-            run_id = ident if await self._read(lambda conn: conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (ident,)).fetchone()) else None
+        run_id = await self._read(lookup_run, ident)
         if run_id is None:
             return web.json_response({"error": f"no run or trace {ident!r} in the store"}, status=404)
         return web.json_response({"runId": run_id})

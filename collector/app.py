@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from telemetry.export import traces_endpoint
 from telemetry.worlds import open_world
 
 from .api import Api
@@ -91,8 +92,8 @@ def build(settings: Settings) -> Service:
     service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)
     forward = None
     if settings.forward_otlp:
-        service.forwarder = Forwarder(settings.forward_otlp, settings.spool_dir or settings.store.parent / "spool", metrics,
-                                      max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
+        service.forwarder = Forwarder(traces_endpoint(settings.forward_otlp), settings.spool_dir or settings.store.parent / "spool", metrics,
+                                      headers={"Content-Type": "application/x-protobuf"}, max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
         metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
         forward = service.forwarder.enqueue
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
@@ -101,10 +102,9 @@ def build(settings: Settings) -> Service:
     app.router.add_routes(ui_routes())
     sentry_forwarder = None
     if settings.sentry_upstream:
-        sentry_forwarder = Forwarder(settings.sentry_upstream, settings.store.parent / "sentry-spool", metrics,
-                                     max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
+        sentry_forwarder = Forwarder(None, settings.store.parent / "sentry-spool", metrics, max_spool_bytes=settings.spool_max_bytes)  # each batch names its URL
         service.sentry_forwarder = sentry_forwarder
-    relay = SentryRelay(writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes, dashboard_url=settings.dashboard_url)
+    relay = SentryRelay(writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes)
     service.relay = relay
     app.router.add_routes(relay.routes())
     metrics.labelled["wft_sentry_dropped_total"] = ("rule", lambda: dict(relay.dropped))

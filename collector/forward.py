@@ -27,15 +27,15 @@ log = logging.getLogger("collector.forward")
 
 
 class Forwarder:
-    def __init__(self, url: str, spool_dir: str | Path, metrics: Metrics, *, max_spool_bytes: int = 256 * 1024 * 1024,
+    def __init__(self, url: str | None, spool_dir: str | Path, metrics: Metrics, *, max_spool_bytes: int = 256 * 1024 * 1024,
                  headers: dict[str, str] | None = None, max_backoff: float = 30.0) -> None:  # fmt: skip
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/v1/traces") else base + "/v1/traces"
+        """``url``/``headers``: the defaults for batches enqueued without their own."""
+        self.url = url
         self.spool = Path(spool_dir)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics
         self.max_spool_bytes = max_spool_bytes
-        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self.headers = headers or {}
         self.max_backoff = max_backoff
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -47,7 +47,10 @@ class Forwarder:
         """Spool one batch; ``url``/``headers`` override the defaults for this batch only."""
         name = f"{time.time_ns():020d}-{next(self._seq):08d}.pb"
         temp = self.spool / (name + ".tmp")
-        meta = json.dumps({"url": url or self.url, "headers": headers if headers is not None else self.headers}).encode()
+        target = url or self.url
+        if target is None:
+            raise ValueError("no URL for this batch and no default URL")
+        meta = json.dumps({"url": target, "headers": headers if headers is not None else self.headers}).encode()
         temp.write_bytes(meta + b"\n" + payload)
         os.replace(temp, self.spool / name)
         self._trim()

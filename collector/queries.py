@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["STITCHED", "list_runs", "run_view", "trace_spans", "span_json", "run_json", "QueryError"]
+__all__ = ["STITCHED", "TRACE_ID", "QueryError", "list_runs", "lookup_run", "run_events", "run_json", "run_view", "sentry_drops", "span_detail", "span_json", "trace_spans"]
 
+
+TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 
 #: A run's stitched spans: every span carrying its run id, plus the rest of its event-log trace.
 STITCHED = "run_id = ? OR trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE run_id = ? AND source = 'world')"
@@ -121,10 +124,9 @@ def run_view(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     events = conn.execute(
         "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? ORDER BY event_id", (run_id,)
     ).fetchall()
-    drops = conn.execute("SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)).fetchall()
     return {
         "run": run_json(run),
-        "sentryDropped": [{"rule": d["rule"], "count": d["count"], "lastMessage": d["last_message"]} for d in drops],
+        "sentryDropped": sentry_drops(conn, run_id),
         "spans": [span_json(s) for s in spans],
         "events": [
             {"eventId": e["event_id"], "eventType": e["event_type"], "correlationId": e["correlation_id"],
@@ -136,3 +138,43 @@ def run_view(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
 
 def trace_spans(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:
     return [span_json(s) for s in conn.execute("SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id.lower(),))]
+
+
+def sentry_drops(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    """Sentry events the relay dropped for this run, per rule."""
+    rows = conn.execute("SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)).fetchall()
+    return [{"rule": d["rule"], "count": d["count"], "lastMessage": d["last_message"]} for d in rows]
+
+
+def span_detail(conn: sqlite3.Connection, trace_id: str, span_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM spans WHERE trace_id = ? AND span_id = ?", (trace_id.lower(), span_id.lower())).fetchone()
+    return span_json(row) if row else None
+
+
+def lookup_run(conn: sqlite3.Connection, ident: str) -> str | None:
+    """The run a run id or a trace id belongs to (for search and deep links)."""
+    if TRACE_ID.match(ident):
+        return run_for_trace(conn, ident)
+    return ident if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (ident,)).fetchone() else None
+
+
+def run_for_trace(conn: sqlite3.Connection, trace_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT run_id FROM spans WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY source = 'world' DESC LIMIT 1", (trace_id.lower(),)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def run_events(conn: sqlite3.Connection, run_id: str, *, after: str | None, limit: int) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+        (run_id, after or "", limit + 1),
+    ).fetchall()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [{"eventId": r["event_id"], "eventType": r["event_type"], "correlationId": r["correlation_id"], "createdAt": _iso(r["created_ns"]),
+                  "eventData": json.loads(r["data"]) if r["data"] else None} for r in rows],  # fmt: skip
+        "cursor": rows[-1]["event_id"] if has_more and rows else None,
+        "hasMore": has_more,
+    }

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from telemetry.sentry import annotate, classify
+from telemetry.sentry import classify, workflow_ids
 
 from .forward import Forwarder
 from .ingest import TooLarge, read_limited
@@ -90,13 +90,11 @@ def upstream_base(dsn: str) -> tuple[str, str]:
 
 
 class SentryRelay:
-    def __init__(self, writer: Writer, forwarder: Forwarder | None, upstream_dsn: str | None, *, max_body: int,
-                 dashboard_url: str | None = None) -> None:  # fmt: skip
+    def __init__(self, writer: Writer, forwarder: Forwarder | None, upstream_dsn: str | None, *, max_body: int) -> None:
         self.writer = writer
         self.forwarder = forwarder
         self.upstream = upstream_base(upstream_dsn) if upstream_dsn else None
         self.max_body = max_body
-        self.dashboard_url = dashboard_url
         self.dropped: Counter[str] = Counter()
         self.kept = 0
 
@@ -117,8 +115,7 @@ class SentryRelay:
         rows = []
         for rule_id, event in drops:
             self.dropped[rule_id] += 1
-            annotated = annotate(json.loads(json.dumps(event)))
-            run_id = (annotated.get("tags") or {}).get("workflow.run.id")
+            run_id = workflow_ids(event)[0]
             summary = _summary(event)
             rows.append((run_id, rule_id, summary))
             log.debug("sentry relay dropped event %s by rule %s (run %s)", event.get("event_id"), rule_id, run_id or "?")

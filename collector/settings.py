@@ -33,7 +33,6 @@ class Settings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
     sentry_upstream: str | None = None  # DSN of the Sentry the relay forwards to
-    dashboard_url: str | None = None
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:

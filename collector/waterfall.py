@@ -8,9 +8,9 @@ import json
 import sqlite3
 from typing import Any
 
-from .queries import STITCHED, run_json
+from .queries import STITCHED, run_json, sentry_drops
 
-__all__ = ["waterfall", "span_detail"]
+__all__ = ["waterfall"]
 
 _KIND = (("run ", "run"), ("step ", "step"), ("attempt ", "attempt"), ("sleep", "sleep"), ("hook ", "hook"))
 
@@ -67,7 +67,6 @@ def waterfall(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
         if parent is not None:
             parent["segments"].append({"id": a["span_id"], "s": ms(a["start_ns"]), "d": round((a["end_ns"] - a["start_ns"]) / 1e6, 3),
                                        "status": a["status_code"], "n": a["attempt"]})  # fmt: skip
-    drops = conn.execute("SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)).fetchall()
     events = conn.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()[0]
     return {
         "run": run_json(run),
@@ -75,36 +74,5 @@ def waterfall(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
         "rows": rows,
         "sdk": sdk,
         "eventsCount": events,
-        "sentryDropped": [{"rule": d["rule"], "count": d["count"], "lastMessage": d["last_message"]} for d in drops],
-    }
-
-
-def span_detail(conn: sqlite3.Connection, trace_id: str, span_id: str) -> dict[str, Any] | None:
-    from .queries import span_json
-
-    row = conn.execute("SELECT * FROM spans WHERE trace_id = ? AND span_id = ?", (trace_id.lower(), span_id.lower())).fetchone()
-    return span_json(row) if row else None
-
-
-def run_for_trace(conn: sqlite3.Connection, trace_id: str) -> str | None:
-    row = conn.execute(
-        "SELECT run_id FROM spans WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY source = 'world' DESC LIMIT 1", (trace_id.lower(),)
-    ).fetchone()
-    return row[0] if row else None
-
-
-def run_events(conn: sqlite3.Connection, run_id: str, *, after: str | None, limit: int) -> dict[str, Any]:
-    rows = conn.execute(
-        "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? AND event_id > ? ORDER BY event_id LIMIT ?",
-        (run_id, after or "", limit + 1),
-    ).fetchall()
-    from .queries import _iso
-
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "data": [{"eventId": r["event_id"], "eventType": r["event_type"], "correlationId": r["correlation_id"], "createdAt": _iso(r["created_ns"]),
-                  "eventData": json.loads(r["data"]) if r["data"] else None} for r in rows],  # fmt: skip
-        "cursor": rows[-1]["event_id"] if has_more and rows else None,
-        "hasMore": has_more,
+        "sentryDropped": sentry_drops(conn, run_id),
     }

@@ -32,9 +32,10 @@ class ExportError(Exception):
 
 
 def traces_endpoint(base: str | None = None) -> str:
-    """The full ``…/v1/traces`` URL from a base URL, or from the OTLP env vars."""
+    """The full ``…/v1/traces`` URL from a base URL (a full one is kept), or from the OTLP env vars."""
     if base:
-        return base.rstrip("/") + "/v1/traces"
+        base = base.rstrip("/")
+        return base if base.endswith("/v1/traces") else base + "/v1/traces"
     full = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if full:
         return full
@@ -67,7 +68,7 @@ class OtlpSink:
     """Sends spans in batches; ``send`` returns only when every batch was acknowledged."""
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0, batch_size: int = 512, headers: dict[str, str] | None = None) -> None:
-        self.endpoint = traces_endpoint(endpoint) if endpoint is None or not endpoint.rstrip("/").endswith("/v1/traces") else endpoint
+        self.endpoint = traces_endpoint(endpoint)
         self.batch_size = batch_size
         self._exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout, compression=Compression.Gzip, headers=headers)
         self.sent = 0

@@ -103,9 +103,9 @@ class Follower:
                 continue
             events = await event_log(self.world, run_id)
             trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
-            if state.complete:  # a finished run's log changed again: send its spans again (same ids)
-                state.sent.clear()
-            fresh = [s for s in trace.spans if f"{s.context.span_id:016x}" not in state.sent]
+            # a finished run keeps no ids, so a later change to its log sends its spans again (same ids)
+            ids = {f"{s.context.span_id:016x}": s for s in trace.spans}
+            fresh = [s for span_id, s in ids.items() if span_id not in state.sent]
             result = self.deliver(run, events, fresh)
             if asyncio.iscoroutine(result):
                 await result
@@ -113,7 +113,7 @@ class Follower:
             state.events = len(events)
             state.complete = trace.complete
             # a finished run keeps only its event count: the checkpoint does not grow with every span ever sent
-            state.sent = set() if trace.complete else state.sent | {f"{s.context.span_id:016x}" for s in fresh}
+            state.sent = set() if trace.complete else set(ids)
             self.checkpoint.save()
         return sent
 

@@ -260,8 +260,9 @@ class _Builder:
             step.attributes["step.attempt"] = self.attempts[step_id]
             if outcome == "failed":
                 error = _event_error(data)
-                step.attributes["error.type"] = _exception_event(error, "Error", 0).attributes["exception.type"]
-                step.events.append(_exception_event(error, "Error", step.end))
+                exception = _exception_event(error, "Error", step.end)
+                step.attributes["error.type"] = exception.attributes["exception.type"]
+                step.events.append(exception)
                 step.status = Status(StatusCode.ERROR, error.message)
             elif self.payloads and "result" in data:
                 step.attributes["step.output"] = _payload_attr(data["result"])

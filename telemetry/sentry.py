@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from .tracing import _RECORDED, is_benign_conflict
 
-__all__ = ["RULES", "Rule", "EventFacts", "before_send", "classify", "drop_counts", "init", "make_before_send"]
+__all__ = ["RULES", "Rule", "EventFacts", "before_send", "classify", "drop_counts", "init", "make_before_send", "workflow_ids"]
 
 _RUN_ID = re.compile(r"\bwrun_[0-9A-Za-z]{26}\b")
 _STEP_ID = re.compile(r"\bstep_[0-9A-Za-z]{26}\b")
@@ -102,7 +103,7 @@ def _conflict_in_stream_write(facts: EventFacts) -> bool:
 
 def _racing_completion(facts: EventFacts) -> bool:
     texts = [e["value"] for e in facts.exceptions if e["type"] in _CONFLICT_TYPES] + [facts.message]
-    return any(text.startswith(race) or race in text for text in texts for race in _STEP_RACES)
+    return any(race in text for text in texts for race in _STEP_RACES)
 
 
 def _flush_of_409(facts: EventFacts) -> bool:
@@ -124,12 +125,9 @@ def _in_process_benign(facts: EventFacts) -> bool:
     exc = facts.exc
     if exc is None:
         return False
-    for operation in ("streams.writeToStream",) if "Stream write failed" in str(exc) else ():
-        if is_benign_conflict(exc, operation=operation):
-            return True
+    if "Stream write failed" in str(exc) and is_benign_conflict(exc, operation="streams.writeToStream"):
+        return True
     if type(exc).__name__ in _CONFLICT_TYPES or getattr(exc, "status", None) in (409, 410):
-        import traceback
-
         functions = " ".join(f"{f.filename} {f.name}" for f in traceback.extract_tb(exc.__traceback__))
         if _STREAM_FUNCTIONS.search(functions) or "/telemetry/streams.py" in functions:
             return is_benign_conflict(exc, operation="streams.writeToStream")
@@ -167,10 +165,12 @@ def drop_counts() -> dict[str, int]:
         return dict(_drops)
 
 
-def _ids(event: dict[str, Any], exc: BaseException | None) -> tuple[str | None, str | None]:
-    run_id = getattr(exc, "run_id", None) if exc is not None else None
-    step_id = getattr(exc, "step_id", None) if exc is not None else None
-    text = EventFacts.of(event).text()
+def workflow_ids(event: Mapping[str, Any], exc: BaseException | None = None) -> tuple[str | None, str | None]:
+    """(run id, step id) an event is about: its tags, else the exception's attributes, else ids in its text."""
+    facts = EventFacts.of(event)
+    run_id = facts.tags.get("workflow.run.id") or (getattr(exc, "run_id", None) if exc is not None else None)
+    step_id = facts.tags.get("step.id") or (getattr(exc, "step_id", None) if exc is not None else None)
+    text = facts.text()
     if not run_id:
         match = _RUN_ID.search(text)
         run_id = match.group(0) if match else None
@@ -183,7 +183,7 @@ def _ids(event: dict[str, Any], exc: BaseException | None) -> tuple[str | None, 
 def annotate(event: dict[str, Any], exc: BaseException | None = None, *, dashboard_url: str | None = None) -> dict[str, Any]:
     """Tags ``workflow.run.id`` / ``step.id``, a link to the run's page, and one issue per
     (workflow, step, error type) for step failures instead of one per retry."""
-    run_id, step_id = _ids(event, exc)
+    run_id, step_id = workflow_ids(event, exc)
     tags = event.setdefault("tags", {})
     if isinstance(tags, list):
         tags = event["tags"] = {k: v for k, v in tags}

@@ -22,7 +22,6 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument("--forward-otlp", metavar="URL", help="also forward everything to this OTLP/HTTP endpoint (spooled on disk while it is down)")
     parser.add_argument("--sentry-upstream", metavar="DSN", default=os.environ.get("WFT_SENTRY_UPSTREAM"),
                         help="Sentry DSN the relay (/api/<project>/envelope/) forwards kept events to (or WFT_SENTRY_UPSTREAM)")
-    parser.add_argument("--dashboard-url", default=os.environ.get("WFT_DASHBOARD_URL"), help="public URL of this service, for run links on kept Sentry events")
     parser.add_argument("--spool-max", default="256MiB", help="bound of the forward spool (default %(default)s)")
     add_world_options(parser)
 
@@ -42,7 +41,7 @@ def configure(parser: argparse.ArgumentParser):
                 retention_age_s=age or None, retention_bytes=size or None,
                 world=None if args.no_world else world, world_dir=world_dir, world_url=world_url,
                 forward_otlp=args.forward_otlp, spool_max_bytes=parse_bytes(args.spool_max),
-                sentry_upstream=args.sentry_upstream, dashboard_url=args.dashboard_url,
+                sentry_upstream=args.sentry_upstream,
             )  # fmt: skip
             settings.check()
         except SettingsError as error:
