@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ulid import ULID
@@ -27,7 +27,10 @@ def scale_local(source: Path, target: Path, runs: int) -> int:
     for sub in ("runs", "steps", "events"):
         (target / sub).mkdir(parents=True)
     originals = sorted(p.stem for p in (source / "runs").glob("*.json"))
-    files = {rid: [(sub, p) for sub in ("runs", "steps", "events") for p in sorted((source / sub).glob(f"{rid}*.json"))] for rid in originals}
+    files = {
+        rid: [(sub, p) for sub in ("runs", "steps", "events") for p in sorted((source / sub).glob(f"{rid}*.json"))]
+        for rid in originals
+    }
     events = 0
     for i in range(runs):
         rid = originals[i % len(originals)]
@@ -55,12 +58,17 @@ def big_run(source: Path, target: Path, steps: int) -> str:
     tail = [e for e in logs if e["eventType"] == "run_completed"]
     run = json.loads((source / "runs" / f"{rid}.json").read_text())
     new_run = f"wrun_{ULID()}"
-    t = datetime.now(timezone.utc) - timedelta(hours=1)
+    t = datetime.now(UTC) - timedelta(hours=1)
 
     def emit(event: dict, correlation: str | None) -> None:
         nonlocal t
         t += timedelta(milliseconds=1)
-        event = {**event, "runId": new_run, "eventId": f"evnt_{ULID.from_timestamp(t.timestamp())}", "createdAt": t.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        event = {
+            **event,
+            "runId": new_run,
+            "eventId": f"evnt_{ULID.from_timestamp(t.timestamp())}",
+            "createdAt": t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
         if correlation:
             event["correlationId"] = correlation
         (target / "events" / f"{new_run}-{event['eventId']}.json").write_text(json.dumps(event))
@@ -73,6 +81,10 @@ def big_run(source: Path, target: Path, steps: int) -> str:
             emit(e, step_id)
     for e in tail:
         emit(e, None)
-    run.update(runId=new_run, createdAt=head[0]["createdAt"], completedAt=t.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    run.update(
+        runId=new_run,
+        createdAt=head[0]["createdAt"],
+        completedAt=t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
     (target / "runs" / f"{new_run}.json").write_text(json.dumps(run))
     return new_run

@@ -49,8 +49,15 @@ class Api:
         if not 1 <= limit <= 500:
             return _bad("limit: expected 1 to 500")
         try:
-            page = await self._read(list_runs, workflow=q.get("workflow"), status=status, since=q.get("since"),
-                                    until=q.get("until"), cursor=q.get("cursor"), limit=limit)  # fmt: skip
+            page = await self._read(
+                list_runs,
+                workflow=q.get("workflow"),
+                status=status,
+                since=q.get("since"),
+                until=q.get("until"),
+                cursor=q.get("cursor"),
+                limit=limit,
+            )
         except QueryError as error:
             return _bad(str(error))
         return web.json_response(page)
@@ -81,7 +88,9 @@ class Api:
             limit = min(max(int(request.query.get("limit", "200")), 1), 1000)
         except ValueError:
             return _bad("limit: expected a whole number")
-        return web.json_response(await self._read(run_events, request.match_info["run_id"], after=request.query.get("cursor"), limit=limit))
+        return web.json_response(
+            await self._read(run_events, request.match_info["run_id"], after=request.query.get("cursor"), limit=limit)
+        )
 
     async def span(self, request: web.Request) -> web.Response:
         detail = await self._read(span_detail, request.match_info["trace_id"], request.match_info["span_id"])
@@ -98,8 +107,12 @@ class Api:
         return web.json_response({"runId": run_id})
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
+        return web.Response(
+            text=self.metrics.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from telemetry.backends import open_backend
 from telemetry.export import traces_endpoint
-from telemetry.worlds import open_world
 
 from .api import Api
 from .forward import Forwarder
@@ -27,7 +27,13 @@ from .writer import Writer
 __all__ = ["Service", "build", "start", "serve"]
 
 log = logging.getLogger("collector")
-_PROTECTED = ("/v1/", "/api/runs", "/api/traces", "/api/spans", "/api/lookup")  # Sentry SDKs authenticate with their DSN key, not our token
+_PROTECTED = (
+    "/v1/",
+    "/api/runs",
+    "/api/traces",
+    "/api/spans",
+    "/api/lookup",
+)  # Sentry SDKs authenticate with their DSN key, not our token
 
 
 @dataclass
@@ -85,15 +91,25 @@ def build(settings: Settings) -> Service:
     settings.check()
     store = Store(settings.store)
     metrics = Metrics()
-    writer = Writer(store, max_pending=settings.max_pending_spans, max_age_s=settings.retention_age_s, max_bytes=settings.retention_bytes)
+    writer = Writer(
+        store,
+        max_pending=settings.max_pending_spans,
+        max_age_s=settings.retention_age_s,
+        max_bytes=settings.retention_bytes,
+    )
     metrics.gauges["wft_store_bytes"] = store.file_bytes
     metrics.gauges["wft_queue_depth"] = lambda: writer.pending
     app = web.Application(middlewares=[_auth(settings.token)], client_max_size=settings.max_body_bytes + 1024)
     service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)
     forward = None
     if settings.forward_otlp:
-        service.forwarder = Forwarder(traces_endpoint(settings.forward_otlp), settings.spool_dir or settings.store.parent / "spool", metrics,
-                                      headers={"Content-Type": "application/x-protobuf"}, max_spool_bytes=settings.spool_max_bytes)  # fmt: skip
+        service.forwarder = Forwarder(
+            traces_endpoint(settings.forward_otlp),
+            settings.spool_dir or settings.store.parent / "spool",
+            metrics,
+            headers={"Content-Type": "application/x-protobuf"},
+            max_spool_bytes=settings.spool_max_bytes,
+        )
         metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
         forward = service.forwarder.enqueue
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
@@ -102,7 +118,9 @@ def build(settings: Settings) -> Service:
     app.router.add_routes(ui_routes())
     sentry_forwarder = None
     if settings.sentry_upstream:
-        sentry_forwarder = Forwarder(None, settings.store.parent / "sentry-spool", metrics, max_spool_bytes=settings.spool_max_bytes)  # each batch names its URL
+        sentry_forwarder = Forwarder(
+            None, settings.store.parent / "sentry-spool", metrics, max_spool_bytes=settings.spool_max_bytes
+        )  # each batch names its URL
         service.sentry_forwarder = sentry_forwarder
     relay = SentryRelay(writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes)
     service.relay = relay
@@ -110,10 +128,17 @@ def build(settings: Settings) -> Service:
     metrics.labelled["wft_sentry_dropped_total"] = ("rule", lambda: dict(relay.dropped))
     metrics.gauges["wft_sentry_kept_events"] = lambda: relay.kept
     if settings.world:
-        service.world = open_world(settings.world, data_dir=settings.world_dir, url=settings.world_url, allow_missing=True)
+        service.world = open_backend(settings.world, allow_missing=True)
         checkpoint = str(settings.store) + ".follow.json"
-        service.tailer = Tailer(service.world, writer, metrics, checkpoint, world_kind=settings.world,
-                                interval=settings.tail_interval, forward=forward)  # fmt: skip
+        service.tailer = Tailer(
+            service.world,
+            writer,
+            metrics,
+            checkpoint,
+            world_kind=settings.world.kind,
+            interval=settings.tail_interval,
+            forward=forward,
+        )
     return service
 
 
@@ -129,8 +154,14 @@ async def start(settings: Settings) -> Service:
     for forwarder in (service.forwarder, service.sentry_forwarder):
         if forwarder is not None:
             service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
-    world = f"following {settings.world} {settings.world_dir or settings.world_url or '(from env)'}" if settings.world else "no world"
-    log.info("listening on %s (store %s, %s, token %s)", service.url, settings.store, world, "required" if settings.token else "off")
+    world = f"following {service.world!r}" if service.world is not None else "no world"
+    log.info(
+        "listening on %s (store %s, %s, token %s)",
+        service.url,
+        settings.store,
+        world,
+        "required" if settings.token else "off",
+    )
     return service
 
 

@@ -27,8 +27,16 @@ log = logging.getLogger("collector.forward")
 
 
 class Forwarder:
-    def __init__(self, url: str | None, spool_dir: str | Path, metrics: Metrics, *, max_spool_bytes: int = 256 * 1024 * 1024,
-                 headers: dict[str, str] | None = None, max_backoff: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str | None,
+        spool_dir: str | Path,
+        metrics: Metrics,
+        *,
+        max_spool_bytes: int = 256 * 1024 * 1024,
+        headers: dict[str, str] | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
         """``url``/``headers``: the defaults for batches enqueued without their own."""
         self.url = url
         self.spool = Path(spool_dir)
@@ -83,7 +91,7 @@ class Forwarder:
                         ok = 200 <= response.status < 300
                         retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
                         reason = f"HTTP {response.status}"
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                except (TimeoutError, aiohttp.ClientError, OSError) as error:
                     ok, retryable, reason = False, True, str(error) or type(error).__name__
                 if ok or not retryable:
                     if not ok:
@@ -94,7 +102,13 @@ class Forwarder:
                     files[0].unlink(missing_ok=True)
                     backoff = 0.5
                     continue
-                log.warning("upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs", target["url"].split("?")[0], reason, len(files), backoff)
+                log.warning(
+                    "upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs",
+                    target["url"].split("?")[0],
+                    reason,
+                    len(files),
+                    backoff,
+                )
                 await _wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 

@@ -65,7 +65,9 @@ async def read_limited(request: web.Request, limit: int, *, keep_raw: bool = Fal
     (``TooLarge``) past ``limit`` bytes before or after decompression."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "deflate"):
-        raise web.HTTPUnsupportedMediaType(text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
+        raise web.HTTPUnsupportedMediaType(
+            text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)"
+        )
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge()
     inflater = _Inflater(encoding, limit)
@@ -82,8 +84,14 @@ async def read_limited(request: web.Request, limit: int, *, keep_raw: bool = Fal
 
 
 class Ingest:
-    def __init__(self, writer: Writer, metrics: Metrics, *, max_body: int,
-                 forward: Callable[[bytes], Awaitable[None]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        writer: Writer,
+        metrics: Metrics,
+        *,
+        max_body: int,
+        forward: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self.writer = writer
         self.metrics = metrics
         self.max_body = max_body
@@ -99,7 +107,9 @@ class Ingest:
             otlp = decode_request(body, content_type)
         except TooLarge:
             self.metrics.requests_rejected += 1
-            return web.Response(status=413, text=f"request body over {self.max_body} bytes (before or after decompression)")
+            return web.Response(
+                status=413, text=f"request body over {self.max_body} bytes (before or after decompression)"
+            )
         except zlib.error as error:
             self.metrics.requests_rejected += 1
             return web.Response(status=400, text=f"bad compressed body: {error}")

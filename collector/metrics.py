@@ -29,14 +29,41 @@ class Metrics:
             lines.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
 
         metric("wft_spans_accepted_total", "counter", "Spans received over OTLP and stored.", self.spans_accepted)
-        metric("wft_spans_rejected_total", "counter", "Spans refused inside accepted requests (partial success).", self.spans_rejected)
-        metric("wft_spans_benign_downgraded_total", "counter", "Incoming spans downgraded as benign post-completion conflicts.", self.spans_benign)
+        metric(
+            "wft_spans_rejected_total",
+            "counter",
+            "Spans refused inside accepted requests (partial success).",
+            self.spans_rejected,
+        )
+        metric(
+            "wft_spans_benign_downgraded_total",
+            "counter",
+            "Incoming spans downgraded as benign post-completion conflicts.",
+            self.spans_benign,
+        )
         metric("wft_requests_rejected_total", "counter", "OTLP requests refused (400/413/415).", self.requests_rejected)
-        metric("wft_requests_overloaded_total", "counter", "OTLP requests answered 503 because the write queue was full.", self.requests_overloaded)
-        metric("wft_tailer_spans_total", "counter", "Spans built from the world's event log and stored.", self.tailer_spans)
-        metric("wft_tailer_lag_seconds", "gauge", "Age of the newest event the world tailer processed, when it processed it.", self.tailer_lag_seconds)
+        metric(
+            "wft_requests_overloaded_total",
+            "counter",
+            "OTLP requests answered 503 because the write queue was full.",
+            self.requests_overloaded,
+        )
+        metric(
+            "wft_tailer_spans_total", "counter", "Spans built from the world's event log and stored.", self.tailer_spans
+        )
+        metric(
+            "wft_tailer_lag_seconds",
+            "gauge",
+            "Age of the newest event the world tailer processed, when it processed it.",
+            self.tailer_lag_seconds,
+        )
         metric("wft_forwarded_batches_total", "counter", "Batches forwarded upstream.", self.forwarded_batches)
-        metric("wft_forward_dropped_batches_total", "counter", "Spooled batches dropped because the spool was full.", self.forward_dropped_batches)
+        metric(
+            "wft_forward_dropped_batches_total",
+            "counter",
+            "Spooled batches dropped because the spool was full.",
+            self.forward_dropped_batches,
+        )
         for name, read in sorted(self.gauges.items()):
             metric(name, "gauge", name.replace("_", " "), read())
         for name, (label, read) in sorted(self.labelled.items()):

@@ -15,10 +15,22 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-__all__ = ["PROTOBUF", "JSON", "BadPayload", "SpanRecord", "decode_request", "encode_response", "records_from", "any_value"]
+__all__ = [
+    "PROTOBUF",
+    "JSON",
+    "BadPayload",
+    "SpanRecord",
+    "decode_request",
+    "encode_response",
+    "records_from",
+    "any_value",
+]
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -75,7 +87,9 @@ def _hex_ids_to_base64(node: Any) -> None:
     """OTLP-JSON ids are hex; protobuf's JSON parser wants base64 for bytes fields."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id") and isinstance(value, str):
+            if key in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id") and isinstance(
+                value, str
+            ):
                 node[key] = _id_to_base64(value, 16 if key in ("traceId", "trace_id") else 8)
             else:
                 _hex_ids_to_base64(value)
@@ -169,8 +183,18 @@ def records_from(request: ExportTraceServiceRequest) -> tuple[list[SpanRecord], 
                         status_code=span.status.code,
                         status_message=span.status.message,
                         attributes=_attributes(span.attributes),
-                        events=[{"name": e.name, "time_ns": e.time_unix_nano, "attributes": _attributes(e.attributes)} for e in span.events],
-                        links=[{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(), "attributes": _attributes(link.attributes)} for link in span.links],
+                        events=[
+                            {"name": e.name, "time_ns": e.time_unix_nano, "attributes": _attributes(e.attributes)}
+                            for e in span.events
+                        ],
+                        links=[
+                            {
+                                "trace_id": link.trace_id.hex(),
+                                "span_id": link.span_id.hex(),
+                                "attributes": _attributes(link.attributes),
+                            }
+                            for link in span.links
+                        ],
                         resource=resource,
                         scope=scope,
                     )

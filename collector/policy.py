@@ -40,7 +40,11 @@ def _candidates(span: SpanRecord) -> list[dict[str, Any]]:
     if status is None and error_type.startswith("HTTP "):
         status = error_type[5:]
     found = [
-        {"type": e["attributes"].get("exception.type", ""), "message": e["attributes"].get("exception.message", ""), "status": status}
+        {
+            "type": e["attributes"].get("exception.type", ""),
+            "message": e["attributes"].get("exception.message", ""),
+            "status": status,
+        }
         for e in span.events
         if e["name"] == "exception"
     ]

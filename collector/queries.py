@@ -5,10 +5,23 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["STITCHED", "TRACE_ID", "QueryError", "list_runs", "lookup_run", "run_events", "run_json", "run_view", "sentry_drops", "span_detail", "span_json", "trace_spans"]
+__all__ = [
+    "STITCHED",
+    "TRACE_ID",
+    "QueryError",
+    "list_runs",
+    "lookup_run",
+    "run_events",
+    "run_json",
+    "run_view",
+    "sentry_drops",
+    "span_detail",
+    "span_json",
+    "trace_spans",
+]
 
 
 TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -24,7 +37,7 @@ class QueryError(ValueError):
 def _iso(ns: int | None) -> str | None:
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str | None, name: str) -> int | None:
@@ -38,7 +51,7 @@ def parse_time(value: str | None, name: str) -> int | None:
     except ValueError:
         raise QueryError(f"{name}: expected an ISO-8601 time or epoch milliseconds, got {value!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1e9)
 
 
@@ -80,8 +93,16 @@ def span_json(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def list_runs(conn: sqlite3.Connection, *, workflow: str | None = None, status: str | None = None, since: str | None = None,
-              until: str | None = None, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:  # fmt: skip
+def list_runs(
+    conn: sqlite3.Connection,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
     """Newest first; the cursor is ``<start_ns>:<run_id>`` of the last run returned."""
     where, params = ["1=1"], []
     if workflow:
@@ -106,7 +127,8 @@ def list_runs(conn: sqlite3.Connection, *, workflow: str | None = None, status: 
         where.append("(coalesce(start_ns, 0) < ? OR (coalesce(start_ns, 0) = ? AND run_id < ?))")
         params += [start_ns, start_ns, run_id]
     rows = conn.execute(
-        f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY coalesce(start_ns, 0) DESC, run_id DESC LIMIT ?", [*params, limit + 1]
+        f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY coalesce(start_ns, 0) DESC, run_id DESC LIMIT ?",
+        [*params, limit + 1],
     ).fetchall()
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -120,34 +142,49 @@ def run_view(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
-    spans = conn.execute(f"SELECT * FROM spans WHERE {STITCHED} ORDER BY start_ns, span_id", (run_id, run_id)).fetchall()
+    spans = conn.execute(
+        f"SELECT * FROM spans WHERE {STITCHED} ORDER BY start_ns, span_id", (run_id, run_id)
+    ).fetchall()
     events = conn.execute(
-        "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? ORDER BY event_id", (run_id,)
+        "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ? ORDER BY event_id",
+        (run_id,),
     ).fetchall()
     return {
         "run": run_json(run),
         "sentryDropped": sentry_drops(conn, run_id),
         "spans": [span_json(s) for s in spans],
         "events": [
-            {"eventId": e["event_id"], "eventType": e["event_type"], "correlationId": e["correlation_id"],
-             "createdAt": _iso(e["created_ns"]), "eventData": json.loads(e["data"]) if e["data"] else None}
+            {
+                "eventId": e["event_id"],
+                "eventType": e["event_type"],
+                "correlationId": e["correlation_id"],
+                "createdAt": _iso(e["created_ns"]),
+                "eventData": json.loads(e["data"]) if e["data"] else None,
+            }
             for e in events
-        ],  # fmt: skip
+        ],
     }
 
 
 def trace_spans(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:
-    return [span_json(s) for s in conn.execute("SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id.lower(),))]
+    return [
+        span_json(s)
+        for s in conn.execute("SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id.lower(),))
+    ]
 
 
 def sentry_drops(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     """Sentry events the relay dropped for this run, per rule."""
-    rows = conn.execute("SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)).fetchall()
+    rows = conn.execute(
+        "SELECT rule, count, last_message FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)
+    ).fetchall()
     return [{"rule": d["rule"], "count": d["count"], "lastMessage": d["last_message"]} for d in rows]
 
 
 def span_detail(conn: sqlite3.Connection, trace_id: str, span_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT * FROM spans WHERE trace_id = ? AND span_id = ?", (trace_id.lower(), span_id.lower())).fetchone()
+    row = conn.execute(
+        "SELECT * FROM spans WHERE trace_id = ? AND span_id = ?", (trace_id.lower(), span_id.lower())
+    ).fetchone()
     return span_json(row) if row else None
 
 
@@ -160,7 +197,8 @@ def lookup_run(conn: sqlite3.Connection, ident: str) -> str | None:
 
 def run_for_trace(conn: sqlite3.Connection, trace_id: str) -> str | None:
     row = conn.execute(
-        "SELECT run_id FROM spans WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY source = 'world' DESC LIMIT 1", (trace_id.lower(),)
+        "SELECT run_id FROM spans WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY source = 'world' DESC LIMIT 1",
+        (trace_id.lower(),),
     ).fetchone()
     return row[0] if row else None
 
@@ -173,8 +211,16 @@ def run_events(conn: sqlite3.Connection, run_id: str, *, after: str | None, limi
     has_more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "data": [{"eventId": r["event_id"], "eventType": r["event_type"], "correlationId": r["correlation_id"], "createdAt": _iso(r["created_ns"]),
-                  "eventData": json.loads(r["data"]) if r["data"] else None} for r in rows],  # fmt: skip
+        "data": [
+            {
+                "eventId": r["event_id"],
+                "eventType": r["event_type"],
+                "correlationId": r["correlation_id"],
+                "createdAt": _iso(r["created_ns"]),
+                "eventData": json.loads(r["data"]) if r["data"] else None,
+            }
+            for r in rows
+        ],
         "cursor": rows[-1]["event_id"] if has_more and rows else None,
         "hasMore": has_more,
     }

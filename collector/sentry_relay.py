@@ -14,69 +14,21 @@ import json
 import logging
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from telemetry.sentry import classify, workflow_ids
+from telemetry.sentry_envelope import BadEnvelope, parse_envelope
 
 from .forward import Forwarder
 from .ingest import TooLarge, read_limited
 from .writer import Batch, Writer
 
-__all__ = ["SentryRelay", "parse_envelope", "upstream_base"]
+__all__ = ["SentryRelay", "upstream_base"]
 
 log = logging.getLogger("collector.sentry")
 _EVENT_TYPES = ("event",)
-
-
-class BadEnvelope(ValueError):
-    pass
-
-
-@dataclass
-class Item:
-    type: str
-    payload: bytes
-    raw: bytes  # header line + payload + newline, exactly as received
-
-
-def parse_envelope(body: bytes) -> tuple[bytes, list[Item]]:
-    """(envelope header line, items) of a Sentry envelope, keeping every item's original bytes."""
-    header, sep, rest = body.partition(b"\n")
-    try:
-        json.loads(header or b"{}")
-    except json.JSONDecodeError as error:
-        raise BadEnvelope(f"envelope header is not JSON: {error}") from None
-    items: list[Item] = []
-    position = 0
-    while position < len(rest):
-        end = rest.find(b"\n", position)
-        line = rest[position : end if end >= 0 else len(rest)]
-        if not line.strip():
-            position = (end + 1) if end >= 0 else len(rest)
-            continue
-        try:
-            item_header = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise BadEnvelope(f"item header is not JSON: {error}") from None
-        start = (end + 1) if end >= 0 else len(rest)
-        length = item_header.get("length")
-        if isinstance(length, int):
-            payload = rest[start : start + length]
-            if len(payload) != length:
-                raise BadEnvelope("item shorter than its declared length")
-            stop = start + length
-        else:
-            newline = rest.find(b"\n", start)
-            stop = newline if newline >= 0 else len(rest)
-            payload = rest[start:stop]
-        if stop < len(rest) and rest[stop : stop + 1] == b"\n":
-            stop += 1
-        items.append(Item(type=str(item_header.get("type", "")), payload=payload, raw=rest[position:stop]))
-        position = stop
-    return header + sep, items
 
 
 def upstream_base(dsn: str) -> tuple[str, str]:
@@ -99,7 +51,10 @@ class SentryRelay:
         self.kept = 0
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/api/{project_id}/envelope/", self.envelope), web.post("/api/{project_id}/store/", self.store)]
+        return [
+            web.post("/api/{project_id}/envelope/", self.envelope),
+            web.post("/api/{project_id}/store/", self.store),
+        ]
 
     def _judge(self, payload: bytes) -> tuple[str | None, dict | None]:
         try:
@@ -118,7 +73,9 @@ class SentryRelay:
             run_id = workflow_ids(event)[0]
             summary = _summary(event)
             rows.append((run_id, rule_id, summary))
-            log.debug("sentry relay dropped event %s by rule %s (run %s)", event.get("event_id"), rule_id, run_id or "?")
+            log.debug(
+                "sentry relay dropped event %s by rule %s (run %s)", event.get("event_id"), rule_id, run_id or "?"
+            )
         await self.writer.submit(Batch(sentry_drops=rows))
 
     async def _forward(self, request: web.Request, kind: str, body: bytes, *, original: bool) -> None:
@@ -127,7 +84,9 @@ class SentryRelay:
             return
         base, project = self.upstream
         url = f"{base}/api/{project}/{kind}/" + (f"?{request.query_string}" if request.query_string else "")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("x-sentry-auth", "content-type", "user-agent")}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("x-sentry-auth", "content-type", "user-agent")
+        }
         if original and request.headers.get("Content-Encoding"):
             headers["Content-Encoding"] = request.headers["Content-Encoding"]
         await self.forwarder.enqueue(body, url=url, headers=headers)

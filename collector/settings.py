@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from telemetry.backends import BackendConfig
 
 __all__ = ["Settings", "SettingsError", "parse_bytes", "parse_duration", "is_loopback"]
 
@@ -25,9 +26,7 @@ class Settings:
     max_pending_spans: int = 200_000
     retention_age_s: float | None = 7 * 24 * 3600
     retention_bytes: int | None = 1024**3
-    world: str | None = None  # "local" | "postgres" | None (no tailer)
-    world_dir: str | None = None
-    world_url: str | None = None
+    world: BackendConfig | None = None  # None: no tailer
     tail_interval: float = 0.25
     forward_otlp: str | None = None
     spool_dir: Path | None = None
@@ -36,7 +35,9 @@ class Settings:
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
-            raise SettingsError(f"refusing to listen on {self.host} without a token: set --token or WFT_TOKEN (or bind 127.0.0.1)")
+            raise SettingsError(
+                f"refusing to listen on {self.host} without a token: set --token or WFT_TOKEN (or bind 127.0.0.1)"
+            )
         if self.token is not None and len(self.token) < 16:
             raise SettingsError("the token must be at least 16 characters")
         if not 0 <= self.port < 65536:  # 0: any free port
@@ -77,21 +78,3 @@ def parse_duration(text: str) -> float:
     if not match:
         raise SettingsError(f"not a duration: {text!r} (examples: 90s, 12h, 7d)")
     return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
-
-
-def default_world() -> tuple[str | None, str | None, str | None]:
-    """Follow the world the SDK would use, when the environment or ./.workflow-data says there is one."""
-    from telemetry.errors import WorkflowWorldError
-    from telemetry.worlds import world_kind
-
-    target = os.environ.get("WORKFLOW_TARGET_WORLD")
-    try:
-        if target:
-            return world_kind(target), None, None
-    except WorkflowWorldError as error:
-        raise SettingsError(str(error)) from None
-    if os.environ.get("WORKFLOW_POSTGRES_URL") and not os.environ.get("WORKFLOW_LOCAL_DATA_DIR"):
-        return "postgres", None, None
-    if os.environ.get("WORKFLOW_LOCAL_DATA_DIR") or Path(".workflow-data").is_dir():
-        return "local", None, None
-    return None, None, None

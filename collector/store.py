@@ -98,7 +98,12 @@ class Store:
 
     # ---- writing (writer thread only) ------------------------------------------------------
     @staticmethod
-    def write(conn: sqlite3.Connection, spans: Iterable[SpanRecord], events: Iterable[EventRow] = (), runs: Iterable[RunInfo] = ()) -> set[str]:
+    def write(
+        conn: sqlite3.Connection,
+        spans: Iterable[SpanRecord],
+        events: Iterable[EventRow] = (),
+        runs: Iterable[RunInfo] = (),
+    ) -> set[str]:
         """Insert within the caller's transaction; returns the run ids touched."""
         now = time.time_ns()
         touched: set[str] = set()
@@ -111,11 +116,29 @@ class Store:
             run_id = s.run_id
             if run_id:
                 touched.add(run_id)
-            rows.append((
-                s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns, s.status_code, s.status_message,
-                run_id, s.resource.get("service.name"), s.scope, s.source, int(s.benign), _dumps(s.attributes),
-                _dumps(s.events) if s.events else "[]", _dumps(s.links) if s.links else "[]", resource, now,
-            ))  # fmt: skip
+            rows.append(
+                (
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_span_id,
+                    s.name,
+                    s.kind,
+                    s.start_ns,
+                    s.end_ns,
+                    s.status_code,
+                    s.status_message,
+                    run_id,
+                    s.resource.get("service.name"),
+                    s.scope,
+                    s.source,
+                    int(s.benign),
+                    _dumps(s.attributes),
+                    _dumps(s.events) if s.events else "[]",
+                    _dumps(s.links) if s.links else "[]",
+                    resource,
+                    now,
+                )
+            )
         conn.executemany("INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         event_rows = [(e.run_id, e.event_id, e.event_type, e.correlation_id, e.created_ns, e.data) for e in events]
         conn.executemany("INSERT OR IGNORE INTO run_events VALUES (?,?,?,?,?,?)", event_rows)
@@ -133,9 +156,12 @@ class Store:
     def refresh_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> None:
         for run_id in run_ids:
             spans = conn.execute(
-                "SELECT trace_id, name, start_ns, end_ns, status_code, source, benign, attributes, scope FROM spans WHERE run_id = ?", (run_id,)
+                "SELECT trace_id, name, start_ns, end_ns, status_code, source, benign, attributes, scope FROM spans WHERE run_id = ?",
+                (run_id,),
             ).fetchall()
-            current = conn.execute("SELECT world_status, workflow_name, start_ns FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            current = conn.execute(
+                "SELECT world_status, workflow_name, start_ns FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
             summary = summarize(run_id, spans, current)
             conn.execute(
                 "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, steps, errors, benign, trace_id, updated_ns)"
@@ -167,16 +193,23 @@ class Store:
         if max_age_s:
             cutoff = time.time_ns() - int(max_age_s * 1e9)
             dropped += conn.execute("DELETE FROM spans WHERE received_ns < ?", (cutoff,)).rowcount
-            conn.execute("DELETE FROM run_events WHERE run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)"
-                         " AND run_id IN (SELECT run_id FROM runs WHERE updated_ns < ?)", (cutoff,))  # fmt: skip
-            conn.execute("DELETE FROM runs WHERE updated_ns < ? AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)", (cutoff,))
+            conn.execute(
+                "DELETE FROM run_events WHERE run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)"
+                " AND run_id IN (SELECT run_id FROM runs WHERE updated_ns < ?)",
+                (cutoff,),
+            )
+            conn.execute(
+                "DELETE FROM runs WHERE updated_ns < ? AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)",
+                (cutoff,),
+            )
         while max_bytes and self.used_bytes(conn) > max_bytes:
             count = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
             if count == 0:
                 break
             step = max(50, count // 20)  # 5% at a time: stop close to the bound
             batch = conn.execute(
-                "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)", (step,)
+                "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)",
+                (step,),
             ).rowcount
             dropped += batch
             if batch == 0:
@@ -202,8 +235,14 @@ def summarize(run_id: str, spans: list[sqlite3.Row], current: sqlite3.Row | None
     root_attrs = json.loads(root["attributes"]) if root else {}
     status = root_attrs.get("workflow.run.status")
     if status is None:
-        sdk_status = [a.get("workflow.run.status") for s, a in sorted(zip(basis, attributes), key=lambda x: x[0]["end_ns"]) if a.get("workflow.run.status")]
-        status = (current["world_status"] if current and current["world_status"] else None) or (sdk_status[-1] if sdk_status else "running")
+        sdk_status = [
+            a.get("workflow.run.status")
+            for s, a in sorted(zip(basis, attributes), key=lambda x: x[0]["end_ns"])
+            if a.get("workflow.run.status")
+        ]
+        status = (current["world_status"] if current and current["world_status"] else None) or (
+            sdk_status[-1] if sdk_status else "running"
+        )
     names = [a.get("workflow.name") for a in attributes if a.get("workflow.name")]
     starts = [s["start_ns"] for s in basis]
     if current and current["start_ns"]:
@@ -222,7 +261,9 @@ def summarize(run_id: str, spans: list[sqlite3.Row], current: sqlite3.Row | None
         "workflow_name": names[0] if names else (current["workflow_name"] if current else None),
         "status": status,
         "start_ns": min(starts) if starts else None,
-        "end_ns": root["end_ns"] if root else (max(s["end_ns"] for s in basis) if basis and status in ("completed", "failed", "cancelled") else None),
+        "end_ns": root["end_ns"]
+        if root
+        else (max(s["end_ns"] for s in basis) if basis and status in ("completed", "failed", "cancelled") else None),
         "steps": len(steps),
         "errors": errors,
         "benign": sum(1 for s in spans if s["benign"]),

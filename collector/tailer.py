@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -32,13 +32,24 @@ def _ns(moment: datetime) -> int:
 
 
 class Tailer:
-    def __init__(self, world: Any, writer: Writer, metrics: Metrics, checkpoint_path: str, *, world_kind: str,
-                 interval: float = 0.25, forward: Callable[[bytes], Awaitable[None]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        world: Any,
+        writer: Writer,
+        metrics: Metrics,
+        checkpoint_path: str,
+        *,
+        world_kind: str,
+        interval: float = 0.25,
+        forward: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self.world = world
         self.writer = writer
         self.metrics = metrics
         self.forward = forward
-        self.follower = Follower(world, self._deliver, Checkpoint(checkpoint_path), resource=run_resource(world_kind), interval=interval)
+        self.follower = Follower(
+            world, self._deliver, Checkpoint(checkpoint_path), resource=run_resource(world_kind), interval=interval
+        )
 
     async def _submit(self, batch: Batch) -> None:
         while True:  # our own writes wait their turn instead of failing
@@ -51,15 +62,27 @@ class Tailer:
     async def _deliver(self, run: Any, events: list[Any], spans: list[ReadableSpan]) -> None:
         """One commit per changed run: its events, what the world says of it, its new spans."""
         rows = [
-            EventRow(e.run_id, e.event_id, e.event_type, e.correlation_id, _ns(e.created_at),
-                     json.dumps(to_jsonable(e.event_data), default=str) if e.event_data else None)
+            EventRow(
+                e.run_id,
+                e.event_id,
+                e.event_type,
+                e.correlation_id,
+                _ns(e.created_at),
+                json.dumps(to_jsonable(e.event_data), default=str) if e.event_data else None,
+            )
             for e in events
-        ]  # fmt: skip
+        ]
         payload = encode_spans(spans) if spans else None
         records = records_from(payload)[0] if payload is not None else []
         for record in records:
             record.source = "world"
-        await self._submit(Batch(spans=records, events=rows, runs=[RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at))]))
+        await self._submit(
+            Batch(
+                spans=records,
+                events=rows,
+                runs=[RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at))],
+            )
+        )
         self.metrics.tailer_spans += len(records)
         if events:
             self.metrics.tailer_lag_seconds = max(0.0, time.time() - events[-1].created_at.timestamp())
@@ -76,5 +99,5 @@ class Tailer:
                 log.warning("world tailer: %s; retrying in 1s", error)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass

@@ -50,23 +50,53 @@ def waterfall(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
         if kind is None:
             d = depth.get(s["parent_span_id"], -1) + 1 if s["parent_span_id"] else 0
             depth[s["span_id"]] = d
-            sdk.append({"id": s["span_id"], "trace": s["trace_id"], "name": s["name"], "s": ms(s["start_ns"]),
-                        "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3), "status": s["status_code"], "benign": bool(s["benign"]), "depth": d})  # fmt: skip
+            sdk.append(
+                {
+                    "id": s["span_id"],
+                    "trace": s["trace_id"],
+                    "name": s["name"],
+                    "s": ms(s["start_ns"]),
+                    "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3),
+                    "status": s["status_code"],
+                    "benign": bool(s["benign"]),
+                    "depth": d,
+                }
+            )
             continue
-        row = {"id": s["span_id"], "trace": s["trace_id"], "kind": kind, "name": s["name"], "s": ms(s["start_ns"]),
-               "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3), "status": s["status_code"], "benign": bool(s["benign"]), "segments": []}  # fmt: skip
+        row = {
+            "id": s["span_id"],
+            "trace": s["trace_id"],
+            "kind": kind,
+            "name": s["name"],
+            "s": ms(s["start_ns"]),
+            "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3),
+            "status": s["status_code"],
+            "benign": bool(s["benign"]),
+            "segments": [],
+        }
         if kind == "step":
             row["attempts"] = s["attempt"]
             row["stepStatus"] = s["step_status"]
         if kind == "hook":
-            row["marks"] = [{"t": ms(e["time_ns"]), "name": e["name"]} for e in json.loads(s["events"]) if e["name"] == "hook_received"]
+            row["marks"] = [
+                {"t": ms(e["time_ns"]), "name": e["name"]}
+                for e in json.loads(s["events"])
+                if e["name"] == "hook_received"
+            ]
         rows.append(row)
         by_id[s["span_id"]] = row
     for a in attempts:
         parent = by_id.get(a["parent_span_id"])
         if parent is not None:
-            parent["segments"].append({"id": a["span_id"], "s": ms(a["start_ns"]), "d": round((a["end_ns"] - a["start_ns"]) / 1e6, 3),
-                                       "status": a["status_code"], "n": a["attempt"]})  # fmt: skip
+            parent["segments"].append(
+                {
+                    "id": a["span_id"],
+                    "s": ms(a["start_ns"]),
+                    "d": round((a["end_ns"] - a["start_ns"]) / 1e6, 3),
+                    "status": a["status_code"],
+                    "n": a["attempt"],
+                }
+            )
     events = conn.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()[0]
     return {
         "run": run_json(run),

@@ -43,8 +43,15 @@ class Batch:
 
 
 class Writer:
-    def __init__(self, store: Store, *, max_pending: int = 200_000, max_age_s: float | None = None,
-                 max_bytes: int | None = None, retention_every_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_pending: int = 200_000,
+        max_age_s: float | None = None,
+        max_bytes: int | None = None,
+        retention_every_s: float = 30.0,
+    ) -> None:
         self.store = store
         self.max_pending = max_pending
         self.max_age_s = max_age_s

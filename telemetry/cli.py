@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from . import __version__
+from .commands import all_commands
 from .commands.common import CliError
-
-#: (name, help, configure(parser) -> handler) for every subcommand, in ``--help`` order.
-Command = tuple[str, str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]
-
-
-def _commands() -> list[Command]:
-    from .commands import COMMANDS
-
-    return COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, help_text, configure in _commands():
+    for name, help_text, configure in all_commands():
         child = sub.add_parser(name, help=help_text, description=help_text)
         child.set_defaults(handler=configure(child))
     return parser

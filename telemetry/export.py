@@ -44,11 +44,16 @@ def traces_endpoint(base: str | None = None) -> str:
 
 def run_resource(world: str | None = None) -> Resource:
     """The resource of rebuilt run traces; ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` win."""
-    attributes: dict[str, str] = {"telemetry.distro.name": "workflow-telemetry", "telemetry.distro.version": __version__}
+    attributes: dict[str, str] = {
+        "telemetry.distro.name": "workflow-telemetry",
+        "telemetry.distro.version": __version__,
+    }
     if world:
         attributes["workflow.world"] = world
     resource = Resource.create(attributes)
-    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
         resource = resource.merge(Resource({"service.name": "workflow-runs"}))
     return resource
 
@@ -67,10 +72,19 @@ class _LastError(logging.Handler):
 class OtlpSink:
     """Sends spans in batches; ``send`` returns only when every batch was acknowledged."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0, batch_size: int = 512, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = 10.0,
+        batch_size: int = 512,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.endpoint = traces_endpoint(endpoint)
         self.batch_size = batch_size
-        self._exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout, compression=Compression.Gzip, headers=headers)
+        self._exporter = OTLPSpanExporter(
+            endpoint=self.endpoint, timeout=timeout, compression=Compression.Gzip, headers=headers
+        )
         self.sent = 0
 
     def send(self, spans: Sequence[ReadableSpan]) -> None:

@@ -47,9 +47,13 @@ class Checkpoint:
             try:
                 data = json.loads(self.path.read_text())
             except json.JSONDecodeError as error:
-                raise ValueError(f"checkpoint {self.path} is not valid JSON ({error}); move it away to start over") from None
+                raise ValueError(
+                    f"checkpoint {self.path} is not valid JSON ({error}); move it away to start over"
+                ) from None
             for run_id, state in data.get("runs", {}).items():
-                self.runs[run_id] = _RunState(state.get("events", 0), set(state.get("sent", [])), bool(state.get("complete")))
+                self.runs[run_id] = _RunState(
+                    state.get("events", 0), set(state.get("sent", [])), bool(state.get("complete"))
+                )
 
     def state(self, run_id: str) -> _RunState:
         return self.runs.setdefault(run_id, _RunState())
@@ -57,7 +61,12 @@ class Checkpoint:
     def save(self) -> None:
         if not self.path:
             return
-        data = {"version": 1, "runs": {k: {"events": v.events, "sent": sorted(v.sent), "complete": v.complete} for k, v in self.runs.items()}}
+        data = {
+            "version": 1,
+            "runs": {
+                k: {"events": v.events, "sent": sorted(v.sent), "complete": v.complete} for k, v in self.runs.items()
+            },
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.path.with_name(self.path.name + ".tmp")
         with temp.open("w") as fh:
@@ -123,5 +132,5 @@ class Follower:
             await self.poll()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

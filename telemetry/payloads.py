@@ -17,7 +17,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -37,9 +37,9 @@ __all__ = [
 class _Undefined:
     """JavaScript ``undefined`` (distinct from ``null``/None)."""
 
-    _instance: "_Undefined | None" = None
+    _instance: _Undefined | None = None
 
-    def __new__(cls) -> "_Undefined":
+    def __new__(cls) -> _Undefined:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -100,9 +100,16 @@ _SPECIAL = {-1: UNDEFINED, -3: math.nan, -4: math.inf, -5: -math.inf, -6: -0.0}
 _HOLE = -2
 _SPARSE = -7
 _TYPED = {
-    "Int8Array": "b", "Int16Array": "h", "Int32Array": "i", "Uint16Array": "H", "Uint32Array": "I",
-    "Float32Array": "f", "Float64Array": "d", "BigInt64Array": "q", "BigUint64Array": "Q",
-}  # fmt: skip
+    "Int8Array": "b",
+    "Int16Array": "h",
+    "Int32Array": "i",
+    "Uint16Array": "H",
+    "Uint32Array": "I",
+    "Float32Array": "f",
+    "Float64Array": "d",
+    "BigInt64Array": "q",
+    "BigUint64Array": "Q",
+}
 
 
 class DevalueError(ValueError):
@@ -118,7 +125,7 @@ def _b64(value: Any) -> bytes:
 def _date(value: Any) -> datetime | None:
     if not isinstance(value, str) or value == ".":
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _typed(type_name: str, raw: bytes) -> Any:

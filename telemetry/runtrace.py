@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from . import __version__
 from .payloads import to_jsonable
+from .semconv import WORKFLOW_SPAN_KIND, SpanKinds
 from .trace_identity import parse_traceparent, span_id_for, trace_id_for
 from .world import TERMINAL_RUN_EVENT_TYPES, Event, StructuredError, WorkflowRun
 
@@ -34,6 +35,15 @@ __all__ = ["RunTrace", "build_run_trace", "anomaly_counts", "trace_id_for", "sho
 
 SCOPE = InstrumentationScope("workflow-telemetry.runtrace", __version__)
 MAX_PAYLOAD_CHARS = 8192
+
+#: a part's key prefix ("step:<id>", "wait:<id>", …) → its ``workflow.span.kind``
+_KIND_OF_KEY = {
+    "run": SpanKinds.RUN,
+    "step": SpanKinds.STEP,
+    "attempt": SpanKinds.ATTEMPT,
+    "wait": SpanKinds.SLEEP,
+    "hook": SpanKinds.HOOK,
+}
 
 _anomalies: Counter[str] = Counter()
 _anomalies_lock = threading.Lock()
@@ -93,7 +103,9 @@ class RunTrace:
     anomalies: Counter[str]
 
 
-def _exception_event(error: StructuredError | None, fallback_type: str, at: int, extra: dict[str, Any] | None = None) -> SpanEvent:
+def _exception_event(
+    error: StructuredError | None, fallback_type: str, at: int, extra: dict[str, Any] | None = None
+) -> SpanEvent:
     error = error or StructuredError("")
     first_line = (error.stack or "").split("\n", 1)[0]
     kind = first_line.split(":", 1)[0].strip() if ":" in first_line else fallback_type
@@ -177,7 +189,14 @@ class _Builder:
         elif kind in ("hook_created", "hook_received", "hook_disposed"):
             self.hook_event(event, data)
         elif kind == "hook_conflict":
-            self.note(run, event, **{"workflow.hook.token": data.get("token"), "workflow.hook.conflicting_run_id": data.get("conflictingRunId")})
+            self.note(
+                run,
+                event,
+                **{
+                    "workflow.hook.token": data.get("token"),
+                    "workflow.hook.conflicting_run_id": data.get("conflictingRunId"),
+                },
+            )
         else:
             self.anomalies["unknown_event_type"] += 1
             self.note(run, event)
@@ -220,7 +239,13 @@ class _Builder:
             if kind != "step_created":
                 self.anomaly("missing_start", event)
             name = data.get("stepName", "")
-            step = self.open(key, f"step {short_name(name)}", "run", event, **{"step.name": name, "step.id": step_id, "step.status": "pending"})
+            step = self.open(
+                key,
+                f"step {short_name(name)}",
+                "run",
+                event,
+                **{"step.name": name, "step.id": step_id, "step.status": "pending"},
+            )
             if self.payloads and "input" in data:
                 step.attributes["step.input"] = _payload_attr(data["input"])
         if data.get("stepName") and not step.attributes.get("step.name"):
@@ -242,8 +267,13 @@ class _Builder:
             self.attempts[step_id] += 1
             number = self.attempts[step_id]
             step.attributes.update({"step.attempt": number, "step.status": "running"})
-            attempt = self.open(f"attempt:{step_id}:{number}", f"attempt {number}", key, event,
-                                **{"step.id": step_id, "step.name": step.attributes.get("step.name", ""), "step.attempt": number})
+            attempt = self.open(
+                f"attempt:{step_id}:{number}",
+                f"attempt {number}",
+                key,
+                event,
+                **{"step.id": step_id, "step.name": step.attributes.get("step.name", ""), "step.attempt": number},
+            )
             self.open_attempt[step_id] = attempt.key
             return
         self.note(step, event)
@@ -267,7 +297,9 @@ class _Builder:
             elif self.payloads and "result" in data:
                 step.attributes["step.output"] = _payload_attr(data["result"])
 
-    def close_attempt(self, step_id: str, event: Event, outcome: str | None, data: dict[str, Any] | None = None) -> None:
+    def close_attempt(
+        self, step_id: str, event: Event, outcome: str | None, data: dict[str, Any] | None = None
+    ) -> None:
         key = self.open_attempt.pop(step_id, None)
         if key is None:
             return
@@ -371,7 +403,9 @@ def build_run_trace(
     common = {"workflow.run.id": run_id, "workflow.name": workflow_name}
 
     def context(key: str) -> SpanContext:
-        return SpanContext(trace_id, span_id_for(trace_id, run_id, key), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        return SpanContext(
+            trace_id, span_id_for(trace_id, run_id, key), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+        )
 
     spans: list[ReadableSpan] = []
     run_part = builder.run_part
@@ -387,10 +421,14 @@ def build_run_trace(
         if part.end is None:
             continue
         if part.parent is None:
-            parent = SpanContext(trace_id, carried[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)) if carried else None
+            parent = (
+                SpanContext(trace_id, carried[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+                if carried
+                else None
+            )
         else:
             parent = context(part.parent)
-        attributes = {**common, **part.attributes}
+        attributes = {**common, WORKFLOW_SPAN_KIND: _KIND_OF_KEY[part.key.split(":", 1)[0]], **part.attributes}
         if None in attributes.values():
             attributes = {k: v for k, v in attributes.items() if v is not None}
         spans.append(

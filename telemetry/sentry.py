@@ -17,13 +17,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tracing import _RECORDED, is_benign_conflict
+from .tracing import is_benign_conflict, was_recorded_benign
 
-__all__ = ["RULES", "Rule", "EventFacts", "before_send", "classify", "drop_counts", "init", "make_before_send", "workflow_ids"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "EventFacts",
+    "before_send",
+    "classify",
+    "drop_counts",
+    "init",
+    "make_before_send",
+    "workflow_ids",
+]
 
 _RUN_ID = re.compile(r"\bwrun_[0-9A-Za-z]{26}\b")
 _STEP_ID = re.compile(r"\bstep_[0-9A-Za-z]{26}\b")
-_STREAM_FUNCTIONS = re.compile(r"(writeToStream(Multi)?|closeStream|flushablestream|streams?\.(write|writeMulti|close)|StreamWriter\.(write|write_many|close))", re.I)
+_STREAM_FUNCTIONS = re.compile(
+    r"(writeToStream(Multi)?|closeStream|flushablestream|streams?\.(write|writeMulti|close)|StreamWriter\.(write|write_many|close))",
+    re.I,
+)
 _STEP_RACES = ("Tried completing step, but step has already finished", "Cannot transition run from terminal state")
 _FLUSH = "Background flush of step stream ops failed"
 _CONFLICT_TYPES = ("EntityConflictError", "RunExpiredError")
@@ -40,17 +53,21 @@ class EventFacts:
     exc: BaseException | None = None
 
     @classmethod
-    def of(cls, event: Mapping[str, Any], hint: Mapping[str, Any] | None = None) -> "EventFacts":
+    def of(cls, event: Mapping[str, Any], hint: Mapping[str, Any] | None = None) -> EventFacts:
         values = ((event.get("exception") or {}).get("values")) or []
         exceptions = []
         for value in values:
             frames = ((value.get("stacktrace") or {}).get("frames")) or []
-            exceptions.append({
-                "type": str(value.get("type") or ""),
-                "value": str(value.get("value") or ""),
-                "mechanism": str((value.get("mechanism") or {}).get("type") or ""),
-                "functions": " ".join(f"{f.get('module') or ''}.{f.get('function') or ''} {f.get('filename') or ''}" for f in frames),
-            })  # fmt: skip
+            exceptions.append(
+                {
+                    "type": str(value.get("type") or ""),
+                    "value": str(value.get("value") or ""),
+                    "mechanism": str((value.get("mechanism") or {}).get("type") or ""),
+                    "functions": " ".join(
+                        f"{f.get('module') or ''}.{f.get('function') or ''} {f.get('filename') or ''}" for f in frames
+                    ),
+                }
+            )
         logentry = event.get("logentry") or {}
         message = str(logentry.get("formatted") or logentry.get("message") or event.get("message") or "")
         extra = " ".join(_strings([event.get(k) for k in ("extra", "contexts", "breadcrumbs")]))
@@ -85,14 +102,20 @@ class Rule:
 
 
 def _stream_409(facts: EventFacts) -> bool:
-    return any(is_benign_conflict({"type": e["type"], "message": e["value"]}, operation="streams.writeToStream") and "Stream write failed" in e["value"]
-               for e in facts.exceptions)  # fmt: skip
+    return any(
+        is_benign_conflict({"type": e["type"], "message": e["value"]}, operation="streams.writeToStream")
+        and "Stream write failed" in e["value"]
+        for e in facts.exceptions
+    )
 
 
 def _stream_error_409(facts: EventFacts) -> bool:
     return any(
         e["type"] == "StreamError"
-        and is_benign_conflict({"type": "StreamError", "message": e["value"], "status": 409 if "HTTP 409" in e["value"] else None}, operation="streams.write")
+        and is_benign_conflict(
+            {"type": "StreamError", "message": e["value"], "status": 409 if "HTTP 409" in e["value"] else None},
+            operation="streams.write",
+        )
         for e in facts.exceptions
     )
 
@@ -110,7 +133,9 @@ def _flush_of_409(facts: EventFacts) -> bool:
     if _FLUSH not in facts.message and not any(_FLUSH in e["value"] for e in facts.exceptions):
         return False
     cause = facts.extra_text + " " + " ".join(e["value"] for e in facts.exceptions)
-    if "Stream write failed: HTTP 409" in cause and is_benign_conflict({"type": "Error", "message": cause}, operation="streams.writeToStream"):
+    if "Stream write failed: HTTP 409" in cause and is_benign_conflict(
+        {"type": "Error", "message": cause}, operation="streams.writeToStream"
+    ):
         return True
     return "StreamError" in cause and "HTTP 409" in cause and "is already completed" in cause
 
@@ -118,7 +143,7 @@ def _flush_of_409(facts: EventFacts) -> bool:
 def _recorded_benign(facts: EventFacts) -> bool:
     if facts.tags.get("workflow.conflict") == "benign":
         return True
-    return facts.exc is not None and bool(getattr(facts.exc, _RECORDED, False))
+    return facts.exc is not None and was_recorded_benign(facts.exc)
 
 
 def _in_process_benign(facts: EventFacts) -> bool:
@@ -136,13 +161,37 @@ def _in_process_benign(facts: EventFacts) -> bool:
 
 #: The rules, in the order they are tried. Data: the filter, the relay and the dry-run share them.
 RULES: tuple[Rule, ...] = (
-    Rule("wft-benign", "recorded as a benign post-completion conflict by workflow-telemetry's own wrappers", _recorded_benign),
-    Rule("in-process-benign", "an exception from a stream/telemetry write that telemetry.tracing.is_benign_conflict calls benign", _in_process_benign),
+    Rule(
+        "wft-benign",
+        "recorded as a benign post-completion conflict by workflow-telemetry's own wrappers",
+        _recorded_benign,
+    ),
+    Rule(
+        "in-process-benign",
+        "an exception from a stream/telemetry write that telemetry.tracing.is_benign_conflict calls benign",
+        _in_process_benign,
+    ),
     Rule("stream-error-409", "5.x StreamError carrying the post-completion 409", _stream_error_409),
-    Rule("vercel-stream-409", 'world-vercel stream write to a finished run: "Stream write failed: HTTP 409 … is already completed" (also as an unhandled rejection)', _stream_409),
-    Rule("conflict-in-stream-write", "EntityConflictError/RunExpiredError raised inside a stream or telemetry write", _conflict_in_stream_write),
-    Rule("racing-completion", 'a completion that lost a race with another: "Tried completing step, but step has already finished", "Cannot transition run from terminal state"', _racing_completion),
-    Rule("background-flush-409", '"Background flush of step stream ops failed" whose cause is the post-completion 409', _flush_of_409),
+    Rule(
+        "vercel-stream-409",
+        'world-vercel stream write to a finished run: "Stream write failed: HTTP 409 … is already completed" (also as an unhandled rejection)',
+        _stream_409,
+    ),
+    Rule(
+        "conflict-in-stream-write",
+        "EntityConflictError/RunExpiredError raised inside a stream or telemetry write",
+        _conflict_in_stream_write,
+    ),
+    Rule(
+        "racing-completion",
+        'a completion that lost a race with another: "Tried completing step, but step has already finished", "Cannot transition run from terminal state"',
+        _racing_completion,
+    ),
+    Rule(
+        "background-flush-409",
+        '"Background flush of step stream ops failed" whose cause is the post-completion 409',
+        _flush_of_409,
+    ),
 )
 
 
@@ -180,7 +229,9 @@ def workflow_ids(event: Mapping[str, Any], exc: BaseException | None = None) -> 
     return run_id, step_id
 
 
-def annotate(event: dict[str, Any], exc: BaseException | None = None, *, dashboard_url: str | None = None) -> dict[str, Any]:
+def annotate(
+    event: dict[str, Any], exc: BaseException | None = None, *, dashboard_url: str | None = None
+) -> dict[str, Any]:
     """Tags ``workflow.run.id`` / ``step.id``, a link to the run's page, and one issue per
     (workflow, step, error type) for step failures instead of one per retry."""
     run_id, step_id = workflow_ids(event, exc)
@@ -204,7 +255,12 @@ def annotate(event: dict[str, Any], exc: BaseException | None = None, *, dashboa
     return event
 
 
-def make_before_send(user_before_send: Callable | None = None, *, dashboard_url: str | None = None, on_drop: Callable[[Rule, dict], None] | None = None):
+def make_before_send(
+    user_before_send: Callable | None = None,
+    *,
+    dashboard_url: str | None = None,
+    on_drop: Callable[[Rule, dict], None] | None = None,
+):
     """A ``before_send`` that runs the user's own first, then drops noise and annotates the rest."""
 
     def hook(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
@@ -236,7 +292,9 @@ def init(dsn: str | None = None, *, dashboard_url: str | None = None, **options:
 
     import sentry_sdk
 
-    options["before_send"] = make_before_send(options.get("before_send"), dashboard_url=dashboard_url or os.environ.get("WFT_DASHBOARD_URL"))
+    options["before_send"] = make_before_send(
+        options.get("before_send"), dashboard_url=dashboard_url or os.environ.get("WFT_DASHBOARD_URL")
+    )
     if dsn is not None:
         options["dsn"] = dsn
     return sentry_sdk.init(**options)

@@ -29,7 +29,11 @@ from .world import TERMINAL_STATUSES, World
 
 __all__ = ["StreamWriter", "stream_name"]
 
-_OPERATIONS = {"write": "streams.writeToStream", "write_multi": "streams.writeToStreamMulti", "close": "streams.closeStream"}
+_OPERATIONS = {
+    "write": "streams.writeToStream",
+    "write_multi": "streams.writeToStreamMulti",
+    "close": "streams.closeStream",
+}
 
 
 def stream_name(run_id: str, namespace: str | None = None) -> str:
@@ -73,7 +77,7 @@ class StreamWriter:
     async def close(self) -> bool:
         return await self._mutate("close", None, 0)
 
-    async def __aenter__(self) -> "StreamWriter":
+    async def __aenter__(self) -> StreamWriter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "reset_benign_counts",
     "run_id_of",
     "throw_with_trace",
+    "was_recorded_benign",
 ]
 
 log = logging.getLogger("telemetry.conflicts")
@@ -86,7 +87,9 @@ def is_benign_conflict(error: BaseException | Mapping[str, Any], *, operation: s
     name, message, status = _facts(error)
     if isinstance(error, (EntityConflictError, RunExpiredError)) or name in _CONFLICT_NAMES:
         return True
-    if status in (409, 410) and (isinstance(error, WorkflowWorldError) or name in ("WorkflowWorldError", "StreamError")):
+    if status in (409, 410) and (
+        isinstance(error, WorkflowWorldError) or name in ("WorkflowWorldError", "StreamError")
+    ):
         return True
     if isinstance(error, StreamError) or name == "StreamError":
         return bool(_ALREADY_COMPLETED.search(message))
@@ -129,6 +132,11 @@ _counts_lock = threading.Lock()
 _RECORDED = "_wft_benign_recorded"
 
 
+def was_recorded_benign(error: BaseException) -> bool:
+    """Whether ``record_benign`` already handled this error object (so a filter downstream drops it)."""
+    return bool(getattr(error, _RECORDED, False))
+
+
 def record_benign(span: Span, error: BaseException, *, logger: logging.Logger | None = None) -> None:
     """Record a handled post-completion conflict: status stays Unset, no exception event.
 
@@ -142,7 +150,7 @@ def record_benign(span: Span, error: BaseException, *, logger: logging.Logger | 
     span.set_attribute("workflow.conflict", "benign")
     if run_id:
         span.set_attribute("workflow.run.id", run_id)
-    if getattr(error, _RECORDED, False):
+    if was_recorded_benign(error):
         return
     try:
         setattr(error, _RECORDED, True)

@@ -39,16 +39,24 @@ HARNESS = Path(__file__).resolve().parents[2] / "shared" / "sdk-harness"
 def _run_harness(world: str, out: Path) -> None:
     log = out / f"harness-{world}.log"
     with log.open("w") as fh:
-        result = subprocess.run(["bash", str(HARNESS / "run.sh"), world, str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=1200)
+        result = subprocess.run(
+            ["bash", str(HARNESS / "run.sh"), world, str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=1200
+        )
     if result.returncode != 0:
-        raise RuntimeError(f"sdk-harness {world} failed (exit {result.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"sdk-harness {world} failed (exit {result.returncode}); see {log}:\n{log.read_text()[-3000:]}"
+        )
 
 
 @pytest.fixture(scope="session")
 def harness_out() -> Path:
     """The harness's outputs for both worlds. WFT_HARNESS_OUT reuses an earlier output dir."""
     reuse = os.environ.get("WFT_HARNESS_OUT")
-    if reuse and (Path(reuse) / "local-runs-summary.json").exists() and (Path(reuse) / "postgres" / "world.sql").exists():
+    if (
+        reuse
+        and (Path(reuse) / "local-runs-summary.json").exists()
+        and (Path(reuse) / "postgres" / "world.sql").exists()
+    ):
         return Path(reuse)
     if not HARNESS.exists():
         pytest.fail(f"sdk-harness not found at {HARNESS} (../shared must sit beside the repo)")
@@ -90,11 +98,11 @@ def otlp_receiver():
 def real_world(request, harness_out):
     """(world kind, world reader over the harness's final data, driver summary for that world)."""
     if request.param == "local":
-        from telemetry.worlds.local import LocalWorld
+        from telemetry.backends.local import LocalWorld
 
         world = LocalWorld(harness_out / "local-data")
     else:
-        from telemetry.worlds.postgres import PostgresWorld
+        from telemetry.backends.postgres import PostgresWorld
 
         world = PostgresWorld(request.getfixturevalue("harness_pg_url"))
     yield request.param, world, summary(harness_out, request.param)
@@ -116,15 +124,22 @@ def wft(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
     """Run the real CLI in a subprocess."""
     import sys
 
-    return subprocess.run([sys.executable, "-m", "telemetry", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "telemetry", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
 def live_local_app(tmp_path):
     """The real SDK app serving on world-local (`run.sh serve local`), stopped afterwards."""
     state = tmp_path / "app"
-    out = subprocess.run(["bash", str(HARNESS / "run.sh"), "serve", "local", str(state)], capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        ["bash", str(HARNESS / "run.sh"), "serve", "local", str(state)], capture_output=True, text=True, timeout=1200
+    )
     if out.returncode != 0:
         raise RuntimeError(f"sdk-harness serve failed: {out.stderr[-2000:]}")
     info = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
@@ -148,7 +163,9 @@ def collector(tmp_path):
     ready = threading.Event()
 
     def make(**overrides):
-        settings = Settings(port=0, store=tmp_path / "store.sqlite3", retention_age_s=None, retention_bytes=None, **overrides)
+        settings = Settings(
+            port=0, store=tmp_path / "store.sqlite3", retention_age_s=None, retention_bytes=None, **overrides
+        )
 
         def run() -> None:
             loop = asyncio.new_event_loop()

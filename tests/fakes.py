@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from telemetry.errors import EntityConflictError, WorkflowRunNotFoundError
 from telemetry.world import (
@@ -50,8 +50,10 @@ class FakeInMemoryWorld:
         self.streams = _Streams(self)
 
     def add_run(self, run_id: str, status: str = "running") -> WorkflowRun:
-        now = datetime.now(timezone.utc)
-        run = WorkflowRun(run_id=run_id, status=status, workflow_name="workflow//./w//fn", deployment_id="dpl", created_at=now)
+        now = datetime.now(UTC)
+        run = WorkflowRun(
+            run_id=run_id, status=status, workflow_name="workflow//./w//fn", deployment_id="dpl", created_at=now
+        )
         self.runs_by_id[run_id] = run
         return run
 
@@ -102,7 +104,7 @@ class _Events:
             run_id=run_id,
             event_id=f"evnt_{len(self.log):026d}",
             event_type=event.event_type,
-            created_at=datetime.now(timezone.utc),
+            created_at=datetime.now(UTC),
             correlation_id=event.correlation_id,
             event_data=event.event_data,
         )

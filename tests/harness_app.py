@@ -7,8 +7,12 @@ import urllib.request
 
 
 def start_workflow(app_url: str, name: str, args: list) -> str:
-    request = urllib.request.Request(f"{app_url}/api/start/{name}", data=json.dumps({"args": args}).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")  # fmt: skip
+    request = urllib.request.Request(
+        f"{app_url}/api/start/{name}",
+        data=json.dumps({"args": args}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["runId"]
 

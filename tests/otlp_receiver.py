@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from .threaded_server import serve_in_thread
@@ -72,13 +75,21 @@ def decode_request(body: bytes) -> list[ReceivedSpan]:
             for s in ss.spans:
                 out.append(
                     ReceivedSpan(
-                        trace_id=s.trace_id.hex(), span_id=s.span_id.hex(), parent_span_id=s.parent_span_id.hex(), name=s.name,
-                        kind=s.kind, start=s.start_time_unix_nano, end=s.end_time_unix_nano, attributes=_attrs(s.attributes),
-                        status_code=s.status.code, status_message=s.status.message,
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(),
+                        name=s.name,
+                        kind=s.kind,
+                        start=s.start_time_unix_nano,
+                        end=s.end_time_unix_nano,
+                        attributes=_attrs(s.attributes),
+                        status_code=s.status.code,
+                        status_message=s.status.message,
                         events=[(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events],
-                        resource=resource, scope=ss.scope.name,
+                        resource=resource,
+                        scope=ss.scope.name,
                     )
-                )  # fmt: skip
+                )
     return out
 
 
@@ -99,7 +110,9 @@ def start_receiver() -> tuple[Receiver, callable]:
         spans = decode_request(body)
         with receiver.lock:
             receiver.spans.extend(spans)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)

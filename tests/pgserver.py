@@ -48,9 +48,27 @@ class PgServer:
     def psql(self, *args: str, db: str = "world", user: str = "world") -> str:
         env = {**os.environ, "PGPASSWORD": "world"}
         out = subprocess.run(
-            [str(self.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", db, *args],
-            check=True, capture_output=True, text=True, env=env,
-        )  # fmt: skip
+            [
+                str(self.bin / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                user,
+                "-d",
+                db,
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         return out.stdout
 
     def create_database(self, name: str) -> str:
@@ -61,7 +79,17 @@ class PgServer:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", mode, "-w", "stop")
 
     def start(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
 
 def start_pg() -> PgServer:
@@ -71,14 +99,23 @@ def start_pg() -> PgServer:
     if as_postgres:
         shutil.chown(root, "postgres")
     server = PgServer(root=root, port=free_port(), bin=bin_dir, as_postgres=as_postgres)
-    server._run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    server._run(
+        str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+    )
     conf = (
         f"listen_addresses = '127.0.0.1'\nport = {server.port}\nunix_socket_directories = ''\n"
         "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
     )
     server._run("sh", "-c", f"cat >> '{root / 'data' / 'postgresql.conf'}'", input=conf)
     server.start()
-    server.psql("-c", "create role world login password 'world' superuser", "-c", "create database world owner world", db="postgres", user="postgres")
+    server.psql(
+        "-c",
+        "create role world login password 'world' superuser",
+        "-c",
+        "create database world owner world",
+        db="postgres",
+        user="postgres",
+    )
     return server
 
 

@@ -33,7 +33,7 @@ class Arrival:
     def events(self) -> list[dict[str, Any]]:
         if self.path.endswith("/store/"):
             return [json.loads(self.body)]
-        from collector.sentry_relay import parse_envelope
+        from telemetry.sentry_envelope import parse_envelope
 
         _, items = parse_envelope(self.body)
         return [json.loads(i.payload) for i in items if i.type == "event"]

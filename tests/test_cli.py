@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 
+from telemetry.backends.local import LocalWorld
 from telemetry.reading import all_runs, run_trace
-from telemetry.worlds.local import LocalWorld
 
 from .conftest import wft
 
@@ -25,9 +25,12 @@ def test_runs_json_agrees_with_the_sdk_cli(harness_out, harness_app_dir):
     data_dir = harness_out / "local-data"
     sdk = subprocess.run(
         [str(harness_app_dir / "node_modules/.bin/workflow"), "inspect", "runs", "--json"],
-        cwd=harness_app_dir, capture_output=True, text=True, timeout=120,
+        cwd=harness_app_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "WORKFLOW_LOCAL_DATA_DIR": str(data_dir), "WORKFLOW_TARGET_WORLD": "local"},
-    )  # fmt: skip
+    )
     assert sdk.returncode == 0, sdk.stderr
     ours = wft("runs", "--world", "local", "--dir", str(data_dir), "--json")
     assert ours.returncode == 0, ours.stderr
@@ -42,7 +45,12 @@ def test_runs_table_and_filters_on_postgres(harness_pg_url, harness_out):
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["runId", "workflowName", "status", "startedAt", "completedAt"]
     assert len(lines) == 3 and all(" failed " in line for line in lines[1:])
-    env_only = wft("runs", "--limit", "3", env={"WORKFLOW_TARGET_WORLD": "@workflow/world-postgres", "WORKFLOW_POSTGRES_URL": harness_pg_url})
+    env_only = wft(
+        "runs",
+        "--limit",
+        "3",
+        env={"WORKFLOW_TARGET_WORLD": "@workflow/world-postgres", "WORKFLOW_POSTGRES_URL": harness_pg_url},
+    )
     assert env_only.returncode == 0 and len(env_only.stdout.strip().splitlines()) == 4
 
 
@@ -71,8 +79,16 @@ def _expected_spans(data_dir):
 
 def test_export_ships_exactly_the_run_traces(harness_out, otlp_receiver):
     data_dir = harness_out / "local-data"
-    result = wft("export", "--world", "local", "--dir", str(data_dir), "--otlp", otlp_receiver.url,
-                 env={"OTEL_SERVICE_NAME": "my-workflows", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"})  # fmt: skip
+    result = wft(
+        "export",
+        "--world",
+        "local",
+        "--dir",
+        str(data_dir),
+        "--otlp",
+        otlp_receiver.url,
+        env={"OTEL_SERVICE_NAME": "my-workflows", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"},
+    )
     assert result.returncode == 0, result.stderr
     expected = _expected_spans(data_dir)
     received = otlp_receiver.by_id()
@@ -100,7 +116,9 @@ def test_export_ships_exactly_the_run_traces(harness_out, otlp_receiver):
 
 def test_export_honours_otel_endpoint_and_retries_503(harness_out, otlp_receiver):
     otlp_receiver.fail_next = 2
-    result = wft("export", "--dir", str(harness_out / "local-data"), env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url})
+    result = wft(
+        "export", "--dir", str(harness_out / "local-data"), env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url}
+    )
     assert result.returncode == 0, result.stderr
     assert otlp_receiver.requests >= 13  # 11 runs + 2 refused attempts
     assert len(otlp_receiver.by_id()) == len(_expected_spans(harness_out / "local-data"))

@@ -11,41 +11,14 @@ from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
 
 from .conftest import get_json, http
-
-RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
-CONFLICT = 'Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_x_user): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}' % (RUN, RUN)
-
-
-def _make_spans(count: int = 3, *, service: str = "shop"):
-    """Real SDK spans: a parent, children with attributes, one benign conflict, one real error."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("workflow")
-    with tracer.start_as_current_span("WORKFLOW demo", attributes={"workflow.run.id": RUN, "workflow.name": "workflow//./w//demo"}):
-        for i in range(count):
-            with tracer.start_as_current_span(f"STEP s{i}", attributes={"workflow.run.id": RUN, "step.id": f"step_{i}", "n": i, "f": 1.5, "ok": True, "tags": ["a", "b"]}):
-                pass
-        with tracer.start_as_current_span("world.streams.writeToStream", attributes={"workflow.run.id": RUN, "error.type": "HTTP 409"}) as late:
-            late.record_exception(Exception(CONFLICT))
-            late.set_status(Status(StatusCode.ERROR, CONFLICT))
-        with tracer.start_as_current_span("world.events.create step_completed", attributes={"workflow.run.id": RUN}) as real:
-            real.record_exception(Exception("boom"))
-            real.set_status(Status(StatusCode.ERROR, "boom"))
-    provider.shutdown()
-    return memory.get_finished_spans()
+from .sdk_spans import RUN, make_sdk_spans
 
 
 def test_real_exporter_spans_are_stored_intact(collector):
     service = collector()
-    spans = _make_spans()
+    spans = make_sdk_spans()
     exporter = OTLPSpanExporter(endpoint=f"{service.url}/v1/traces")
     assert exporter.export(spans).name == "SUCCESS"
     trace_id = f"{spans[0].context.trace_id:032x}"
@@ -93,7 +66,7 @@ def _otlp_json(spans) -> bytes:
 
 def test_otlp_json_with_hex_ids_and_chunked_gzip(collector):
     service = collector()
-    spans = _make_spans(2)
+    spans = make_sdk_spans(2)
     body = gzip.compress(_otlp_json(spans))
 
     def chunks():
@@ -102,8 +75,12 @@ def test_otlp_json_with_hex_ids_and_chunked_gzip(collector):
 
     import urllib.request
 
-    request = urllib.request.Request(f"{service.url}/v1/traces", data=chunks(), method="POST",
-                                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Transfer-Encoding": "chunked"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{service.url}/v1/traces",
+        data=chunks(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Transfer-Encoding": "chunked"},
+    )
     with urllib.request.urlopen(request) as response:
         assert response.status == 200 and response.headers["Content-Type"].startswith("application/json")
         assert json.loads(response.read()) == {}
@@ -113,10 +90,12 @@ def test_otlp_json_with_hex_ids_and_chunked_gzip(collector):
 
 def test_partial_success_for_spans_with_bad_ids(collector):
     service = collector()
-    spans = _make_spans(1)
+    spans = make_sdk_spans(1)
     request = encode_spans(spans)
     request.resource_spans[0].scope_spans[0].spans[0].trace_id = bytes(16)
-    status, headers, body = http("POST", f"{service.url}/v1/traces", request.SerializeToString(), {"Content-Type": "application/x-protobuf"})
+    status, headers, body = http(
+        "POST", f"{service.url}/v1/traces", request.SerializeToString(), {"Content-Type": "application/x-protobuf"}
+    )
     assert status == 200
     response = ExportTraceServiceResponse()
     response.ParseFromString(body)
@@ -131,12 +110,26 @@ def test_partial_success_for_spans_with_bad_ids(collector):
         (b"{}", {"Content-Type": "text/plain"}, 415, "unsupported Content-Type"),
         (b"\xff\xff\xff", {"Content-Type": "application/x-protobuf"}, 400, "invalid protobuf"),
         (b"{not json", {"Content-Type": "application/json"}, 400, "invalid JSON"),
-        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz", "spanId": "00f067aa0ba902b7"}]}]}]}',
-         {"Content-Type": "application/json"}, 400, "invalid id"),
-        (b"not gzip", {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}, 400, "bad compressed body"),
-        (b"x", {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"}, 415, "unsupported Content-Encoding"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz", "spanId": "00f067aa0ba902b7"}]}]}]}',
+            {"Content-Type": "application/json"},
+            400,
+            "invalid id",
+        ),
+        (
+            b"not gzip",
+            {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
+            400,
+            "bad compressed body",
+        ),
+        (
+            b"x",
+            {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"},
+            415,
+            "unsupported Content-Encoding",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_its_status(collector, body, headers, status, text):
     service = collector()
     got, _, answer = http("POST", f"{service.url}/v1/traces", body, headers)
@@ -151,14 +144,16 @@ def test_body_limits_before_and_after_decompression(collector):
     assert status == 413 and b"over 65536 bytes" in text
     bomb = gzip.compress(b"\x00" * (10 * 1024 * 1024))  # ~10 KB that inflates to 10 MiB
     assert len(bomb) < 64 * 1024
-    status, _, _ = http("POST", f"{service.url}/v1/traces", bomb, {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+    status, _, _ = http(
+        "POST", f"{service.url}/v1/traces", bomb, {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}
+    )
     assert status == 413
     assert service.metrics.requests_rejected == 2
 
 
 def test_full_queue_answers_503_with_retry_after(collector):
     service = collector(max_pending_spans=1)
-    body = encode_spans(_make_spans(1)).SerializeToString()
+    body = encode_spans(make_sdk_spans(1)).SerializeToString()
     status, headers, _ = http("POST", f"{service.url}/v1/traces", body, {"Content-Type": "application/x-protobuf"})
     assert status == 503 and headers["Retry-After"] == "1"
     assert service.metrics.requests_overloaded == 1

@@ -8,17 +8,25 @@ import time
 
 import pytest
 
+from telemetry.backends import BackendConfig
+
 from .conftest import HARNESS, get_json, summary
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
 def test_sdk_spans_and_event_log_are_stitched_per_run(collector, tmp_path, protocol):
     out = tmp_path / "harness"
-    service = collector(world="local", world_dir=str(out / "local-data"), tail_interval=0.1)
+    service = collector(world=BackendConfig("local", data_dir=str(out / "local-data")), tail_interval=0.1)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": service.url, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
     import os
 
-    result = subprocess.run(["bash", str(HARNESS / "run.sh"), "local", str(out)], capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    result = subprocess.run(
+        ["bash", str(HARNESS / "run.sh"), "local", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = summary(out, "local")
     deadline = time.monotonic() + 20

@@ -18,7 +18,7 @@ from collector.settings import Settings, SettingsError, parse_bytes, parse_durat
 
 from .conftest import get_json, http, wft
 from .pgserver import free_port
-from .test_collector_ingest import RUN, _make_spans
+from .sdk_spans import RUN, make_sdk_spans
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -26,9 +26,23 @@ PROTOBUF = {"Content-Type": "application/x-protobuf"}
 def _serve(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(tmp_path / "store.sqlite3"), "--no-world", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telemetry",
+            "serve",
+            "--port",
+            str(port),
+            "--store",
+            str(tmp_path / "store.sqlite3"),
+            "--no-world",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -52,7 +66,7 @@ def test_token_is_required_on_ingest_and_api_and_never_logged(tmp_path):
     token = "s3cret-token-0123456789"
     process, url = _serve(tmp_path, "--host", "127.0.0.1", env={"WFT_TOKEN": token})
     try:
-        body = encode_spans(_make_spans(1)).SerializeToString()
+        body = encode_spans(make_sdk_spans(1)).SerializeToString()
         status, headers, answer = http("POST", f"{url}/v1/traces", body, PROTOBUF)
         assert status == 401 and answer == b"" and headers.get("WWW-Authenticate") == "Bearer"
         assert http("GET", f"{url}/api/runs")[0] == 401
@@ -61,7 +75,7 @@ def test_token_is_required_on_ingest_and_api_and_never_logged(tmp_path):
         assert http("POST", f"{url}/v1/traces", body, {**PROTOBUF, **auth})[0] == 200
         assert get_json(f"{url}/api/runs", auth)["data"][0]["runId"] == RUN
         exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces", headers=auth)
-        assert exporter.export(_make_spans(1)).name == "SUCCESS"
+        assert exporter.export(make_sdk_spans(1)).name == "SUCCESS"
         assert http("GET", f"{url}/healthz")[0] == 200
     finally:
         process.terminate()
@@ -84,7 +98,7 @@ def test_kill_9_after_acknowledged_exports_loses_nothing(tmp_path):
     acknowledged: list[str] = []
     exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces")
     for _ in range(20):
-        spans = _make_spans(5)
+        spans = make_sdk_spans(5)
         assert exporter.export(spans).name == "SUCCESS"
         acknowledged += [f"{s.context.trace_id:032x}/{s.context.span_id:016x}" for s in spans]
     os.kill(process.pid, signal.SIGKILL)
@@ -112,7 +126,7 @@ def test_gzip_bomb_keeps_memory_bounded(tmp_path):
     the server's peak RSS grows by less than 64 MiB."""
     process, url = _serve(tmp_path, "--max-body", "16MiB")
     try:
-        http("POST", f"{url}/v1/traces", encode_spans(_make_spans(1)).SerializeToString(), PROTOBUF)
+        http("POST", f"{url}/v1/traces", encode_spans(make_sdk_spans(1)).SerializeToString(), PROTOBUF)
         before = _peak_rss_kib(process.pid)
         compressor = gzip.GzipFile
         import io
@@ -137,7 +151,7 @@ def test_retention_by_age_and_size(collector):
     service = collector()
     exporter = OTLPSpanExporter(endpoint=f"{service.url}/v1/traces")
     for _ in range(30):
-        assert exporter.export(_make_spans(20)).name == "SUCCESS"
+        assert exporter.export(make_sdk_spans(20)).name == "SUCCESS"
     conn = service.store.connect()
     total = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
     size = service.store.used_bytes(conn)
@@ -159,7 +173,7 @@ def test_forwarding_spools_while_upstream_is_down(collector, otlp_receiver, tmp_
     exporter = OTLPSpanExporter(endpoint=f"{service.url}/v1/traces")
     sent = []
     for _ in range(3):
-        spans = _make_spans(2)
+        spans = make_sdk_spans(2)
         assert exporter.export(spans).name == "SUCCESS"
         sent += [f"{s.context.span_id:016x}" for s in spans]
     deadline = time.monotonic() + 30
@@ -194,23 +208,42 @@ def test_spool_is_bounded_and_drops_are_counted(tmp_path):
 def test_api_filters_pagination_and_errors(collector):
     service = collector()
     exporter = OTLPSpanExporter(endpoint=f"{service.url}/v1/traces")
-    assert exporter.export(_make_spans(1)).name == "SUCCESS"
+    assert exporter.export(make_sdk_spans(1)).name == "SUCCESS"
     conn = service.store.connect()
     for i in range(5):
-        conn.execute("INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, updated_ns) VALUES (?,?,?,?,?,0)",
-                     (f"wrun_{i:026d}", "workflow//./w//other", "failed" if i % 2 else "completed", (i + 1) * 10**18, (i + 1) * 10**18 + 5 * 10**6))  # fmt: skip
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, updated_ns) VALUES (?,?,?,?,?,0)",
+            (
+                f"wrun_{i:026d}",
+                "workflow//./w//other",
+                "failed" if i % 2 else "completed",
+                (i + 1) * 10**18,
+                (i + 1) * 10**18 + 5 * 10**6,
+            ),
+        )
     base = f"{service.url}/api/runs"
     first = get_json(f"{base}?limit=2")
     assert [r["runId"] for r in first["data"]] == ["wrun_00000000000000000000000004", "wrun_00000000000000000000000003"]
     assert first["hasMore"] and first["cursor"]
     second = get_json(f"{base}?limit=2&cursor={first['cursor']}")
-    assert [r["runId"] for r in second["data"]] == ["wrun_00000000000000000000000002", "wrun_00000000000000000000000001"]
-    assert [r["runId"] for r in get_json(f"{base}?status=failed&workflow=other")["data"]] == ["wrun_00000000000000000000000003", "wrun_00000000000000000000000001"]
+    assert [r["runId"] for r in second["data"]] == [
+        "wrun_00000000000000000000000002",
+        "wrun_00000000000000000000000001",
+    ]
+    assert [r["runId"] for r in get_json(f"{base}?status=failed&workflow=other")["data"]] == [
+        "wrun_00000000000000000000000003",
+        "wrun_00000000000000000000000001",
+    ]
     assert len(get_json(f"{base}?workflow=workflow//./w//other")["data"]) == 5
     since = get_json(f"{base}?since=3000000000000&until=2128-06-11T08:53:20Z")  # 3e18 ns as epoch ms, 5e18 ns as ISO
     assert [r["runId"] for r in since["data"]] == ["wrun_00000000000000000000000003", "wrun_00000000000000000000000002"]
     assert get_json(f"{base}?status=completed&limit=1")["data"][0]["durationMs"] == 5.0
-    for query, message in (("status=weird", "status"), ("limit=0", "limit"), ("since=yesterday", "since"), ("cursor=zzz", "cursor")):
+    for query, message in (
+        ("status=weird", "status"),
+        ("limit=0", "limit"),
+        ("since=yesterday", "since"),
+        ("cursor=zzz", "cursor"),
+    ):
         status, _, body = http("GET", f"{base}?{query}")
         assert status == 400 and message in body.decode()
     assert http("GET", f"{service.url}/api/runs/wrun_nope")[0] == 404
@@ -227,18 +260,22 @@ def test_size_and_duration_parsing():
 
 
 def test_serve_picks_its_world_like_the_sdk(monkeypatch, tmp_path):
-    from collector.settings import default_world
+    from telemetry.backends import backend_config
+    from telemetry.errors import WorkflowWorldError
+
+    def default_world():
+        return backend_config(implicit=False)
 
     monkeypatch.chdir(tmp_path)
     for name in ("WORKFLOW_TARGET_WORLD", "WORKFLOW_LOCAL_DATA_DIR", "WORKFLOW_POSTGRES_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert default_world() == (None, None, None)
+    assert default_world() is None
     (tmp_path / ".workflow-data").mkdir()
-    assert default_world()[0] == "local"
+    assert default_world().kind == "local"
     monkeypatch.setenv("WORKFLOW_TARGET_WORLD", "@workflow/world-postgres")
-    assert default_world()[0] == "postgres"
+    assert default_world().kind == "postgres"
     monkeypatch.setenv("WORKFLOW_TARGET_WORLD", "vercel")
-    with pytest.raises(SettingsError, match="world-vercel is not readable"):
+    with pytest.raises(WorkflowWorldError, match="world-vercel is not readable"):
         default_world()
     result = wft("serve", env={"WORKFLOW_TARGET_WORLD": "mongo"})
     assert result.returncode == 2 and "unknown world 'mongo'" in result.stderr

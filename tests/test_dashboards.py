@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from telemetry.backends.local import LocalWorld
 from telemetry.reading import all_runs, run_trace
-from telemetry.worlds.local import LocalWorld
 
 from .conftest import wft
 
@@ -40,7 +40,9 @@ def test_valid_json_with_uid_and_panels():
 
 
 def test_every_datasource_uid_is_provisioned():
-    provisioned = set(re.findall(r"^\s*uid:\s*(\S+)", (GRAFANA / "provisioning/datasources/tempo.yaml").read_text(), re.M))
+    provisioned = set(
+        re.findall(r"^\s*uid:\s*(\S+)", (GRAFANA / "provisioning/datasources/tempo.yaml").read_text(), re.M)
+    )
     assert provisioned == {"tempo"}
     for panel, target in _queries():
         assert panel["datasource"]["uid"] in provisioned

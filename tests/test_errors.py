@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -48,7 +48,14 @@ def test_retry_after_carried_where_the_sdk_carries_it():
 
 
 def test_conflict_subclasses_are_world_errors():
-    for cls in (EntityConflictError, RunExpiredError, TooEarlyError, ThrottleError, PreconditionFailedError, StreamError):
+    for cls in (
+        EntityConflictError,
+        RunExpiredError,
+        TooEarlyError,
+        ThrottleError,
+        PreconditionFailedError,
+        StreamError,
+    ):
         assert issubclass(cls, WorkflowWorldError)
 
 
@@ -70,14 +77,26 @@ def test_not_found_errors_carry_their_ids():
     assert StreamError("s").code == "STREAM_ERROR"
 
 
-@pytest.mark.parametrize("value, expected", [("0", 0), ("120", 120), (" 5 ", 5), (None, None), ("", None),
-                                             ("soon", None), ("-5", None), ("1.5", None), ("Mon, 99 Foo 2026", None)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("0", 0),
+        ("120", 120),
+        (" 5 ", 5),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("Mon, 99 Foo 2026", None),
+    ],
+)
 def test_retry_after_delta_seconds_and_garbage(value, expected):
     assert parse_retry_after(value) == expected
 
 
 def test_retry_after_http_date():
-    now = datetime(2026, 11, 22, 3, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
     later = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert later.endswith("GMT")
     assert parse_retry_after(later, now=now.timestamp()) == 90

@@ -10,20 +10,36 @@ import sys
 import time
 from pathlib import Path
 
+from telemetry.backends.local import LocalWorld
+from telemetry.backends.postgres import PostgresWorld
 from telemetry.follow import Checkpoint, Follower
 from telemetry.reading import all_runs, run_trace
-from telemetry.worlds.local import LocalWorld
-from telemetry.worlds.postgres import PostgresWorld
 
 from .conftest import run_status, start_workflow
 
 
 def _follower(data_dir: str, url: str, checkpoint: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "follow", "--world", "local", "--dir", data_dir, "--otlp", url,
-         "--checkpoint", str(checkpoint), "--interval", "0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telemetry",
+            "follow",
+            "--world",
+            "local",
+            "--dir",
+            data_dir,
+            "--otlp",
+            url,
+            "--checkpoint",
+            str(checkpoint),
+            "--interval",
+            "0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait(predicate, timeout: float, step: float = 0.02) -> float:
@@ -39,13 +55,19 @@ def _expected(data_dir: str) -> dict[str, object]:
     world = LocalWorld(data_dir)
 
     async def go():
-        return {f"{s.context.span_id:016x}": s async for run in all_runs(world) for s in (await run_trace(world, run)).spans}
+        return {
+            f"{s.context.span_id:016x}": s async for run in all_runs(world) for s in (await run_trace(world, run)).spans
+        }
 
     return asyncio.run(go())
 
 
 def _run_span(receiver, run_id):
-    return [s for s in receiver.by_id().values() if s.name.startswith("run ") and s.attributes.get("workflow.run.id") == run_id]
+    return [
+        s
+        for s in receiver.by_id().values()
+        if s.name.startswith("run ") and s.attributes.get("workflow.run.id") == run_id
+    ]
 
 
 def test_follow_sees_a_new_run_within_a_second(live_local_app, otlp_receiver, tmp_path):
@@ -58,7 +80,11 @@ def test_follow_sees_a_new_run_within_a_second(live_local_app, otlp_receiver, tm
         _wait(lambda: _run_span(otlp_receiver, run_id), 10)
         lag = time.monotonic() - completed_at
         assert lag < 1.0, f"run span arrived {lag:.2f}s after the run completed"
-        steps = [s for s in otlp_receiver.by_id().values() if s.name.startswith("step ") and s.attributes["workflow.run.id"] == run_id]
+        steps = [
+            s
+            for s in otlp_receiver.by_id().values()
+            if s.name.startswith("step ") and s.attributes["workflow.run.id"] == run_id
+        ]
         assert len(steps) == 3
     finally:
         follower.terminate()
@@ -69,7 +95,11 @@ def test_follow_survives_kill_9_with_no_gap_and_no_duplicate(live_local_app, otl
     checkpoint = tmp_path / "cp.json"
     url = live_local_app["URL"]
     follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, checkpoint)
-    runs = [start_workflow(url, "retry", ["k9"]), start_workflow(url, "sleep", []), start_workflow(url, "sequential", [1])]
+    runs = [
+        start_workflow(url, "retry", ["k9"]),
+        start_workflow(url, "sleep", []),
+        start_workflow(url, "sequential", [1]),
+    ]
     _wait(lambda: len(otlp_receiver.spans) >= 3, 20)
     os.kill(follower.pid, signal.SIGKILL)  # mid-stream: the retry and the sleep are still running
     follower.wait(10)
@@ -133,5 +163,13 @@ def test_checkpoint_keeps_finished_runs_small_and_bad_checkpoints_are_one_line(h
     checkpoint.write_text("{broken")
     from .conftest import wft
 
-    result = wft("follow", "--dir", str(harness_out / "local-data"), "--checkpoint", str(checkpoint), "--otlp", "http://127.0.0.1:9")
+    result = wft(
+        "follow",
+        "--dir",
+        str(harness_out / "local-data"),
+        "--checkpoint",
+        str(checkpoint),
+        "--otlp",
+        "http://127.0.0.1:9",
+    )
     assert result.returncode == 2 and "not valid JSON" in result.stderr and "move it away" in result.stderr

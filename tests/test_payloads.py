@@ -3,7 +3,7 @@
 import base64
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,10 @@ from telemetry.payloads import (
     to_jsonable,
 )
 
-CASES = {k: base64.b64decode(v) for k, v in json.loads((Path(__file__).parent / "fixtures/devalue_cases.json").read_text()).items()}
+CASES = {
+    k: base64.b64decode(v)
+    for k, v in json.loads((Path(__file__).parent / "fixtures/devalue_cases.json").read_text()).items()
+}
 
 
 def decoded(name):
@@ -42,8 +45,8 @@ def test_special_numbers():
 
 
 def test_custom_types():
-    assert decoded("date") == datetime(2026, 11, 22, 3, 38, 48, 117000, tzinfo=timezone.utc)
-    assert decoded("map") == {"a": 1, "b": datetime(2020, 1, 1, tzinfo=timezone.utc)}
+    assert decoded("date") == datetime(2026, 11, 22, 3, 38, 48, 117000, tzinfo=UTC)
+    assert decoded("map") == {"a": 1, "b": datetime(2020, 1, 1, tzinfo=UTC)}
     assert decoded("set") == {1, "two", 3}
     assert decoded("set_one") == {7}
     assert decoded("bigint") == 12345678901234567890
@@ -65,17 +68,17 @@ def test_references_repeated_cyclic_sparse_nested():
     sparse = decoded("sparse")
     assert len(sparse) == 11 and sparse[0] == 1 and sparse[1] is UNDEFINED and sparse[2] == 3 and sparse[10] == "far"
     nested = decoded("nested")
-    assert nested == {"list": [{"when": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc)}, {1: {"x"}}]}
+    assert nested == {"list": [{"when": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)}, {1: {"x"}}]}
 
 
 def test_builtin_devalue_forms_are_accepted_too():
-    assert devalue_parse('[["Date","2026-01-01T00:00:00.000Z"]]') == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert devalue_parse('[["Date","2026-01-01T00:00:00.000Z"]]') == datetime(2026, 1, 1, tzinfo=UTC)
     assert devalue_parse('[["Set",1,2],"a","b"]') == {"a", "b"}
     assert devalue_parse('[["Map",1,2],"k","v"]') == {"k": "v"}
     assert devalue_parse('[["BigInt","5"]]') == 5
     assert devalue_parse('[["null","a",1],2]') == {"a": 2}
     assert devalue_parse('[["RegExp","x","g"]]') == JSRegExp("x", "g")
-    assert devalue_parse('[[1,-2,1],7]') == [7, UNDEFINED, 7]
+    assert devalue_parse("[[1,-2,1],7]") == [7, UNDEFINED, 7]
 
 
 @pytest.mark.parametrize("bad", ["[]", "{}", "-9", "[[5]]", '[{"a":"x"}]'])

@@ -10,12 +10,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from opentelemetry.trace import StatusCode
 
+from telemetry.backends.local import LocalWorld
 from telemetry.reading import event_log
 from telemetry.runtrace import anomaly_counts, build_run_trace, short_name, trace_id_for
 from telemetry.world import Event
-from telemetry.worlds.local import LocalWorld
 
 CUT = Path(__file__).parent / "fixtures" / "local-cut"
 SUMMARY = json.loads((CUT / "summary.json").read_text())
@@ -52,7 +51,10 @@ def test_trace_id_is_the_run_ulid_without_a_carrier():
 
 def test_stored_traceparent_joins_the_sdk_trace():
     run, events = _load("retry")
-    carried = dataclasses.replace(run, execution_context={"traceCarrier": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}})
+    carried = dataclasses.replace(
+        run,
+        execution_context={"traceCarrier": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+    )
     trace = build_run_trace(run.run_id, events, carried)
     assert {s.context.trace_id for s in trace.spans} == {0x4BF92F3577B34DA6A3CE929D0E0E4736}
     (root,) = [s for s in trace.spans if s.name.startswith("run ")]
@@ -71,7 +73,9 @@ def test_live_run_yields_finished_work_and_the_run_span_follows():
     assert _names(live) == sorted(["step flakyOnce", "attempt 1", "attempt 2", "step stamp", "attempt 1"])
     # a step still running has no span yet; its first (failed) attempt does
     mid = [e for e in events if not (e.event_type == "step_completed" or e.event_type.startswith("run_completed"))]
-    partial = build_run_trace(run.run_id, mid[: mid.index(next(e for e in mid if e.event_type == "step_retrying")) + 2], run)
+    partial = build_run_trace(
+        run.run_id, mid[: mid.index(next(e for e in mid if e.event_type == "step_retrying")) + 2], run
+    )
     assert _names(partial) == ["attempt 1"]
     done = build_run_trace(run.run_id, events, run)
     assert done.complete
@@ -92,10 +96,16 @@ def test_duplicates_late_events_and_missing_starts_are_anomalies_not_errors():
         *events,
         events[3],  # a duplicate event (same id)
         _shift(step_failed, 5, event_id="evnt_ZZZZZZZZZZZZZZZZZZZZZZZZZ1"),  # a second terminal for the same step
-        _shift(terminal, 9, event_id="evnt_ZZZZZZZZZZZZZZZZZZZZZZZZZ2", event_type="step_completed",
-               correlation_id="step_NOSTARTNOSTARTNOSTARTNOST", event_data={"stepName": "step//./x//ghost"}),
+        _shift(
+            terminal,
+            9,
+            event_id="evnt_ZZZZZZZZZZZZZZZZZZZZZZZZZ2",
+            event_type="step_completed",
+            correlation_id="step_NOSTARTNOSTARTNOSTARTNOST",
+            event_data={"stepName": "step//./x//ghost"},
+        ),
         _shift(terminal, 10, event_id="evnt_ZZZZZZZZZZZZZZZZZZZZZZZZZ3", event_type="noop", event_data={}),
-    ]  # fmt: skip
+    ]
     trace = build_run_trace(run.run_id, untidy, run)
     roots = [s for s in trace.spans if s.name.startswith("run ")]
     assert len(roots) == 1
@@ -140,7 +150,12 @@ def test_payloads_can_be_left_out():
     keys = {k for s in trace.spans for k in s.attributes}
     assert not keys & {"workflow.input", "workflow.output", "step.input", "step.output"}
     with_payloads = build_run_trace(run.run_id, events, run)
-    assert {k for s in with_payloads.spans for k in s.attributes} >= {"workflow.input", "workflow.output", "step.input", "step.output"}
+    assert {k for s in with_payloads.spans for k in s.attributes} >= {
+        "workflow.input",
+        "workflow.output",
+        "step.input",
+        "step.output",
+    }
 
 
 @pytest.mark.parametrize("key", ["retry", "fatal", "sleep", "hook"])

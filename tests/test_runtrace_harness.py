@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 from opentelemetry.trace import StatusCode
 
 from telemetry.payloads import to_jsonable
@@ -13,8 +12,18 @@ from telemetry.reading import event_log, run_trace
 from telemetry.runtrace import trace_id_for
 
 # Arguments the harness driver starts each scenario with (sdk-harness/app/driver.mjs).
-DRIVER_ARGS = {"sequential": [5], "parallel": [["alpha", "beta", "gamma"]], "retry": ["r1"], "fatal": ["boom"],
-               "sleep": [], "webhook": [], "stream": [5], "eagerCloseInline": [], "eagerCloseViaStep": [], "writeAfterClose": []}  # fmt: skip
+DRIVER_ARGS = {
+    "sequential": [5],
+    "parallel": [["alpha", "beta", "gamma"]],
+    "retry": ["r1"],
+    "fatal": ["boom"],
+    "sleep": [],
+    "webhook": [],
+    "stream": [5],
+    "eagerCloseInline": [],
+    "eagerCloseViaStep": [],
+    "writeAfterClose": [],
+}
 
 
 def _trace(world, run_id):
@@ -98,7 +107,9 @@ def test_retry_has_two_attempts_and_only_the_first_is_error(real_world):
     _, _, trace, events = _trace(world, results["retry"]["runId"])
     run_spans, steps, attempts = _by_kind(trace)
     (flaky,) = [s for s in steps if s.attributes["step.name"].endswith("//flakyOnce")]
-    first, second = sorted((a for a in attempts if a.parent.span_id == flaky.context.span_id), key=lambda a: a.start_time)
+    first, second = sorted(
+        (a for a in attempts if a.parent.span_id == flaky.context.span_id), key=lambda a: a.start_time
+    )
     assert (first.attributes["step.attempt"], second.attributes["step.attempt"]) == (1, 2)
     assert first.status.status_code is StatusCode.ERROR
     assert "flaky failure on attempt 1" in first.status.description

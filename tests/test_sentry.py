@@ -7,7 +7,7 @@ import json
 import pytest
 import sentry_sdk
 
-from telemetry.errors import EntityConflictError, RunExpiredError, StreamError, WorkflowWorldError
+from telemetry.errors import EntityConflictError, StreamError, WorkflowWorldError
 from telemetry.sentry import RULES, classify, drop_counts
 from telemetry.sentry import init as sentry_init
 
@@ -16,48 +16,90 @@ from .conftest import wft
 RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
 STEP = "step_01M80NBG4PGVG2CY8WDX3NXEX2"
 # Seed 003 (issue #1949), verbatim apart from the run id being complete.
-SEED = 'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}' % RUN
+SEED = (
+    'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
+    % RUN
+)
 # Reference §3.4: world-vercel 4.7.4 after PR #2142.
-DIAG = ('Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; '
-        'x-vercel-id=iad1::abc; x-vercel-error=conflict): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}') % (RUN, RUN)  # fmt: skip
+DIAG = (
+    "Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; "
+    'x-vercel-id=iad1::abc; x-vercel-error=conflict): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
+) % (RUN, RUN)
 
 
 def js_error(type_: str, value: str, *, mechanism: str = "generic", functions: tuple[str, ...] = ()) -> dict:
     """An event shaped as @sentry/node sends it."""
-    frames = [{"function": f, "filename": "/app/node_modules/@workflow/world-vercel/dist/streamer.js"} for f in functions]
-    return {"event_id": "e" * 32, "platform": "node", "level": "error",
-            "exception": {"values": [{"type": type_, "value": value, "mechanism": {"type": mechanism, "handled": False},
-                                      "stacktrace": {"frames": frames}}]}}  # fmt: skip
+    frames = [
+        {"function": f, "filename": "/app/node_modules/@workflow/world-vercel/dist/streamer.js"} for f in functions
+    ]
+    return {
+        "event_id": "e" * 32,
+        "platform": "node",
+        "level": "error",
+        "exception": {
+            "values": [
+                {
+                    "type": type_,
+                    "value": value,
+                    "mechanism": {"type": mechanism, "handled": False},
+                    "stacktrace": {"frames": frames},
+                }
+            ]
+        },
+    }
 
 
 def log_event(message: str, extra: dict | None = None) -> dict:
-    return {"event_id": "f" * 32, "level": "warning", "logentry": {"message": message, "formatted": message}, "extra": extra or {}}
+    return {
+        "event_id": "f" * 32,
+        "level": "warning",
+        "logentry": {"message": message, "formatted": message},
+        "extra": extra or {},
+    }
 
 
 TABLE = [
     # -- dropped: the seeds' and the reference's exact texts -----------------------------------
-    (js_error("Error", SEED, mechanism="auto.node.onunhandledrejection", functions=("writeToStream", "tg", "o")), "vercel-stream-409"),
+    (
+        js_error("Error", SEED, mechanism="auto.node.onunhandledrejection", functions=("writeToStream", "tg", "o")),
+        "vercel-stream-409",
+    ),
     (js_error("Error", DIAG, mechanism="auto.node.onunhandledrejection"), "vercel-stream-409"),
     (js_error("Error", DIAG), "vercel-stream-409"),
     (js_error("StreamError", DIAG), "stream-error-409"),
-    (js_error("EntityConflictError", f'Run "{RUN}" is already completed', functions=("writeToStream",)), "conflict-in-stream-write"),
+    (
+        js_error("EntityConflictError", f'Run "{RUN}" is already completed', functions=("writeToStream",)),
+        "conflict-in-stream-write",
+    ),
     (js_error("RunExpiredError", "Run expired", functions=("closeStream",)), "conflict-in-stream-write"),
     (js_error("EntityConflictError", "Tried completing step, but step has already finished."), "racing-completion"),
     (js_error("EntityConflictError", 'Cannot transition run from terminal state "completed"'), "racing-completion"),
-    (log_event("Tried completing step, but step has already finished.", {"workflowRunId": RUN, "stepId": STEP}), "racing-completion"),
-    (log_event("Background flush of step stream ops failed", {"workflowRunId": RUN, "stepId": STEP, "error": DIAG}), "background-flush-409"),
+    (
+        log_event("Tried completing step, but step has already finished.", {"workflowRunId": RUN, "stepId": STEP}),
+        "racing-completion",
+    ),
+    (
+        log_event("Background flush of step stream ops failed", {"workflowRunId": RUN, "stepId": STEP, "error": DIAG}),
+        "background-flush-409",
+    ),
     ({**js_error("Error", "whatever"), "tags": {"workflow.conflict": "benign"}}, "wft-benign"),
     # -- kept: near misses --------------------------------------------------------------------
     (js_error("Error", SEED.replace("HTTP 409", "HTTP 500"), mechanism="auto.node.onunhandledrejection"), None),
     (js_error("Error", "Stream write failed: HTTP 409: conflict on writer lock"), None),
     (js_error("Error", f'Run "{RUN}" is already completed'), None),  # no stream write in sight
     (js_error("StreamError", "Stream write failed: HTTP 500 (PUT https://x/stream/y): internal"), None),
-    (js_error("EntityConflictError", f'Workflow run "{RUN}" already exists', functions=("createWorkflowRunEvent",)), None),
+    (
+        js_error("EntityConflictError", f'Workflow run "{RUN}" already exists', functions=("createWorkflowRunEvent",)),
+        None,
+    ),
     (js_error("EntityConflictError", 'Cannot modify step in terminal state "completed"'), None),
     (js_error("RunExpiredError", "Run expired", functions=("start",)), None),
     (js_error("WorkflowWorldError", "PUT /v2/runs -> HTTP 503: Service Unavailable"), None),
     (js_error("FatalError", "fatal: boom"), None),
-    (log_event("Background flush of step stream ops failed", {"error": "Stream write failed: HTTP 500: upstream"}), None),
+    (
+        log_event("Background flush of step stream ops failed", {"error": "Stream write failed: HTTP 500: upstream"}),
+        None,
+    ),
     (log_event("Tried completing the migration"), None),
 ]
 
@@ -81,7 +123,9 @@ def in_process(sentry_upstream):
         event.setdefault("tags", {})["user.hook"] = "ran"
         return event
 
-    sentry_init(sentry_upstream.dsn(), before_send=user_hook, default_integrations=False, dashboard_url="http://wft.local:4318")
+    sentry_init(
+        sentry_upstream.dsn(), before_send=user_hook, default_integrations=False, dashboard_url="http://wft.local:4318"
+    )
     yield sentry_upstream
     sentry_sdk.get_client().close()
     sentry_sdk.init()
@@ -98,7 +142,6 @@ def _capture(error: BaseException, **tags) -> None:
 
 
 def test_in_process_filter_drops_noise_and_keeps_real_errors(in_process):
-    from telemetry.streams import StreamWriter
 
     before = drop_counts()
     _capture(Exception(DIAG))
@@ -114,11 +157,18 @@ def test_in_process_filter_drops_noise_and_keeps_real_errors(in_process):
     _capture(EntityConflictError("Tried completing step, but step has already finished."))
     _capture(WorkflowWorldError("PUT /v2/runs -> HTTP 503", status=503))
     _capture(EntityConflictError(f'Workflow run "{RUN}" already exists'))
-    _capture(ValueError(f"bad input in {RUN} at {STEP}"), **{"workflow.name": "workflow//./w//order", "step.name": "step//./w//charge"})
+    _capture(
+        ValueError(f"bad input in {RUN} at {STEP}"),
+        **{"workflow.name": "workflow//./w//order", "step.name": "step//./w//charge"},
+    )
     sentry_sdk.flush(10)
     events = in_process.events()
     values = [e["exception"]["values"][-1]["value"] for e in events]
-    assert values == ["PUT /v2/runs -> HTTP 503", f'Workflow run "{RUN}" already exists', f"bad input in {RUN} at {STEP}"]
+    assert values == [
+        "PUT /v2/runs -> HTTP 503",
+        f'Workflow run "{RUN}" already exists',
+        f"bad input in {RUN} at {STEP}",
+    ]
     after = drop_counts()
     dropped = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert sum(dropped.values()) == 4
@@ -168,9 +218,19 @@ def test_dry_run_on_json_lines_and_envelopes(tmp_path):
     envelope = tmp_path / "one.envelope"
     event = js_error("Error", SEED, mechanism="auto.node.onunhandledrejection")
     payload = json.dumps(event).encode()
-    envelope.write_bytes(b'{"event_id":"' + b"e" * 32 + b'"}\n' + json.dumps({"type": "event", "length": len(payload)}).encode() + b"\n" + payload + b"\n")
+    envelope.write_bytes(
+        b'{"event_id":"'
+        + b"e" * 32
+        + b'"}\n'
+        + json.dumps({"type": "event", "length": len(payload)}).encode()
+        + b"\n"
+        + payload
+        + b"\n"
+    )
     result = wft("sentry", "dry-run", str(envelope))
-    assert "dropped  vercel-stream-409" in result.stdout and result.stdout.strip().endswith("1 events: 0 kept, 1 dropped (vercel-stream-409 1)")
+    assert "dropped  vercel-stream-409" in result.stdout and result.stdout.strip().endswith(
+        "1 events: 0 kept, 1 dropped (vercel-stream-409 1)"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{nope\n")
     result = wft("sentry", "dry-run", str(bad))

@@ -34,7 +34,12 @@ def test_python_sdk_through_the_relay(collector, sentry_upstream):
     service = collector(sentry_upstream=sentry_upstream.dsn())
     sentry_sdk.init(dsn=_relay_dsn(service), default_integrations=False)
     try:
-        for error in (Exception(DIAG), Exception(SEED), RuntimeError("a real failure"), Exception("Stream write failed: HTTP 503")):
+        for error in (
+            Exception(DIAG),
+            Exception(SEED),
+            RuntimeError("a real failure"),
+            Exception("Stream write failed: HTTP 503"),
+        ):
             try:
                 raise error
             except Exception:
@@ -67,17 +72,43 @@ def test_kept_items_travel_byte_for_byte(collector, sentry_upstream):
     benign = json.dumps(js_error("Error", SEED, mechanism="auto.node.onunhandledrejection")).encode()
     real = json.dumps(js_error("TypeError", "x is undefined")).encode()
     session = b'{"sid":"abc","status":"ok","errors":0}'
-    body = _envelope(({"type": "event", "length": len(benign)}, benign), ({"type": "event", "length": len(real)}, real),
-                     ({"type": "session"}, session))  # fmt: skip
-    status, _, _ = http("POST", f"{service.url}/api/42/envelope/?sentry_key=clientkey", body, {"Content-Type": "application/x-sentry-envelope"})
+    body = _envelope(
+        ({"type": "event", "length": len(benign)}, benign),
+        ({"type": "event", "length": len(real)}, real),
+        ({"type": "session"}, session),
+    )
+    status, _, _ = http(
+        "POST",
+        f"{service.url}/api/42/envelope/?sentry_key=clientkey",
+        body,
+        {"Content-Type": "application/x-sentry-envelope"},
+    )
     assert status == 200
     whole = gzip.compress(_envelope(({"type": "event", "length": len(real)}, real)))
-    status, _, _ = http("POST", f"{service.url}/api/42/envelope/", whole,
-                        {"Content-Type": "application/x-sentry-envelope", "Content-Encoding": "gzip", "X-Sentry-Auth": "Sentry sentry_key=clientkey"})  # fmt: skip
+    status, _, _ = http(
+        "POST",
+        f"{service.url}/api/42/envelope/",
+        whole,
+        {
+            "Content-Type": "application/x-sentry-envelope",
+            "Content-Encoding": "gzip",
+            "X-Sentry-Auth": "Sentry sentry_key=clientkey",
+        },
+    )
     assert status == 200
     _wait_for(lambda: len(sentry_upstream.arrivals) >= 2)
     first, second = sentry_upstream.arrivals
-    expected = body.split(b"\n", 1)[0] + b"\n" + json.dumps({"type": "event", "length": len(real)}).encode() + b"\n" + real + b"\n" + b'{"type": "session"}\n' + session + b"\n"
+    expected = (
+        body.split(b"\n", 1)[0]
+        + b"\n"
+        + json.dumps({"type": "event", "length": len(real)}).encode()
+        + b"\n"
+        + real
+        + b"\n"
+        + b'{"type": "session"}\n'
+        + session
+        + b"\n"
+    )
     assert first.raw == expected and first.query == "sentry_key=clientkey"
     assert second.raw == whole and second.headers["Content-Encoding"] == "gzip"  # nothing dropped: the very bytes
 
@@ -85,10 +116,12 @@ def test_kept_items_travel_byte_for_byte(collector, sentry_upstream):
 def test_store_endpoint_and_drops_visible_per_run(collector, sentry_upstream):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from .test_collector_ingest import _make_spans
+    from .sdk_spans import make_sdk_spans
 
     service = collector(sentry_upstream=sentry_upstream.dsn())
-    assert OTLPSpanExporter(endpoint=f"{service.url}/v1/traces").export(_make_spans(1)).name == "SUCCESS"  # the run exists
+    assert (
+        OTLPSpanExporter(endpoint=f"{service.url}/v1/traces").export(make_sdk_spans(1)).name == "SUCCESS"
+    )  # the run exists
     noisy = json.dumps(js_error("Error", DIAG)).encode()
     status, _, answer = http("POST", f"{service.url}/api/42/store/", noisy, {"Content-Type": "application/json"})
     assert status == 200 and json.loads(answer)["id"] == "e" * 32
@@ -125,8 +158,21 @@ def sentry_node(tmp_path_factory) -> Path:
     where = Path(os.environ.get("WFT_NODE_CACHE", Path.home() / ".cache" / "wft-tests")) / "sentry-node"
     if not (where / "node_modules" / "@sentry" / "node").exists():
         where.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(where), "@sentry/node@11"],
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        result = subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+                str(where),
+                "@sentry/node@11",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if result.returncode != 0:
             pytest.skip(f"@sentry/node does not install here: {result.stderr.strip()[-300:]}")
     return where
@@ -136,8 +182,14 @@ def test_node_sdk_through_the_relay(collector, sentry_upstream, sentry_node):
     service = collector(sentry_upstream=sentry_upstream.dsn())
     script = sentry_node / "send.cjs"
     script.write_text(NODE_SCRIPT)
-    result = subprocess.run(["node", str(script)], cwd=sentry_node, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "DSN": _relay_dsn(service), "BENIGN": SEED})  # fmt: skip
+    result = subprocess.run(
+        ["node", str(script)],
+        cwd=sentry_node,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DSN": _relay_dsn(service), "BENIGN": SEED},
+    )
     assert result.returncode == 0, result.stderr
     _wait_for(lambda: sentry_upstream.events())
     time.sleep(0.3)
@@ -156,8 +208,12 @@ def test_large_chunked_envelope_is_read_whole(collector, sentry_upstream):
 
     import urllib.request
 
-    request = urllib.request.Request(f"{service.url}/api/42/envelope/", data=chunks(), method="POST",
-                                     headers={"Content-Type": "application/x-sentry-envelope", "Transfer-Encoding": "chunked"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{service.url}/api/42/envelope/",
+        data=chunks(),
+        method="POST",
+        headers={"Content-Type": "application/x-sentry-envelope", "Transfer-Encoding": "chunked"},
+    )
     with urllib.request.urlopen(request) as response:
         assert response.status == 200
     _wait_for(lambda: sentry_upstream.arrivals)

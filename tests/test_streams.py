@@ -63,7 +63,9 @@ def test_traced_world_and_writer_count_a_conflict_once(spans):
     provider, exporter = spans
     inner = FakeInMemoryWorld()
     inner.add_run(RUN, status="completed")
-    writer = StreamWriter(traced(inner, peer_service="workflow-server", tracer_provider=provider), RUN, tracer_provider=provider)
+    writer = StreamWriter(
+        traced(inner, peer_service="workflow-server", tracer_provider=provider), RUN, tracer_provider=provider
+    )
     assert asyncio.run(writer.write(b"late")) is False
     assert sum(benign_counts().values()) == 1
     world_span, writer_span = exporter.get_finished_spans()

@@ -21,7 +21,10 @@ from telemetry.tracing import (
 
 RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
 # Seed 003 (issue #1949), world-vercel 4.1.2: no diagnostics in the message.
-SEED_409 = 'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}' % RUN
+SEED_409 = (
+    'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
+    % RUN
+)
 # Reference §3.4, world-vercel 4.7.4 after PR #2142: method, URL and x-vercel diagnostics.
 DIAG_409 = (
     "Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; "
@@ -47,7 +50,11 @@ WRITE = "world.streams.writeToStream"
         # the same conflicts on operations that carry state are not benign
         (Exception(SEED_409), "world.events.create step_completed", False),
         (EntityConflictError("Tried completing step, but step has already finished."), "world.events.create", False),
-        (EntityConflictError('Cannot transition run from terminal state "completed"'), "world.events.create run_completed", False),
+        (
+            EntityConflictError('Cannot transition run from terminal state "completed"'),
+            "world.events.create run_completed",
+            False,
+        ),
         (RunExpiredError("x"), "world.runs.get", False),
         # near misses on a stream write are real errors
         (Exception(SEED_409.replace("409", "500")), WRITE, False),

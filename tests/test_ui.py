@@ -8,11 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from telemetry.backends import BackendConfig
+
 from .conftest import start_workflow, summary
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +61,7 @@ def _loaded(service, harness_out):
 
 
 def test_runs_page_lists_every_scenario(collector, harness_out, page):
-    service = collector(world="local", world_dir=str(harness_out / "local-data"), tail_interval=0.1)
+    service = collector(world=BackendConfig("local", data_dir=str(harness_out / "local-data")), tail_interval=0.1)
     results = _loaded(service, harness_out)
     page.goto(service.url + "/")
     page.wait_for_selector("tr.run")
@@ -73,7 +82,7 @@ def test_runs_page_lists_every_scenario(collector, harness_out, page):
 
 
 def test_run_pages_show_failures_retries_sleeps_and_hooks(collector, harness_out, page):
-    service = collector(world="local", world_dir=str(harness_out / "local-data"), tail_interval=0.1)
+    service = collector(world=BackendConfig("local", data_dir=str(harness_out / "local-data")), tail_interval=0.1)
     results = _loaded(service, harness_out)
     fatal = results["fatal"]
     page.goto(f"{service.url}/runs/{fatal['runId']}")
@@ -122,7 +131,7 @@ def test_run_pages_show_failures_retries_sleeps_and_hooks(collector, harness_out
 
 
 def test_a_running_run_turns_completed_without_reload(collector, live_local_app, page):
-    service = collector(world="local", world_dir=live_local_app["DATA_DIR"], tail_interval=0.1)
+    service = collector(world=BackendConfig("local", data_dir=live_local_app["DATA_DIR"]), tail_interval=0.1)
     run_id = start_workflow(live_local_app["URL"], "sleep", [])
     page.goto(f"{service.url}/runs/{run_id}")
     deadline = time.monotonic() + 10

@@ -4,8 +4,8 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry.errors import EntityConflictError, WorkflowWorldError
-from telemetry.world import EventRequest, traced
 from telemetry.tracing import benign_counts
+from telemetry.world import EventRequest, traced
 
 from .fakes import FakeInMemoryWorld, vercel_stream_409
 

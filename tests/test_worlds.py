@@ -11,13 +11,13 @@ import time
 import psycopg
 import pytest
 
+from telemetry.backends import backend_config, open_backend
+from telemetry.backends.local import LocalWorld
+from telemetry.backends.postgres import PostgresWorld
 from telemetry.errors import HookNotFoundError, WorkflowRunNotFoundError
 from telemetry.payloads import decode_payload, split_frames
 from telemetry.streams import StreamWriter, stream_name
 from telemetry.tracing import benign_counts
-from telemetry.worlds import open_world
-from telemetry.worlds.local import LocalWorld
-from telemetry.worlds.postgres import PostgresWorld
 
 from .conftest import summary
 
@@ -170,7 +170,7 @@ def test_postgres_connection_loss_is_retried(pg_server, harness_pg_url, caplog):
         await world.close()
         return page
 
-    caplog.set_level("WARNING", logger="telemetry.worlds.postgres")
+    caplog.set_level("WARNING", logger="telemetry.backends.postgres")
     page = asyncio.run(go())
     assert len(page.data) == 11
     warnings = [r.getMessage() for r in caplog.records]
@@ -185,7 +185,13 @@ def test_postgres_unreachable_is_a_clear_error():
     assert "unreachable" in str(raised.value) and "secret" not in str(raised.value)
 
 
-def test_open_world_follows_the_sdk_env(monkeypatch, harness_out, harness_pg_url):
+def open_world(*args, **kwargs):
+    config = backend_config(*args, **kwargs)
+    assert config is not None
+    return open_backend(config)
+
+
+def test_open_backend_follows_the_sdk_env(monkeypatch, harness_out, harness_pg_url):
     monkeypatch.delenv("WORKFLOW_TARGET_WORLD", raising=False)
     monkeypatch.setenv("WORKFLOW_LOCAL_DATA_DIR", str(harness_out / "local-data"))
     assert isinstance(open_world(), LocalWorld)

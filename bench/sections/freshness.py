@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tests.harness_app import run_status, start_workflow
 
-from .common import verdict
-from .ingest import _free_port, _start
+from .common import free_port, start_server, verdict
 
 HARNESS = Path(__file__).resolve().parents[3] / "shared" / "sdk-harness"
 RUNS = 22  # 3 steps each
@@ -23,14 +22,25 @@ INTERVAL = 0.25
 
 def _measure(world: str) -> list[float]:
     state = Path(tempfile.mkdtemp(prefix=f"wft-bench-fresh-{world}-"))
-    served = subprocess.run(["bash", str(HARNESS / "run.sh"), "serve", world, str(state / "app")], capture_output=True, text=True, timeout=1200)
+    served = subprocess.run(
+        ["bash", str(HARNESS / "run.sh"), "serve", world, str(state / "app")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if served.returncode != 0:
         raise RuntimeError(served.stderr[-500:])
     info = dict(line.split("=", 1) for line in served.stdout.splitlines() if "=" in line)
-    port = _free_port()
-    world_args = ["--world", "local", "--dir", info["DATA_DIR"]] if world == "local" else ["--world", "postgres", "--url", info["DATABASE_URL"]]
+    port = free_port()
+    world_args = (
+        ["--world", "local", "--dir", info["DATA_DIR"]]
+        if world == "local"
+        else ["--world", "postgres", "--url", info["DATABASE_URL"]]
+    )
     store = state / "store.sqlite3"
-    collector = _start([sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(store), *world_args], port)
+    collector = start_server(
+        [sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(store), *world_args], port
+    )
     try:
         runs = []
         for _ in range(RUNS):
@@ -47,7 +57,8 @@ def _measure(world: str) -> list[float]:
     conn = sqlite3.connect(store)
     marks = ",".join("?" * len(runs))
     rows = conn.execute(
-        f"SELECT received_ns - end_ns FROM spans WHERE source = 'world' AND name LIKE 'step %' AND run_id IN ({marks})", runs
+        f"SELECT received_ns - end_ns FROM spans WHERE source = 'world' AND name LIKE 'step %' AND run_id IN ({marks})",
+        runs,
     ).fetchall()
     return sorted(r[0] / 1e9 for r in rows)
 
@@ -63,8 +74,14 @@ def run(harness_out: Path) -> list[dict]:
         if len(lags) < 50:
             raise RuntimeError(f"only {len(lags)} step spans measured on {world}")
         p50, p95 = _pct(lags, 0.5), _pct(lags, 0.95)
-        rows.append({"benchmark": f"4. freshness, world-{world}: step completed → span in /api/runs/{{id}} ({len(lags)} steps)",
-                     "ours": f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms", "baseline": f"{INTERVAL * 1000:.0f} ms tailer poll interval",
-                     "ratio": f"{p95 / INTERVAL:.2f}× (p95 / interval)", "target": "p95 < 500 ms",
-                     "verdict": verdict(p95, 0.5, higher_is_better=False, unit="s")})  # fmt: skip
+        rows.append(
+            {
+                "benchmark": f"4. freshness, world-{world}: step completed → span in /api/runs/{{id}} ({len(lags)} steps)",
+                "ours": f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms",
+                "baseline": f"{INTERVAL * 1000:.0f} ms tailer poll interval",
+                "ratio": f"{p95 / INTERVAL:.2f}× (p95 / interval)",
+                "target": "p95 < 500 ms",
+                "verdict": verdict(p95, 0.5, higher_is_better=False, unit="s"),
+            }
+        )
     return rows

@@ -4,9 +4,6 @@ p99 latency, peak RSS; then 10× overload. Baseline: a null receiver that only p
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from .common import verdict
+from .common import free_port, start_server, verdict
 
 SPANS_PER_REQUEST = 512
 REQUESTS = 160
@@ -34,34 +31,20 @@ def _bodies(count: int) -> list[bytes]:
     bodies = []
     for i in range(count):
         for j in range(SPANS_PER_REQUEST):
-            with tracer.start_as_current_span(f"STEP s{j % 7}", attributes={"workflow.run.id": f"wrun_{i:026d}", "step.id": f"step_{j:026d}",
-                                                                            "step.attempt": 1, "messaging.system": "vercel-queue", "n": j}):  # fmt: skip
+            with tracer.start_as_current_span(
+                f"STEP s{j % 7}",
+                attributes={
+                    "workflow.run.id": f"wrun_{i:026d}",
+                    "step.id": f"step_{j:026d}",
+                    "step.attempt": 1,
+                    "messaging.system": "vercel-queue",
+                    "n": j,
+                },
+            ):
                 pass
         bodies.append(encode_spans(memory.get_finished_spans()).SerializeToString())
         memory.clear()
     return bodies
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(argv: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{argv[0]} did not start")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -101,8 +84,8 @@ def run(harness_out: Path) -> list[dict]:
     total = REQUESTS * SPANS_PER_REQUEST
     rows = []
     # baseline: parse-and-discard
-    port = _free_port()
-    null = _start([sys.executable, str(Path(__file__).with_name("null_receiver.py")), str(port)], port)
+    port = free_port()
+    null = start_server([sys.executable, str(Path(__file__).with_name("null_receiver.py")), str(port)], port)
     try:
         seconds, _, _ = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/traces", bodies, 8))
         base = total / seconds
@@ -110,9 +93,19 @@ def run(harness_out: Path) -> list[dict]:
         null.terminate()
         null.wait(10)
     tmp = Path(tempfile.mkdtemp(prefix="wft-bench-ingest-"))
-    port = _free_port()
-    argv = [sys.executable, "-m", "telemetry", "serve", "--no-world", "--port", str(port), "--store", str(tmp / "store.sqlite3")]
-    server = _start(argv, port)
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "telemetry",
+        "serve",
+        "--no-world",
+        "--port",
+        str(port),
+        "--store",
+        str(tmp / "store.sqlite3"),
+    ]
+    server = start_server(argv, port)
     try:
         seconds, latencies, statuses = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/traces", bodies, 8))
         ours = total / seconds
@@ -120,14 +113,22 @@ def run(harness_out: Path) -> list[dict]:
     finally:
         server.terminate()
         server.wait(30)
-    rows.append({"benchmark": f"2. collector ingest, 8 clients × {SPANS_PER_REQUEST}-span requests, durably stored (1 server process)",
-                 "ours": f"{ours:,.0f} spans/s; p99 {_p99(latencies) * 1000:.0f} ms; peak RSS {rss:.0f} MiB; {statuses.get(200, 0)}/{REQUESTS} ok",
-                 "baseline": f"{base:,.0f} spans/s (null receiver: parse only)", "ratio": f"{ours / base:.2f}×", "target": f"≥ {TARGET:,} spans/s per core",
-                 "verdict": verdict(ours, TARGET, higher_is_better=True, unit="spans/s")})  # fmt: skip
+    rows.append(
+        {
+            "benchmark": f"2. collector ingest, 8 clients × {SPANS_PER_REQUEST}-span requests, durably stored (1 server process)",
+            "ours": f"{ours:,.0f} spans/s; p99 {_p99(latencies) * 1000:.0f} ms; peak RSS {rss:.0f} MiB; {statuses.get(200, 0)}/{REQUESTS} ok",
+            "baseline": f"{base:,.0f} spans/s (null receiver: parse only)",
+            "ratio": f"{ours / base:.2f}×",
+            "target": f"≥ {TARGET:,} spans/s per core",
+            "verdict": verdict(ours, TARGET, higher_is_better=True, unit="spans/s"),
+        }
+    )
     # 10× overload against a small queue: refusals must be quick 503s and memory must stay bounded
     tmp2 = Path(tempfile.mkdtemp(prefix="wft-bench-overload-"))
-    port = _free_port()
-    server = _start([*argv[:-4], "--port", str(port), "--store", str(tmp2 / "store.sqlite3"), "--max-pending-spans", "20000"], port)
+    port = free_port()
+    server = start_server(
+        [*argv[:-4], "--port", str(port), "--store", str(tmp2 / "store.sqlite3"), "--max-pending-spans", "20000"], port
+    )
     try:
         many = bodies * 5
         seconds, latencies, statuses = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/traces", many, 80))
@@ -136,8 +137,14 @@ def run(harness_out: Path) -> list[dict]:
         server.terminate()
         server.wait(30)
     refused = sum(v for k, v in statuses.items() if k in (429, 503))
-    rows.append({"benchmark": "2. collector under 10× overload (80 clients, queue bound 20k spans)",
-                 "ours": f"{refused / len(many):.0%} answered 503 + Retry-After; peak RSS {rss_over:.0f} MiB; p99 {_p99(latencies) * 1000:.0f} ms",
-                 "baseline": f"peak RSS {rss:.0f} MiB at 1× load", "ratio": f"{rss_over / rss:.2f}× RSS", "target": "RSS bounded",
-                 "verdict": "met" if rss_over < 3 * rss else f"**missed**: RSS grew {rss_over / rss:.1f}×"})  # fmt: skip
+    rows.append(
+        {
+            "benchmark": "2. collector under 10× overload (80 clients, queue bound 20k spans)",
+            "ours": f"{refused / len(many):.0%} answered 503 + Retry-After; peak RSS {rss_over:.0f} MiB; p99 {_p99(latencies) * 1000:.0f} ms",
+            "baseline": f"peak RSS {rss:.0f} MiB at 1× load",
+            "ratio": f"{rss_over / rss:.2f}× RSS",
+            "target": "RSS bounded",
+            "verdict": "met" if rss_over < 3 * rss else f"**missed**: RSS grew {rss_over / rss:.1f}×",
+        }
+    )
     return rows

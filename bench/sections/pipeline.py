@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from telemetry.backends.local import LocalWorld
+from telemetry.backends.postgres import PostgresWorld
 from telemetry.reading import all_runs, event_log, run_trace
 from telemetry.runtrace import build_run_trace
-from telemetry.worlds.local import LocalWorld
-from telemetry.worlds.postgres import PostgresWorld
 
 from .common import best_of, verdict
 
@@ -53,7 +53,9 @@ def _sdk_baseline(built_runs: list) -> None:
     for spans in built_runs:
         for s in spans:
             parent = otel.set_span_in_context(otel.NonRecordingSpan(s.parent)) if s.parent else None
-            live = tracer.start_span(s.name, context=parent, kind=s.kind, attributes=s.attributes, start_time=s.start_time)
+            live = tracer.start_span(
+                s.name, context=parent, kind=s.kind, attributes=s.attributes, start_time=s.start_time
+            )
             for e in s.events:
                 live.add_event(e.name, e.attributes, timestamp=e.timestamp)
             live.set_status(s.status)
@@ -71,14 +73,17 @@ def _postgres_world(harness_out: Path):
     server = start_pg()
     server.psql("-f", str(harness_out / "postgres" / "world.sql"))
     copies = RUNS // 11 + 1
-    server.psql("-c", f"""
+    server.psql(
+        "-c",
+        f"""
       CREATE TEMP TABLE r AS SELECT * FROM workflow.workflow_runs; CREATE TEMP TABLE e AS SELECT * FROM workflow.workflow_events;
       CREATE TEMP TABLE s AS SELECT * FROM workflow.workflow_steps;
       INSERT INTO workflow.workflow_runs SELECT (jsonb_populate_record(r, jsonb_build_object('id', r.id || '_' || k))).* FROM r, generate_series(1, {copies - 1}) k;
       INSERT INTO workflow.workflow_events SELECT (jsonb_populate_record(e, jsonb_build_object('id', e.id || '_' || k, 'run_id', e.run_id || '_' || k,
         'correlation_id', e.correlation_id || '_' || k))).* FROM e, generate_series(1, {copies - 1}) k;
       INSERT INTO workflow.workflow_steps SELECT (jsonb_populate_record(s, jsonb_build_object('step_id', s.step_id || '_' || k, 'run_id', s.run_id || '_' || k))).* FROM s, generate_series(1, {copies - 1}) k;
-      ANALYZE;""")
+      ANALYZE;""",
+    )
     return server
 
 
@@ -99,12 +104,26 @@ def run(harness_out: Path) -> list[dict]:
     ours_mem = events / best_of(build_encode)
     base = events / best_of(lambda: _sdk_baseline(built))
     ours_local = events / best_of(lambda: _read_build_encode(local), repeat=2)
-    rows.append({"benchmark": "1. event log → OTLP bytes, events in memory (build + encode)", "ours": f"{ours_mem:,.0f} events/s",
-                 "baseline": f"{base:,.0f} events/s (OTel SDK tracer API + OTLP encoder)", "ratio": f"{ours_mem / base:.2f}×",
-                 "target": f"≥ {TARGET:,} events/s", "verdict": verdict(ours_mem, TARGET, higher_is_better=True, unit="events/s")})  # fmt: skip
-    rows.append({"benchmark": f"1. world-local {RUNS} runs: read + decode + build + encode", "ours": f"{ours_local:,.0f} events/s",
-                 "baseline": f"{base:,.0f} events/s", "ratio": f"{ours_local / base:.2f}×", "target": f"≥ {TARGET:,} events/s",
-                 "verdict": verdict(ours_local, TARGET, higher_is_better=True, unit="events/s")})  # fmt: skip
+    rows.append(
+        {
+            "benchmark": "1. event log → OTLP bytes, events in memory (build + encode)",
+            "ours": f"{ours_mem:,.0f} events/s",
+            "baseline": f"{base:,.0f} events/s (OTel SDK tracer API + OTLP encoder)",
+            "ratio": f"{ours_mem / base:.2f}×",
+            "target": f"≥ {TARGET:,} events/s",
+            "verdict": verdict(ours_mem, TARGET, higher_is_better=True, unit="events/s"),
+        }
+    )
+    rows.append(
+        {
+            "benchmark": f"1. world-local {RUNS} runs: read + decode + build + encode",
+            "ours": f"{ours_local:,.0f} events/s",
+            "baseline": f"{base:,.0f} events/s",
+            "ratio": f"{ours_local / base:.2f}×",
+            "target": f"≥ {TARGET:,} events/s",
+            "verdict": verdict(ours_local, TARGET, higher_is_better=True, unit="events/s"),
+        }
+    )
     server = _postgres_world(harness_out)
     try:
         world = PostgresWorld(server.url)
@@ -115,7 +134,14 @@ def run(harness_out: Path) -> list[dict]:
         from tests.pgserver import destroy
 
         destroy(server)
-    rows.append({"benchmark": f"1. world-postgres {RUNS}+ runs: read + decode + build + encode", "ours": f"{ours_pg:,.0f} events/s",
-                 "baseline": f"{base:,.0f} events/s", "ratio": f"{ours_pg / base:.2f}×", "target": f"≥ {TARGET:,} events/s",
-                 "verdict": verdict(ours_pg, TARGET, higher_is_better=True, unit="events/s")})  # fmt: skip
+    rows.append(
+        {
+            "benchmark": f"1. world-postgres {RUNS}+ runs: read + decode + build + encode",
+            "ours": f"{ours_pg:,.0f} events/s",
+            "baseline": f"{base:,.0f} events/s",
+            "ratio": f"{ours_pg / base:.2f}×",
+            "target": f"≥ {TARGET:,} events/s",
+            "verdict": verdict(ours_pg, TARGET, higher_is_better=True, unit="events/s"),
+        }
+    )
     return rows

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ..backends import backend_config, open_backend
 from ..errors import WorkflowWorldError
-from ..worlds import open_world
 
 T = TypeVar("T")
 
@@ -18,7 +18,9 @@ class CliError(Exception):
 
 
 def add_world_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("world (defaults from WORKFLOW_TARGET_WORLD, WORKFLOW_LOCAL_DATA_DIR, WORKFLOW_POSTGRES_URL)")
+    group = parser.add_argument_group(
+        "world (defaults from WORKFLOW_TARGET_WORLD, WORKFLOW_LOCAL_DATA_DIR, WORKFLOW_POSTGRES_URL)"
+    )
     group.add_argument("--world", choices=["local", "postgres"], help="which world to read (default: local)")
     group.add_argument("--dir", metavar="PATH", help="world-local data directory (default: .workflow-data)")
     group.add_argument("--url", metavar="URL", help="world-postgres URL")
@@ -26,7 +28,9 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
 
 def world_from(args: argparse.Namespace, *, allow_missing: bool = False) -> Any:
     try:
-        return open_world(args.world, data_dir=args.dir, url=args.url, allow_missing=allow_missing)
+        config = backend_config(args.world, data_dir=args.dir, url=args.url)
+        assert config is not None  # implicit: a command always reads some world
+        return open_backend(config, allow_missing=allow_missing)
     except WorkflowWorldError as error:
         raise CliError(str(error)) from None
 

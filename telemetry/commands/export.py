@@ -31,9 +31,17 @@ class Progress:
 
 def configure(parser: argparse.ArgumentParser):
     add_world_options(parser)
-    parser.add_argument("--otlp", metavar="URL", help="OTLP/HTTP base URL; /v1/traces is appended (default: OTEL_EXPORTER_OTLP_ENDPOINT or http://localhost:4318)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)")
-    parser.add_argument("--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes")
+    parser.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="OTLP/HTTP base URL; /v1/traces is appended (default: OTEL_EXPORTER_OTLP_ENDPOINT or http://localhost:4318)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)"
+    )
+    parser.add_argument(
+        "--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes"
+    )
 
     def handle(args: argparse.Namespace) -> int:
         world = world_from(args)
@@ -67,7 +75,10 @@ def configure(parser: argparse.ArgumentParser):
             progress.done()
             sink.close()
         seconds = time.monotonic() - started
-        print(f"exported {totals['runs']} runs, {totals['spans']} spans, {totals['errors']} errors in {seconds:.2f}s to {sink.endpoint}", file=sys.stderr)
+        print(
+            f"exported {totals['runs']} runs, {totals['spans']} spans, {totals['errors']} errors in {seconds:.2f}s to {sink.endpoint}",
+            file=sys.stderr,
+        )
         return 1 if totals["errors"] else 0
 
     return handle

@@ -25,7 +25,11 @@ def run_json(run: WorkflowRun) -> dict[str, Any]:
         "deploymentId": run.deployment_id,
         "workflowName": run.workflow_name,
         "specVersion": run.spec_version,
-        "error": {k: v for k, v in (("message", run.error.message), ("stack", run.error.stack), ("code", run.error.code)) if v is not None}
+        "error": {
+            k: v
+            for k, v in (("message", run.error.message), ("stack", run.error.stack), ("code", run.error.code))
+            if v is not None
+        }
         if run.error
         else None,
         "startedAt": _iso(run.started_at),
@@ -44,14 +48,21 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
     parser.add_argument("--workflow", metavar="NAME", help="full workflow name (workflow//./path//fn)")
     parser.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
-    parser.add_argument("--json", action="store_true", help='print {"data": [...]} as workflow inspect runs --json does')
+    parser.add_argument(
+        "--json", action="store_true", help='print {"data": [...]} as workflow inspect runs --json does'
+    )
 
     def handle(args: argparse.Namespace) -> int:
         world = world_from(args)
 
         async def fetch():
             try:
-                page = await world.runs.list(status=args.status, workflow_name=args.workflow, pagination=Pagination(limit=max(1, args.limit)), resolve_data="none")
+                page = await world.runs.list(
+                    status=args.status,
+                    workflow_name=args.workflow,
+                    pagination=Pagination(limit=max(1, args.limit)),
+                    resolve_data="none",
+                )
                 return page.data
             finally:
                 await world.close()

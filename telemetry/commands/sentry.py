@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..sentry import RULES, classify
+from ..sentry_envelope import BadEnvelope, parse_envelope
 from .common import CliError
 
 
 def _events(text: bytes) -> Iterator[dict[str, Any]]:
     """JSON lines of events, or one or more raw envelopes (detected by their item headers)."""
-    from collector.sentry_relay import BadEnvelope, parse_envelope
-
     lines = [line for line in text.split(b"\n") if line.strip()]
     if len(lines) >= 2:
         try:

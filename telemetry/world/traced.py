@@ -77,7 +77,7 @@ class _Call:
 
 
 class _TracedNamespace:
-    def __init__(self, inner: Any, namespace: str, world: "TracedWorld") -> None:
+    def __init__(self, inner: Any, namespace: str, world: TracedWorld) -> None:
         self._inner = inner
         for method in SPAN_METHODS[namespace]:
             target = getattr(inner, method, None)
@@ -88,7 +88,9 @@ class _TracedNamespace:
         return getattr(self._inner, name)
 
     @staticmethod
-    def _wrap(target: Callable[..., Awaitable[Any]], call: _Call, world: "TracedWorld") -> Callable[..., Awaitable[Any]]:
+    def _wrap(
+        target: Callable[..., Awaitable[Any]], call: _Call, world: TracedWorld
+    ) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(target)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             tracer = tracer_for(world.tracer_provider)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
@@ -40,7 +40,7 @@ from . import records
 
 __all__ = ["PostgresWorld", "DEFAULT_URL"]
 
-log = logging.getLogger("telemetry.worlds.postgres")
+log = logging.getLogger("telemetry.backends.postgres")
 DEFAULT_URL = "postgres://world:world@localhost:5432/world"
 _RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -63,51 +63,82 @@ def _cbor(value: bytes | None, legacy: Any = None) -> Any:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-_RUN_COLUMNS = ("id, status, name, deployment_id, created_at, updated_at, started_at, completed_at, expired_at, "
-                "spec_version, execution_context_cbor, execution_context, input_cbor, input, output_cbor, output, error_cbor, error")  # fmt: skip
-_STEP_COLUMNS = ("run_id, step_id, step_name, status, attempt, created_at, updated_at, started_at, completed_at, retry_after, "
-                 "spec_version, input_cbor, input, output_cbor, output, error_cbor, error")  # fmt: skip
+_RUN_COLUMNS = (
+    "id, status, name, deployment_id, created_at, updated_at, started_at, completed_at, expired_at, "
+    "spec_version, execution_context_cbor, execution_context, input_cbor, input, output_cbor, output, error_cbor, error"
+)
+_STEP_COLUMNS = (
+    "run_id, step_id, step_name, status, attempt, created_at, updated_at, started_at, completed_at, retry_after, "
+    "spec_version, input_cbor, input, output_cbor, output, error_cbor, error"
+)
 
 
 def _run_record(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "runId": row["id"], "status": row["status"], "workflowName": row["name"], "deploymentId": row["deployment_id"],
-        "createdAt": _utc(row["created_at"]), "updatedAt": _utc(row["updated_at"]), "startedAt": _utc(row["started_at"]),
-        "completedAt": _utc(row["completed_at"]), "expiredAt": _utc(row["expired_at"]), "specVersion": row["spec_version"],
+        "runId": row["id"],
+        "status": row["status"],
+        "workflowName": row["name"],
+        "deploymentId": row["deployment_id"],
+        "createdAt": _utc(row["created_at"]),
+        "updatedAt": _utc(row["updated_at"]),
+        "startedAt": _utc(row["started_at"]),
+        "completedAt": _utc(row["completed_at"]),
+        "expiredAt": _utc(row["expired_at"]),
+        "specVersion": row["spec_version"],
         "executionContext": _cbor(row["execution_context_cbor"], row["execution_context"]),
-        "input": _cbor(row["input_cbor"], row["input"]), "output": _cbor(row["output_cbor"], row["output"]),
+        "input": _cbor(row["input_cbor"], row["input"]),
+        "output": _cbor(row["output_cbor"], row["output"]),
         "error": _cbor(row["error_cbor"], row["error"]),
-    }  # fmt: skip
+    }
 
 
 def _step_record(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "runId": row["run_id"], "stepId": row["step_id"], "stepName": row["step_name"], "status": row["status"],
-        "attempt": row["attempt"], "createdAt": _utc(row["created_at"]), "updatedAt": _utc(row["updated_at"]),
-        "startedAt": _utc(row["started_at"]), "completedAt": _utc(row["completed_at"]), "retryAfter": _utc(row["retry_after"]),
-        "specVersion": row["spec_version"], "input": _cbor(row["input_cbor"], row["input"]),
-        "output": _cbor(row["output_cbor"], row["output"]), "error": _cbor(row["error_cbor"], row["error"]),
-    }  # fmt: skip
+        "runId": row["run_id"],
+        "stepId": row["step_id"],
+        "stepName": row["step_name"],
+        "status": row["status"],
+        "attempt": row["attempt"],
+        "createdAt": _utc(row["created_at"]),
+        "updatedAt": _utc(row["updated_at"]),
+        "startedAt": _utc(row["started_at"]),
+        "completedAt": _utc(row["completed_at"]),
+        "retryAfter": _utc(row["retry_after"]),
+        "specVersion": row["spec_version"],
+        "input": _cbor(row["input_cbor"], row["input"]),
+        "output": _cbor(row["output_cbor"], row["output"]),
+        "error": _cbor(row["error_cbor"], row["error"]),
+    }
 
 
 def _event_record(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "runId": row["run_id"], "eventId": row["id"], "eventType": row["type"], "createdAt": _utc(row["created_at"]),
-        "correlationId": row["correlation_id"], "eventData": _cbor(row["payload_cbor"], row["payload"]),
+        "runId": row["run_id"],
+        "eventId": row["id"],
+        "eventType": row["type"],
+        "createdAt": _utc(row["created_at"]),
+        "correlationId": row["correlation_id"],
+        "eventData": _cbor(row["payload_cbor"], row["payload"]),
         "specVersion": row["spec_version"],
-    }  # fmt: skip
+    }
 
 
 def _hook_record(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "runId": row["run_id"], "hookId": row["hook_id"], "token": row["token"], "ownerId": row["owner_id"],
-        "projectId": row["project_id"], "environment": row["environment"], "createdAt": _utc(row["created_at"]),
-        "metadata": _cbor(row["metadata_cbor"], row["metadata"]), "isWebhook": row["is_webhook"],
+        "runId": row["run_id"],
+        "hookId": row["hook_id"],
+        "token": row["token"],
+        "ownerId": row["owner_id"],
+        "projectId": row["project_id"],
+        "environment": row["environment"],
+        "createdAt": _utc(row["created_at"]),
+        "metadata": _cbor(row["metadata_cbor"], row["metadata"]),
+        "isWebhook": row["is_webhook"],
         "specVersion": row["spec_version"],
-    }  # fmt: skip
+    }
 
 
 def _keyset(pagination: Pagination | None, default_order: str, default_limit: int) -> tuple[str, str, list[Any], int]:
@@ -153,7 +184,9 @@ class PostgresWorld:
             for attempt in range(self.retries + 1):
                 try:
                     if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, row_factory=dict_row)
+                        self._conn = await psycopg.AsyncConnection.connect(
+                            self.url, autocommit=True, row_factory=dict_row
+                        )
                     async with self._conn.cursor() as cursor:
                         await cursor.execute(sql, params)
                         return await cursor.fetchall() if fetch else []
@@ -164,8 +197,13 @@ class PostgresWorld:
                             f"postgres world unreachable at {_redact(self.url)}: {str(error).strip()}", code="TRANSPORT"
                         ) from error
                     delay = min(self.backoff * 2**attempt, 5.0)
-                    log.warning("postgres world: connection lost (%s); retrying in %.1fs (%d/%d)",
-                                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, delay, attempt + 1, self.retries)  # fmt: skip
+                    log.warning(
+                        "postgres world: connection lost (%s); retrying in %.1fs (%d/%d)",
+                        str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                        delay,
+                        attempt + 1,
+                        self.retries,
+                    )
                     await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -202,7 +240,9 @@ class _Runs:
             raise WorkflowRunNotFoundError(run_id)
         return records.run_from(_run_record(rows[0]), resolve_data == "all")
 
-    async def list(self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all") -> Page[WorkflowRun]:
+    async def list(
+        self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all"
+    ) -> Page[WorkflowRun]:
         """Newest first by ``created_at``, keyset-paged on (created_at, id)."""
         p = pagination or Pagination()
         order = "asc" if p.sort_order == "asc" else "desc"
@@ -239,7 +279,9 @@ class _Steps:
             f"SELECT {_STEP_COLUMNS} FROM workflow.workflow_steps WHERE run_id = %s AND {where} ORDER BY step_id {order} LIMIT %s",
             [run_id, *params, limit + 1],
         )
-        return _page([records.step_from(_step_record(r), resolve_data == "all") for r in rows], limit, lambda s: s.step_id)
+        return _page(
+            [records.step_from(_step_record(r), resolve_data == "all") for r in rows], limit, lambda s: s.step_id
+        )
 
 
 _EVENT_COLUMNS = "id, type, correlation_id, created_at, run_id, payload, payload_cbor, spec_version"
@@ -255,27 +297,37 @@ class _Events:
         return {r["run_id"]: int(r["n"]) for r in rows}
 
     async def get(self, run_id: str, event_id: str, *, resolve_data: str = "all") -> Event:
-        rows = await self.w.query(f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE run_id = %s AND id = %s", [run_id, event_id])
+        rows = await self.w.query(
+            f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE run_id = %s AND id = %s", [run_id, event_id]
+        )
         if not rows:
             raise WorkflowWorldError(f'Event "{event_id}" not found', status=404)
         return records.event_from(_event_record(rows[0]), resolve_data == "all")
 
-    async def list(self, *, run_id: str, pagination: Pagination | None = None, resolve_data: str = "all") -> Page[Event]:
+    async def list(
+        self, *, run_id: str, pagination: Pagination | None = None, resolve_data: str = "all"
+    ) -> Page[Event]:
         where, order, params, limit = _keyset(pagination, "asc", 1000)
         rows = await self.w.query(
             f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE run_id = %s AND {where} ORDER BY id {order} LIMIT %s",
             [run_id, *params, limit + 1],
         )
-        return _page([records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id)
+        return _page(
+            [records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id
+        )
 
-    async def list_by_correlation_id(self, *, correlation_id: str, run_id: str | None = None, pagination=None, resolve_data="all") -> Page[Event]:
+    async def list_by_correlation_id(
+        self, *, correlation_id: str, run_id: str | None = None, pagination=None, resolve_data="all"
+    ) -> Page[Event]:
         where, order, params, limit = _keyset(pagination, "asc", 1000)
         rows = await self.w.query(
             f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE correlation_id = %s"
             f" AND (%s::text IS NULL OR run_id = %s) AND {where} ORDER BY id {order} LIMIT %s",
             [correlation_id, run_id, run_id, *params, limit + 1],
         )
-        return _page([records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id)
+        return _page(
+            [records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id
+        )
 
     async def changed_runs(self, since_event_id: str | None, limit: int = 1000) -> list[tuple[str, str]]:
         """(event id, run id) of events after ``since_event_id``, oldest first: what a tailer polls."""
@@ -286,7 +338,9 @@ class _Events:
         return [(r["id"], r["run_id"]) for r in rows]
 
     async def create(self, run_id: str | None, event: EventRequest) -> EventResult:
-        raise WorkflowWorldError("PostgresWorld reads the event log; creating events is the SDK's job", code="UNSUPPORTED")
+        raise WorkflowWorldError(
+            "PostgresWorld reads the event log; creating events is the SDK's job", code="UNSUPPORTED"
+        )
 
 
 _HOOK_COLUMNS = "run_id, hook_id, token, owner_id, project_id, environment, created_at, metadata, metadata_cbor, spec_version, is_webhook"
@@ -330,10 +384,19 @@ class _Waits:
             [run_id, run_id],
         )
         return [
-            records.wait_from({"waitId": r["wait_id"], "runId": r["run_id"], "status": r["status"], "createdAt": _utc(r["created_at"]),
-                               "resumeAt": _utc(r["resume_at"]), "completedAt": _utc(r["completed_at"]), "updatedAt": _utc(r["updated_at"])})
+            records.wait_from(
+                {
+                    "waitId": r["wait_id"],
+                    "runId": r["run_id"],
+                    "status": r["status"],
+                    "createdAt": _utc(r["created_at"]),
+                    "resumeAt": _utc(r["resume_at"]),
+                    "completedAt": _utc(r["completed_at"]),
+                    "updatedAt": _utc(r["updated_at"]),
+                }
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
 
 
 class _Streams:
@@ -347,7 +410,9 @@ class _Streams:
             [chunk_id, name, run_id, data, eof],
             fetch=False,
         )
-        await self.w.query("SELECT pg_notify('workflow_event_chunk', %s)", [json.dumps({"streamId": name, "chunkId": chunk_id})])
+        await self.w.query(
+            "SELECT pg_notify('workflow_event_chunk', %s)", [json.dumps({"streamId": name, "chunkId": chunk_id})]
+        )
 
     async def write(self, name: str, run_id: str, chunk: bytes | str) -> None:
         await self._insert(name, run_id, chunk.encode() if isinstance(chunk, str) else bytes(chunk), False)
@@ -360,12 +425,17 @@ class _Streams:
         await self._insert(name, run_id, b"", True)
 
     async def list(self, run_id: str) -> list[str]:
-        rows = await self.w.query("SELECT DISTINCT stream_id FROM workflow.workflow_stream_chunks WHERE run_id = %s ORDER BY stream_id", [run_id])
+        rows = await self.w.query(
+            "SELECT DISTINCT stream_id FROM workflow.workflow_stream_chunks WHERE run_id = %s ORDER BY stream_id",
+            [run_id],
+        )
         return [r["stream_id"] for r in rows]
 
     async def read_all(self, name: str) -> tuple[list[bytes], bool, int]:
         """(chunks before the first EOF, whether EOF was seen, rows stored after EOF)."""
-        rows = await self.w.query("SELECT data, eof FROM workflow.workflow_stream_chunks WHERE stream_id = %s ORDER BY id", [name])
+        rows = await self.w.query(
+            "SELECT data, eof FROM workflow.workflow_stream_chunks WHERE stream_id = %s ORDER BY id", [name]
+        )
         chunks: list[bytes] = []
         for position, row in enumerate(rows):
             if row["eof"]:

@@ -114,7 +114,9 @@ class LocalWorld:
         self.root = Path(data_dir)
         if not (allow_missing and not self.root.exists()):
             check_layout(self.root)
-        self._listings = {sub: _Listing(self.root / sub) for sub in ("runs", "steps", "events", "hooks", "waits", "streams/chunks")}
+        self._listings = {
+            sub: _Listing(self.root / sub) for sub in ("runs", "steps", "events", "hooks", "waits", "streams/chunks")
+        }
         self.runs = _Runs(self)
         self.steps = _Steps(self)
         self.events = _Events(self)
@@ -152,13 +154,16 @@ class _Runs:
         except FileNotFoundError:
             raise WorkflowRunNotFoundError(run_id) from None
 
-    async def list(self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all") -> Page[WorkflowRun]:
+    async def list(
+        self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all"
+    ) -> Page[WorkflowRun]:
         """Newest first by ``createdAt`` (as world-local and ``workflow inspect runs`` order them)."""
         names = [n for n in self.w.listing("runs").names() if n.endswith(".json")]
         runs = [
             records.run_from(d, resolve_data == "all")
             for d in self.w.load_all("runs", names)
-            if (workflow_name is None or d.get("workflowName") == workflow_name) and (status is None or d.get("status") == status)
+            if (workflow_name is None or d.get("workflowName") == workflow_name)
+            and (status is None or d.get("status") == status)
         ]
         return records.paginate(runs, records.run_cursor, pagination, "desc")
 
@@ -168,13 +173,20 @@ class _Steps:
         self.w = world
 
     async def get(self, run_id: str | None, step_id: str, *, resolve_data: str = "all") -> Step:
-        names = [f"{run_id}-{step_id}.json"] if run_id else [n for n in self.w.listing("steps").names() if n.endswith(f"-{step_id}.json")]
+        names = (
+            [f"{run_id}-{step_id}.json"]
+            if run_id
+            else [n for n in self.w.listing("steps").names() if n.endswith(f"-{step_id}.json")]
+        )
         for d in self.w.load_all("steps", names):
             return records.step_from(d, resolve_data == "all")
         raise WorkflowWorldError(f'Step "{step_id}" not found', status=404)
 
     async def list(self, *, run_id: str, pagination: Pagination | None = None, resolve_data: str = "all") -> Page[Step]:
-        steps = [records.step_from(d, resolve_data == "all") for d in self.w.load_all("steps", self.w.listing("steps").with_prefix(f"{run_id}-"))]
+        steps = [
+            records.step_from(d, resolve_data == "all")
+            for d in self.w.load_all("steps", self.w.listing("steps").with_prefix(f"{run_id}-"))
+        ]
         return records.paginate(steps, lambda s: s.step_id, pagination, "desc")
 
 
@@ -197,14 +209,22 @@ class _Events:
 
     async def get(self, run_id: str, event_id: str, *, resolve_data: str = "all") -> Event:
         try:
-            return records.event_from(_load(self.w.root / "events" / f"{run_id}-{event_id}.json"), resolve_data == "all")
+            return records.event_from(
+                _load(self.w.root / "events" / f"{run_id}-{event_id}.json"), resolve_data == "all"
+            )
         except FileNotFoundError:
             raise WorkflowWorldError(f'Event "{event_id}" not found', status=404) from None
 
-    async def list(self, *, run_id: str, pagination: Pagination | None = None, resolve_data: str = "all") -> Page[Event]:
-        return records.paginate(self.all_for_run(run_id, resolve_data == "all"), lambda e: e.event_id, pagination, "asc", 1000)
+    async def list(
+        self, *, run_id: str, pagination: Pagination | None = None, resolve_data: str = "all"
+    ) -> Page[Event]:
+        return records.paginate(
+            self.all_for_run(run_id, resolve_data == "all"), lambda e: e.event_id, pagination, "asc", 1000
+        )
 
-    async def list_by_correlation_id(self, *, correlation_id: str, run_id: str | None = None, pagination=None, resolve_data="all") -> Page[Event]:
+    async def list_by_correlation_id(
+        self, *, correlation_id: str, run_id: str | None = None, pagination=None, resolve_data="all"
+    ) -> Page[Event]:
         names = self.w.listing("events").with_prefix(f"{run_id}-") if run_id else self.w.listing("events").names()
         events = [
             records.event_from(d, resolve_data == "all")
@@ -214,9 +234,7 @@ class _Events:
         return records.paginate(events, lambda e: e.event_id, pagination, "asc", 1000)
 
     async def create(self, run_id: str | None, event: EventRequest) -> EventResult:
-        raise WorkflowWorldError(
-            "LocalWorld reads the event log; creating events is the SDK's job", code="UNSUPPORTED"
-        )
+        raise WorkflowWorldError("LocalWorld reads the event log; creating events is the SDK's job", code="UNSUPPORTED")
 
 
 class _Hooks:

@@ -6,7 +6,7 @@ SDK works with; this module turns such a mapping into an entity and decodes the 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..payloads import decode_payload
@@ -19,7 +19,7 @@ _DATE_FIELDS = ("resumeAt", "retryAfter")
 
 def parse_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
@@ -132,7 +132,9 @@ def run_cursor(run: WorkflowRun) -> str:
     return f"{run.created_at.isoformat(timespec='microseconds')}|{run.run_id}"
 
 
-def paginate(items: list[Any], key, pagination: Pagination | None, default_order: str, default_limit: int = 20) -> Page[Any]:
+def paginate(
+    items: list[Any], key, pagination: Pagination | None, default_order: str, default_limit: int = 20
+) -> Page[Any]:
     """One page of ``items`` ordered by ``key`` (ids are ULIDs, so id order is time order).
     The cursor is the last key returned."""
     p = pagination or Pagination()

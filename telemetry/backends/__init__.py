@@ -1,0 +1,98 @@
+"""World backends (the readers of each world's storage), and the one place that picks one.
+
+Every command and the collector call ``backend_config`` then ``open_backend``: the choice
+follows flags first, then the SDK's own variables (``WORKFLOW_TARGET_WORLD``,
+``WORKFLOW_LOCAL_DATA_DIR``, ``WORKFLOW_POSTGRES_URL``), so the sidecar reads the world the app
+writes without being told twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import WorkflowWorldError
+
+if TYPE_CHECKING:
+    from .local import LocalWorld
+    from .postgres import PostgresWorld
+
+__all__ = ["BackendConfig", "backend_config", "open_backend", "world_kind", "DEFAULT_LOCAL_DIR"]
+
+#: world-local's default data directory (the SDK's, when ``WORKFLOW_LOCAL_DATA_DIR`` is unset).
+DEFAULT_LOCAL_DIR = ".workflow-data"
+
+_KINDS = {
+    "local": "local",
+    "@workflow/world-local": "local",
+    "postgres": "postgres",
+    "@workflow/world-postgres": "postgres",
+    "vercel": "vercel",
+    "@workflow/world-vercel": "vercel",
+}
+
+
+def world_kind(target: str) -> str:
+    """``local`` or ``postgres`` from a short or package name; anything else is a one-line error."""
+    kind = _KINDS.get(target.strip())
+    if kind is None:
+        raise WorkflowWorldError(
+            f"unknown world {target!r}: use local or postgres (or @workflow/world-local, @workflow/world-postgres)"
+        )
+    if kind == "vercel":
+        raise WorkflowWorldError("world-vercel is not readable by this tool yet: use local or postgres")
+    return kind
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which world to read and where: the resolved answer of flags and environment."""
+
+    kind: str  # "local" | "postgres"
+    data_dir: str | None = None
+    url: str | None = None
+
+
+def backend_config(
+    world: str | None = None,
+    *,
+    data_dir: str | None = None,
+    url: str | None = None,
+    implicit: bool = True,
+) -> BackendConfig | None:
+    """Resolve the world to read from flags, then the SDK's variables.
+
+    ``implicit=True`` (the commands): with nothing configured, world-local in ``.workflow-data``.
+    ``implicit=False`` (the collector): with nothing configured, ``None`` unless
+    ``./.workflow-data`` exists, so a collector started alone does not invent a world.
+    """
+    env = os.environ
+    if world is None and (data_dir or url):
+        world = "postgres" if url and not data_dir else "local"
+    if world is None:
+        target = env.get("WORKFLOW_TARGET_WORLD")
+        if target:
+            world = target
+        elif env.get("WORKFLOW_POSTGRES_URL") and not env.get("WORKFLOW_LOCAL_DATA_DIR"):
+            world = "postgres"
+        elif implicit or env.get("WORKFLOW_LOCAL_DATA_DIR") or Path(DEFAULT_LOCAL_DIR).is_dir():
+            world = "local"
+        else:
+            return None
+    kind = world_kind(world)
+    if kind == "postgres":
+        return BackendConfig("postgres", url=url or env.get("WORKFLOW_POSTGRES_URL"))
+    return BackendConfig("local", data_dir=data_dir or env.get("WORKFLOW_LOCAL_DATA_DIR") or DEFAULT_LOCAL_DIR)
+
+
+def open_backend(config: BackendConfig, *, allow_missing: bool = False) -> LocalWorld | PostgresWorld:
+    """Open the reader ``config`` names. ``allow_missing``: a local data dir may not exist yet."""
+    if config.kind == "postgres":
+        from .postgres import PostgresWorld
+
+        return PostgresWorld(config.url)
+    from .local import LocalWorld
+
+    return LocalWorld(config.data_dir or DEFAULT_LOCAL_DIR, allow_missing=allow_missing)
