@@ -24,6 +24,7 @@ __all__ = [
     "StreamError",
     "HookNotFoundError",
     "WorkflowRunNotFoundError",
+    "UnreadableEventsError",
     "error_for_response",
     "parse_retry_after",
 ]
@@ -100,6 +101,23 @@ class WorkflowRunNotFoundError(WorkflowError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f'Workflow run "{run_id}" not found')
         self.run_id = run_id
+
+
+class UnreadableEventsError(WorkflowWorldError):
+    """A run's event log holds a record that stayed unreadable past the grace period.
+
+    Readers of a live world stop at the first record they cannot read yet (a file being
+    written), so no event is skipped and the next pass retries. Only once the record stays
+    unreadable (truncated for good, not JSON, a FIFO or device, no permission) do they raise
+    this, naming the path, so the caller marks that one run and goes on with the others.
+    """
+
+    def __init__(self, run_id: str, path: str, reason: str) -> None:
+        super().__init__(
+            f"run {run_id}: unreadable event record {path}: {reason}", code="UNREADABLE_EVENTS", run_id=run_id
+        )
+        self.path = path
+        self.reason = reason
 
 
 _MITIGATED_SUFFIX = "(x-vercel-mitigated=challenge)"

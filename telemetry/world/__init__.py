@@ -1,6 +1,7 @@
 """The World: the SDK's storage and streams, as typed async protocols, plus ``traced``."""
 
 from .model import (
+    Changes,
     TERMINAL_RUN_EVENT_TYPES,
     TERMINAL_STATUSES,
     Event,
@@ -21,6 +22,7 @@ from .protocol import Events, Hooks, Runs, Steps, Streams, World
 from .traced import SPAN_METHODS, TracedWorld, traced
 
 __all__ = [
+    "Changes",
     "TERMINAL_RUN_EVENT_TYPES",
     "TERMINAL_STATUSES",
     "SPAN_METHODS",

@@ -150,3 +150,16 @@ class StreamChunks:
 class StreamInfo:
     tail_index: int
     done: bool
+
+
+@dataclass(slots=True)
+class Changes:
+    """Runs whose event log may have grown since ``token`` was handed out (a change feed).
+
+    ``token`` is opaque: the caller stores it (a follower's checkpoint) and passes it back.
+    ``None`` as the previous token means "from the beginning": every run with events.
+    Readers make this cost what changed, not the history (a watermark query, a notification).
+    """
+
+    runs: list[str]
+    token: str | None

@@ -88,9 +88,7 @@ class _TracedNamespace:
         return getattr(self._inner, name)
 
     @staticmethod
-    def _wrap(
-        target: Callable[..., Awaitable[Any]], call: _Call, world: TracedWorld
-    ) -> Callable[..., Awaitable[Any]]:
+    def _wrap(target: Callable[..., Awaitable[Any]], call: _Call, world: TracedWorld) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(target)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             tracer = tracer_for(world.tracer_provider)
