@@ -1,6 +1,10 @@
 """``make bench``: every benchmark in one run, each reported as a ratio against a baseline
 measured in the same run (the machine is shared and noisy), plus absolute figures.
-Writes bench/results.md and prints the same table."""
+Writes bench/results.md and prints the same table.
+
+``python bench/run.py SECTION...`` runs only those sections (names below) and replaces only
+their rows in bench/results.md, noting when they were measured; the other rows stay as they were.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,24 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from sections import dashboard, freshness, ingest, pipeline, traced_overhead  # noqa: E402
+from sections import dashboard, export_pace, freshness, ingest, pipeline, scaling, traced_overhead  # noqa: E402 (after sys.path)
 
 HARNESS = ROOT.parent / "shared" / "sdk-harness"
+RESULTS = HERE / "results.md"
+HEADER = (
+    "| benchmark | ours | baseline (same run) | ratio | target | verdict |\n| --- | --- | --- | --- | --- | --- |\n"
+)
+
+#: name → (module, the number its rows start with in the table)
+SECTIONS = {
+    "pipeline": (pipeline, "1"),
+    "ingest": (ingest, "2"),
+    "traced": (traced_overhead, "3"),
+    "freshness": (freshness, "4"),
+    "dashboard": (dashboard, "5"),
+    "scaling": (scaling, "6"),
+    "export": (export_pace, "7"),
+}
 
 
 def harness_output() -> Path:
@@ -38,9 +57,9 @@ def harness_output() -> Path:
 def machine() -> str:
     cpu = next(
         (
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         ),
         platform.processor(),
     )
@@ -49,16 +68,53 @@ def machine() -> str:
     )
 
 
-def main() -> int:
+def _table_rows(rows: list[dict]) -> list[str]:
+    return [
+        f"| {r['benchmark']} | {r['ours']} | {r['baseline']} | {r['ratio']} | {r['target']} | {r['verdict']} |\n"
+        for r in rows
+    ]
+
+
+def _merge(names: list[str], fresh_rows: list[str], stamp: str) -> str:
+    """results.md with the rows of ``names`` replaced by ``fresh_rows`` (table order kept by
+    section number) and a line saying when those sections were measured."""
+    numbers = {SECTIONS[n][1] for n in names}
+    try:
+        lines = RESULTS.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        lines = ["# Benchmark results\n", "\n"]
+    notes: list[str] = []
+    for line in lines:
+        if line.startswith("|") or any(line.startswith(f"Section `{n}` ") for n in names):
+            continue
+        if line.strip() or (notes and notes[-1].strip()):  # no runs of blank lines
+            notes.append(line)
+    kept = [
+        line
+        for line in lines
+        if line.startswith("| ")
+        and not line.startswith(("| benchmark ", "| --- "))
+        and line[2:].split(".", 1)[0] not in numbers
+    ]
+    order = {number: i for i, (_, number) in enumerate(SECTIONS.values())}
+    table = sorted(kept + fresh_rows, key=lambda line: order.get(line[2:].split(".", 1)[0], len(order)))
+    while notes and not notes[-1].strip():
+        notes.pop()
+    for n in names:
+        notes += ["\n", f"Section `{n}` measured alone {stamp} on {machine()}.\n"]
+    return "".join(notes) + "\n" + HEADER + "".join(table)
+
+
+def main(argv: list[str]) -> int:
+    unknown = [n for n in argv if n not in SECTIONS]
+    if unknown:
+        print(f"bench: unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    names = argv or list(SECTIONS)
     out = harness_output()
     rows: list[dict] = []
-    for name, section in (
-        ("pipeline", pipeline),
-        ("ingest", ingest),
-        ("traced", traced_overhead),
-        ("freshness", freshness),
-        ("dashboard", dashboard),
-    ):
+    for name in names:
+        section = SECTIONS[name][0]
         started = time.monotonic()
         try:
             rows += section.run(out)
@@ -66,7 +122,7 @@ def main() -> int:
             traceback.print_exc()
             rows.append(
                 {
-                    "benchmark": name,
+                    "benchmark": f"{SECTIONS[name][1]}. {name}",
                     "ours": "error",
                     "baseline": "",
                     "ratio": "",
@@ -75,19 +131,15 @@ def main() -> int:
                 }
             )
         print(f"[bench] {name} done in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    header = (
-        "| benchmark | ours | baseline (same run) | ratio | target | verdict |\n| --- | --- | --- | --- | --- | --- |\n"
-    )
-    table = header + "".join(
-        f"| {r['benchmark']} | {r['ours']} | {r['baseline']} | {r['ratio']} | {r['target']} | {r['verdict']} |\n"
-        for r in rows
-    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"# Benchmark results\n\nMeasured {stamp} on {machine()}.\n\n{table}"
-    (HERE / "results.md").write_text(text)
+    if argv:
+        text = _merge(names, _table_rows(rows), stamp)
+    else:
+        text = f"# Benchmark results\n\nMeasured {stamp} on {machine()}.\n\n{HEADER}{''.join(_table_rows(rows))}"
+    RESULTS.write_text(text)
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,41 +1,83 @@
-"""The JSON API: ``/api/runs``, ``/api/runs/{run_id}``, ``/api/traces/{trace_id}``, ``/metrics``, ``/healthz``."""
+"""The JSON API: ``/api/runs``, ``/api/runs/{run_id}``, ``/api/traces/{trace_id}``, ``/metrics``, ``/healthz``.
+
+Answers are strict JSON (RFC 8259): the edge stores NaN and ±Infinity as the strings the OTLP-JSON
+mapping uses, and a value that still is one (a store written before that) is sent as that string
+too, never as a bare ``NaN`` that ``JSON.parse`` refuses. A query parameter out of range is a 400.
+
+Runs the world tailer could not read (an event record that stays unreadable, or a run whose record
+says it ran while its event log reads empty) are named, not hidden: such a run has ``problems`` (a
+healthy one has no such field, as in ``wft runs --json``), ``/api/runs`` says how many there are and
+which (``unreadable``, on every page while there are any, also runs of which nothing reached the
+store), and ``/api/runs/{id}`` answers such a run's 404 with its ``problems`` too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aiohttp import web
 
 from .metrics import Metrics
 from .queries import TRACE_ID, QueryError, list_runs, lookup_run, run_events, run_view, span_detail, trace_spans
+from .run_analysis import GapScan, analyse_run
+from .settings import SettingsError, parse_duration
 from .store import Store
 from .waterfall import waterfall
 
 __all__ = ["Api"]
 
 _STATUSES = {"pending", "running", "completed", "failed", "cancelled"}
+#: one path segment, matched percent-encoded: a run id may hold any character ("{", "/" included),
+#: which aiohttp's default pattern would refuse once decoded
+SEGMENT = "[^/]+"
+
+#: How many unreadable runs ``/api/runs`` names (``unreadable.count`` says how many there are).
+_LISTED_UNREADABLE = 20
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Api:
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        trace_url_template: str | None = None,
+        problems: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        """``problems``: the runs the world tailer could not read, run id → why (``Follower.problems``)."""
         self.store = store
         self.metrics = metrics
+        self.problems = problems or dict
+        self.trace_url_template = trace_url_template  # ``--trace-url-template``: runs get a ``traceUrl``
+        self.gap_scan = GapScan(metrics)  # the wft_reconcile_* metrics, brought up to date on each scrape
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/runs", self.runs),
-            web.get("/api/runs/{run_id}", self.run),
-            web.get("/api/traces/{trace_id}", self.trace),
-            web.get("/api/runs/{run_id}/waterfall", self.waterfall),
-            web.get("/api/runs/{run_id}/events", self.events),
-            web.get("/api/spans/{trace_id}/{span_id}", self.span),
-            web.get("/api/lookup/{ident}", self.lookup),
+            web.get(f"/api/runs/{{run_id:{SEGMENT}}}", self.run),
+            web.get(f"/api/traces/{{trace_id:{SEGMENT}}}", self.trace),
+            web.get(f"/api/runs/{{run_id:{SEGMENT}}}/waterfall", self.waterfall),
+            web.get(f"/api/runs/{{run_id:{SEGMENT}}}/analysis", self.analysis),
+            web.get(f"/api/runs/{{run_id:{SEGMENT}}}/events", self.events),
+            web.get(f"/api/spans/{{trace_id:{SEGMENT}}}/{{span_id:{SEGMENT}}}", self.span),
+            web.get(f"/api/lookup/{{ident:{SEGMENT}}}", self.lookup),
             web.get("/metrics", self.prometheus),
             web.get("/healthz", self.health),
         ]
 
-    async def _read(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(lambda: fn(self.store.reader(), *args, **kwargs))
+    async def _read(
+        self, query: Callable[Concatenate[sqlite3.Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """``query(connection, …)`` in a worker thread, on that thread's read connection."""
+        return await asyncio.to_thread(lambda: query(self.store.reader(), *args, **kwargs))
 
     async def runs(self, request: web.Request) -> web.Response:
         q = request.query
@@ -48,6 +90,12 @@ class Api:
             return _bad("limit: expected a whole number")
         if not 1 <= limit <= 500:
             return _bad("limit: expected 1 to 500")
+        stuck_s = None
+        if q.get("stuck"):
+            try:
+                stuck_s = parse_duration(q["stuck"])
+            except SettingsError:
+                return _bad("stuck: expected a duration such as 90s, 5m, 2h or 1d")
         try:
             page = await self._read(
                 list_runs,
@@ -57,16 +105,56 @@ class Api:
                 until=q.get("until"),
                 cursor=q.get("cursor"),
                 limit=limit,
+                stuck_s=stuck_s,
+                trace_url_template=self.trace_url_template,
             )
         except QueryError as error:
             return _bad(str(error))
-        return web.json_response(page)
+        except (OverflowError, ValueError):  # a time or cursor past what SQLite's integers hold
+            return _bad("since, until or cursor: out of range")
+        problems = self.problems()
+        if problems:
+            for run in page["data"]:
+                if run["runId"] in problems:
+                    run["problems"] = _problems(problems, run["runId"])
+            named = sorted(problems.items(), reverse=True)[:_LISTED_UNREADABLE]  # newest run ids first
+            page["unreadable"] = {"count": len(problems), "runs": [{"runId": r, "problem": p} for r, p in named]}
+        return _json(page)
+
+    def _mark(self, run: dict[str, Any]) -> None:
+        """``problems`` on a run the world tailer could not read (none on a healthy one)."""
+        problems = _problems(self.problems(), run["runId"])
+        if problems:
+            run["problems"] = problems
+
+    def _missing_run(self, run_id: str) -> web.Response:
+        problems = _problems(self.problems(), run_id)
+        if problems:
+            error = f"run {run_id!r} could not be read from the world: {problems[0]}"
+            return _json({"error": error, "problems": problems}, status=404)
+        return _json({"error": f"no run {run_id!r} in the store"}, status=404)
 
     async def run(self, request: web.Request) -> web.Response:
-        view = await self._read(run_view, request.match_info["run_id"])
+        view = await self._read(run_view, request.match_info["run_id"], trace_url_template=self.trace_url_template)
         if view is None:
-            return web.json_response({"error": f"no run {request.match_info['run_id']!r} in the store"}, status=404)
-        return web.json_response(view)
+            return self._missing_run(request.match_info["run_id"])
+        self._mark(view["run"])
+        analysis = await self._read(analyse_run, request.match_info["run_id"])
+        view["reconciliation"] = analysis["reconciliation"] if analysis else None
+        view["timeBreakdown"] = analysis["timeBreakdown"] if analysis else None
+        return _json(view)
+
+    async def analysis(self, request: web.Request) -> web.Response:
+        """The run's reconciliation and time breakdown alone (what the run page and ``wft reconcile``
+        read; ``/api/runs/{id}`` has them too, beside every span). ``grace``: a duration (default 30s)."""
+        try:
+            grace_s = parse_duration(request.query.get("grace", "30s"))
+        except SettingsError:
+            return _bad("grace: expected a duration such as 0s, 30s or 5m")
+        found = await self._read(analyse_run, request.match_info["run_id"], grace_ns=int(grace_s * 1e9))
+        if found is None:
+            return _json({"error": f"no events of run {request.match_info['run_id']!r} in the store"}, status=404)
+        return _json(found)
 
     async def trace(self, request: web.Request) -> web.Response:
         trace_id = request.match_info["trace_id"]
@@ -74,39 +162,41 @@ class Api:
             return _bad("trace id: expected 32 hex characters")
         spans = await self._read(trace_spans, trace_id)
         if not spans:
-            return web.json_response({"error": f"no spans for trace {trace_id}"}, status=404)
-        return web.json_response({"traceId": trace_id.lower(), "spans": spans})
+            return _json({"error": f"no spans for trace {trace_id}"}, status=404)
+        return _json({"traceId": trace_id.lower(), "spans": spans})
 
     async def waterfall(self, request: web.Request) -> web.Response:
-        view = await self._read(waterfall, request.match_info["run_id"])
+        view = await self._read(waterfall, request.match_info["run_id"], trace_url_template=self.trace_url_template)
         if view is None:
-            return web.json_response({"error": f"no run {request.match_info['run_id']!r} in the store"}, status=404)
-        return web.json_response(view)
+            return self._missing_run(request.match_info["run_id"])
+        self._mark(view["run"])
+        return _json(view)
 
     async def events(self, request: web.Request) -> web.Response:
         try:
             limit = min(max(int(request.query.get("limit", "200")), 1), 1000)
         except ValueError:
             return _bad("limit: expected a whole number")
-        return web.json_response(
+        return _json(
             await self._read(run_events, request.match_info["run_id"], after=request.query.get("cursor"), limit=limit)
         )
 
     async def span(self, request: web.Request) -> web.Response:
         detail = await self._read(span_detail, request.match_info["trace_id"], request.match_info["span_id"])
         if detail is None:
-            return web.json_response({"error": "no such span"}, status=404)
-        return web.json_response(detail)
+            return _json({"error": "no such span"}, status=404)
+        return _json(detail)
 
     async def lookup(self, request: web.Request) -> web.Response:
         """A run id or a trace id → the run it belongs to (for search and deep links)."""
         ident = request.match_info["ident"].strip()
         run_id = await self._read(lookup_run, ident)
         if run_id is None:
-            return web.json_response({"error": f"no run or trace {ident!r} in the store"}, status=404)
-        return web.json_response({"runId": run_id})
+            return _json({"error": f"no run or trace {ident!r} in the store"}, status=404)
+        return _json({"runId": run_id})
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        await self._read(self.gap_scan.scan)
         return web.Response(
             text=self.metrics.render(),
             content_type="text/plain",
@@ -115,8 +205,35 @@ class Api:
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        return _json({"ok": True})
+
+
+def _problems(problems: Mapping[str, str], run_id: str) -> list[str]:
+    found = problems.get(run_id)
+    return [found] if found else []
 
 
 def _bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+    return _json({"error": message}, status=400)
+
+
+def _json(data: Any, *, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=strict_dumps)
+
+
+def strict_dumps(data: Any) -> str:
+    """JSON that every parser takes: non-finite floats become "NaN", "Infinity", "-Infinity"."""
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

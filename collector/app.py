@@ -1,24 +1,37 @@
-"""The collector service: wiring of store, writer, ingest, API, tailer and forwarder."""
+"""The collector service: wiring of store, writer, ingest, API, tailer and forwarder.
+
+Starting is all or nothing: bad settings, a store that is not a SQLite file or a port already in
+use end ``start`` with one error and nothing left running. What it creates (the store's folder
+and file, spools, the checkpoint) is private to the user running it (``private``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import glob
 import logging
+import os
+import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from telemetry.backends import open_backend
+from telemetry.backends.local import LocalWorld
+from telemetry.backends.postgres import PostgresWorld
+from telemetry.backends.vercel import VercelWorld
 from telemetry.export import traces_endpoint
 
 from .api import Api
+from .auth import auth_middleware, login_routes
 from .forward import Forwarder
 from .ingest import Ingest
 from .metrics import Metrics
-from .sentry_relay import SentryRelay
-from .settings import Settings
+from .private import FILE_MODE, private_dir, private_file, redact
+from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
+from .settings import Settings, SettingsError
 from .store import Store
 from .tailer import Tailer
 from .ui import routes as ui_routes
@@ -27,13 +40,6 @@ from .writer import Writer
 __all__ = ["Service", "build", "start", "serve"]
 
 log = logging.getLogger("collector")
-_PROTECTED = (
-    "/v1/",
-    "/api/runs",
-    "/api/traces",
-    "/api/spans",
-    "/api/lookup",
-)  # Sentry SDKs authenticate with their DSN key, not our token
 
 
 @dataclass
@@ -45,12 +51,12 @@ class Service:
     app: web.Application
     runner: web.AppRunner | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     tailer: Tailer | None = None
     forwarder: Forwarder | None = None
     sentry_forwarder: Forwarder | None = None
-    relay: Any = None
-    world: Any = None
+    relay: SentryRelay | None = None
+    world: LocalWorld | PostgresWorld | VercelWorld | None = None
 
     @property
     def url(self) -> str:
@@ -58,8 +64,9 @@ class Service:
 
     @property
     def port(self) -> int:
-        site = next(iter(self.runner.sites), None) if self.runner else None
-        return site._server.sockets[0].getsockname()[1] if site and site._server else self.settings.port
+        """The bound port (the real one when the settings asked for 0), once started."""
+        addresses = self.runner.addresses if self.runner is not None else []
+        return int(addresses[0][1]) if addresses else self.settings.port
 
     async def close(self) -> None:
         self.stop_event.set()
@@ -73,23 +80,67 @@ class Service:
         await asyncio.to_thread(self.writer.stop)
 
 
-def _auth(token: str | None):
-    expected = f"Bearer {token}".encode() if token else None
+def open_store(path: Path) -> Store:
+    """The store at ``path``, created private when new; a file that is not a usable SQLite store is
+    a one-line ``SettingsError`` naming it."""
+    try:
+        private_dir(path.parent)
+        private_file(path)  # SQLite gives its -wal and -shm files the database file's mode
+        return Store(path)
+    except sqlite3.DatabaseError as error:
+        raise SettingsError(
+            f"store {path} is not a usable SQLite database ({error}); move it away to start a new one"
+        ) from None
+    except OSError as error:
+        raise SettingsError(f"store {path} cannot be opened: {error.strerror or error}") from None
 
-    @web.middleware
-    async def middleware(request: web.Request, handler):
-        if expected is not None and request.path.startswith(_PROTECTED):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
 
-    return middleware
+def _checkpoint_files(store: Path) -> set[Path]:
+    """The tailer's checkpoint files next to the store (whatever their suffixes: SQLite, -wal, -shm)."""
+    return set(store.parent.glob(glob.escape(store.name) + ".follow*"))
+
+
+def _make_private(paths: set[Path]) -> None:
+    """Tighten files someone else's code just created to 0600 (SQLite gives later -wal/-shm the same)."""
+    for path in paths:
+        try:
+            os.chmod(path, FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
+def describe_world(settings: Settings) -> str:
+    """The followed world for a log line: a postgres URL without its credentials."""
+    world = settings.world
+    if world is None:
+        return "no world"
+    if world.kind == "postgres":
+        return f"following postgres {redact(str(world.url))}"
+    return f"following {world.kind} {world.data_dir}"
+
+
+class _OneLineProtocolErrors(logging.Filter):
+    """aiohttp logs a request it could not even parse (a request line over 8 KiB, a broken header:
+    answered 400) with a traceback at ERROR; from the open network that is noise: one debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= (error.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            # the class only: the parser's message quotes the request line, which may carry a token
+            record.msg, record.args = "refused a malformed request from %s (%s)", (remote, type(error).__name__)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_PROTOCOL_FILTER = _OneLineProtocolErrors()
 
 
 def build(settings: Settings) -> Service:
     settings.check()
-    store = Store(settings.store)
+    logging.getLogger("aiohttp.server").addFilter(_PROTOCOL_FILTER)  # a set: added once however often
+    store = open_store(settings.store)
     metrics = Metrics()
     writer = Writer(
         store,
@@ -99,7 +150,10 @@ def build(settings: Settings) -> Service:
     )
     metrics.gauges["wft_store_bytes"] = store.file_bytes
     metrics.gauges["wft_queue_depth"] = lambda: writer.pending
-    app = web.Application(middlewares=[_auth(settings.token)], client_max_size=settings.max_body_bytes + 1024)
+    app = web.Application(
+        middlewares=[auth_middleware(settings.token, dsn_key_routes=(ENVELOPE_ROUTE, STORE_ROUTE))],
+        client_max_size=settings.max_body_bytes + 1024,
+    )
     service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)
     forward = None
     if settings.forward_otlp:
@@ -114,22 +168,34 @@ def build(settings: Settings) -> Service:
         forward = service.forwarder.enqueue
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
     app.router.add_post("/v1/traces", ingest.handle)
-    app.router.add_routes(Api(store, metrics).routes())
+
+    def unreadable() -> dict[str, str]:
+        """Runs the world tailer could not read (run id → why), for the API and the pages."""
+        return dict(service.tailer.follower.problems) if service.tailer is not None else {}
+
+    api = Api(store, metrics, trace_url_template=settings.trace_url_template, problems=unreadable)
+    app.router.add_routes(api.routes())
     app.router.add_routes(ui_routes())
+    app.router.add_routes(login_routes(settings.token))
     sentry_forwarder = None
     if settings.sentry_upstream:
         sentry_forwarder = Forwarder(
             None, settings.store.parent / "sentry-spool", metrics, max_spool_bytes=settings.spool_max_bytes
         )  # each batch names its URL
         service.sentry_forwarder = sentry_forwarder
-    relay = SentryRelay(writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes)
+    relay = SentryRelay(
+        writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes, token=settings.token
+    )
     service.relay = relay
     app.router.add_routes(relay.routes())
     metrics.labelled["wft_sentry_dropped_total"] = ("rule", lambda: dict(relay.dropped))
     metrics.gauges["wft_sentry_kept_events"] = lambda: relay.kept
+    # no upstream: what the relay keeps goes nowhere; counted, and said once at start
+    metrics.gauges["wft_sentry_unforwarded_events"] = lambda: relay.kept if relay.upstream is None else 0
     if settings.world:
         service.world = open_backend(settings.world, allow_missing=True)
         checkpoint = str(settings.store) + ".follow.json"
+        existed = _checkpoint_files(settings.store)
         service.tailer = Tailer(
             service.world,
             writer,
@@ -139,6 +205,7 @@ def build(settings: Settings) -> Service:
             interval=settings.tail_interval,
             forward=forward,
         )
+        _make_private(_checkpoint_files(settings.store) - existed)
     return service
 
 
@@ -146,28 +213,41 @@ async def start(settings: Settings) -> Service:
     service = build(settings)
     service.writer.start()
     service.runner = web.AppRunner(service.app, auto_decompress=False, access_log=None)
-    await service.runner.setup()
-    site = web.TCPSite(service.runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await service.runner.setup()
+        site = web.TCPSite(service.runner, settings.host, settings.port)
+        await site.start()
+    except BaseException:  # e.g. the port is taken: leave nothing running behind the error
+        await service.runner.cleanup()
+        if service.world is not None:
+            await service.world.close()
+        service.writer.stop()  # nothing was queued yet: returns at once
+        raise
     if service.tailer is not None:
         service.tasks.append(asyncio.create_task(service.tailer.run(service.stop_event)))
     for forwarder in (service.forwarder, service.sentry_forwarder):
         if forwarder is not None:
             service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
-    world = f"following {service.world!r}" if service.world is not None else "no world"
     log.info(
         "listening on %s (store %s, %s, token %s)",
         service.url,
         settings.store,
-        world,
+        describe_world(settings),
         "required" if settings.token else "off",
     )
+    if service.relay is not None and service.relay.upstream is None:
+        log.info(
+            "sentry relay: no upstream (--sentry-upstream or WFT_SENTRY_UPSTREAM): events it keeps are counted"
+            " (wft_sentry_unforwarded_events on /metrics), not forwarded"
+        )
     return service
 
 
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM. Everything the process creates is private (umask 077)."""
     import signal
+
+    os.umask(0o077)
 
     async def main() -> None:
         service = await start(settings)

@@ -7,18 +7,20 @@ Registered as a ``wft`` subcommand through the ``wft.commands`` entry point, so 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 from pathlib import Path
 
 from telemetry.backends import backend_config
-from telemetry.commands.common import CliError, add_world_options
+from telemetry.commands.common import RUNTIME, CliError, Handler, add_world_options, check_world
 from telemetry.errors import WorkflowWorldError
 
 NAME = "serve"
 HELP = "run the collector: OTLP receiver, store, world tailer and run API"
 
 
-def configure(parser: argparse.ArgumentParser):
+def configure(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default %(default)s; anything else needs --token)"
     )
@@ -28,7 +30,12 @@ def configure(parser: argparse.ArgumentParser):
         default=os.environ.get("WFT_STORE", "wft-data/store.sqlite3"),
         help="SQLite store file (default %(default)s)",
     )
-    parser.add_argument("--token", default=None, help="bearer token required on /v1 and /api (or WFT_TOKEN)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="token required on every route but /healthz: a bearer token, the pages' login, the Sentry DSN key"
+        " (or WFT_TOKEN)",
+    )
     parser.add_argument(
         "--max-body", default="16MiB", help="largest request body, before or after decompression (default %(default)s)"
     )
@@ -59,6 +66,13 @@ def configure(parser: argparse.ArgumentParser):
         help="Sentry DSN the relay (/api/<project>/envelope/) forwards kept events to (or WFT_SENTRY_UPSTREAM)",
     )
     parser.add_argument("--spool-max", default="256MiB", help="bound of the forward spool (default %(default)s)")
+    parser.add_argument(
+        "--trace-url-template",
+        metavar="URL",
+        default=os.environ.get("WFT_TRACE_URL_TEMPLATE"),
+        help="link run pages to your Tempo/Jaeger: a URL with {trace_id} (or {run_id}) in it, e.g."
+        " 'https://grafana.example/explore?left=...{trace_id}...' (or WFT_TRACE_URL_TEMPLATE)",
+    )
     add_world_options(parser)
 
     def handle(args: argparse.Namespace) -> int:
@@ -69,6 +83,10 @@ def configure(parser: argparse.ArgumentParser):
             world = (
                 None if args.no_world else backend_config(args.world, data_dir=args.dir, url=args.url, implicit=False)
             )
+            if world is not None:  # a bad URL or a folder that is not a world: refused; a missing one: a warning
+                _, warning = check_world(world, args, allow_missing=True)
+                if warning:
+                    logging.getLogger("collector").warning("world: %s", warning)
             age = parse_duration(args.retention_age)
             size = parse_bytes(args.retention_size)
             settings = Settings(
@@ -84,11 +102,24 @@ def configure(parser: argparse.ArgumentParser):
                 forward_otlp=args.forward_otlp,
                 spool_max_bytes=parse_bytes(args.spool_max),
                 sentry_upstream=args.sentry_upstream,
+                trace_url_template=args.trace_url_template,
             )
             settings.check()
         except (SettingsError, WorkflowWorldError) as error:
             raise CliError(str(error)) from None
-        serve(settings)
+        try:
+            serve(settings)
+        except SettingsError as error:  # found on opening: the store cannot be opened or is not one (--store)
+            raise CliError(str(error)) from None
+        except OSError as error:  # e.g. the port is taken
+            where = f"{settings.host}:{settings.port}"
+            if error.errno == errno.EADDRINUSE or "address already in use" in str(error):
+                raise CliError(
+                    f"port {settings.port} on {settings.host} is already in use (another wft serve or OTLP"
+                    " collector?): stop it, or pass --port",
+                    status=RUNTIME,
+                ) from None
+            raise CliError(f"cannot serve on {where}: {error.strerror or error}", status=RUNTIME) from None
         return 0
 
     return handle

@@ -5,6 +5,9 @@ URL and headers, then the body as it will be sent), then a background task sends
 order, deleting each once upstream acknowledged it. While
 upstream is down, it retries with exponential backoff (capped) and the spool grows up to its
 byte bound; past the bound the oldest batches are dropped, counted and logged, never silently.
+A spool file that cannot be read back (cut short by a crash, say) is dropped the same way; it
+never stops the batches behind it. The spool is private (0700, files 0600: they hold upstream
+URLs and the Sentry clients' auth headers), and URLs reach the log only redacted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from .metrics import Metrics
+from .private import private_dir, redact, write_private
 
 __all__ = ["Forwarder"]
 
@@ -39,8 +43,7 @@ class Forwarder:
     ) -> None:
         """``url``/``headers``: the defaults for batches enqueued without their own."""
         self.url = url
-        self.spool = Path(spool_dir)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self.spool = private_dir(spool_dir)
         self.metrics = metrics
         self.max_spool_bytes = max_spool_bytes
         self.headers = headers or {}
@@ -49,7 +52,7 @@ class Forwarder:
         self._wake = asyncio.Event()
 
     def spool_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.spool.glob("*.pb") if p.exists())
+        return sum(_size(p) for p in self.spool.glob("*.pb"))
 
     async def enqueue(self, payload: bytes, *, url: str | None = None, headers: dict[str, str] | None = None) -> None:
         """Spool one batch; ``url``/``headers`` override the defaults for this batch only."""
@@ -59,17 +62,17 @@ class Forwarder:
         if target is None:
             raise ValueError("no URL for this batch and no default URL")
         meta = json.dumps({"url": target, "headers": headers if headers is not None else self.headers}).encode()
-        temp.write_bytes(meta + b"\n" + payload)
+        write_private(temp, meta + b"\n" + payload)
         os.replace(temp, self.spool / name)
         self._trim()
         self._wake.set()
 
     def _trim(self) -> None:
         files = sorted(self.spool.glob("*.pb"))
-        total = sum(f.stat().st_size for f in files)
+        total = sum(_size(f) for f in files)
         while files and total > self.max_spool_bytes:
             oldest = files.pop(0)
-            total -= oldest.stat().st_size
+            total -= _size(oldest)
             oldest.unlink(missing_ok=True)
             self.metrics.forward_dropped_batches += 1
             log.warning("forward spool over %d bytes: dropped the oldest batch %s", self.max_spool_bytes, oldest.name)
@@ -83,16 +86,24 @@ class Forwarder:
                     self._wake.clear()
                     await _wait_any(stop, self._wake, None)
                     continue
-                meta, _, body = files[0].read_bytes().partition(b"\n")
-                target = json.loads(meta)
+                batch = _read_batch(files[0])
+                if batch is None:
+                    if not files[0].exists():  # trimmed meanwhile
+                        continue
+                    log.error("forward spool file %s cannot be read back; dropping it", files[0].name)
+                    self.metrics.forward_dropped_batches += 1
+                    files[0].unlink(missing_ok=True)
+                    continue
+                url, headers, body = batch
                 try:
-                    async with session.post(target["url"], data=body, headers=target["headers"]) as response:
+                    async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = 200 <= response.status < 300
                         retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
                         reason = f"HTTP {response.status}"
-                except (TimeoutError, aiohttp.ClientError, OSError) as error:
-                    ok, retryable, reason = False, True, str(error) or type(error).__name__
+                except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
+                    ok, retryable = False, True
+                    reason = (str(error) or type(error).__name__).replace(url, redact(url))
                 if ok or not retryable:
                     if not ok:
                         log.error("upstream refused a batch (%s); dropping it", reason)
@@ -104,13 +115,37 @@ class Forwarder:
                     continue
                 log.warning(
                     "upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs",
-                    target["url"].split("?")[0],
+                    redact(url),
                     reason,
                     len(files),
                     backoff,
                 )
                 await _wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # sent or trimmed meanwhile
+        return 0
+
+
+def _read_batch(path: Path) -> tuple[str, dict[str, str], bytes] | None:
+    """(url, headers, body) of a spool file; None when it is not one (empty, cut short, garbled)."""
+    try:
+        meta, newline, body = path.read_bytes().partition(b"\n")
+        target = json.loads(meta)
+    except (OSError, ValueError):
+        return None
+    if not newline or not isinstance(target, dict):
+        return None
+    url, headers = target.get("url"), target.get("headers")
+    if not isinstance(url, str) or not isinstance(headers, dict):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        return None
+    return url, headers, body
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float | None) -> None:

@@ -3,7 +3,9 @@
 The body is read in chunks and counted before and after decompression (we decompress
 ourselves, incrementally, with an output cap), so an oversized body or a gzip bomb is refused
 with 413 after at most ``max_body`` bytes, never held whole. Spans are answered 200 only after
-the writer has committed them; a full queue answers 503 with ``Retry-After``.
+the writer has committed them; a full queue answers 503 with ``Retry-After``, and so does a store
+that cannot be written (disk full, read-only): 503 rather than 507 because OTLP exporters retry
+503 and drop on 507.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import zlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, records_from, set_attribute
 from .policy import apply_benign_policy
-from .writer import Batch, Overloaded, Writer
+from .validate import LIMITED
+from .writer import Batch, Overloaded, StoreUnavailable, Writer, storage_fault
 
 __all__ = ["Ingest", "TooLarge", "read_limited"]
 
@@ -30,11 +34,13 @@ class TooLarge(Exception):
 
 
 class _Inflater:
-    """Incremental gzip/deflate with a hard cap on output."""
+    """Incremental gzip/deflate with a hard cap on output. A gzip body may hold several members
+    (what ``cat a.gz b.gz`` makes, and what every gzip reader reads whole); each is inflated in turn."""
 
     def __init__(self, encoding: str, limit: int) -> None:
-        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        self._z = zlib.decompressobj(wbits) if encoding in ("gzip", "deflate") else None
+        self._wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(self._wbits) if encoding in ("gzip", "deflate") else None
+        self._gzip = encoding == "gzip"
         self.limit = limit
         self.out = bytearray()
 
@@ -43,9 +49,13 @@ class _Inflater:
             self._append(data)
             return
         while data:
+            if self._z.eof:  # the member ended and more follows
+                if not self._gzip:
+                    raise zlib.error("data after the end of the deflate stream")
+                self._z = zlib.decompressobj(self._wbits)
             chunk = self._z.decompress(data, self.limit - len(self.out) + 1)
             self._append(chunk)
-            data = self._z.unconsumed_tail
+            data = self._z.unconsumed_tail or (self._z.unused_data if self._z.eof else b"")
 
     def finish(self) -> bytes:
         if self._z is not None:
@@ -123,18 +133,41 @@ class Ingest:
         except Overloaded:
             self.metrics.requests_overloaded += 1
             return web.Response(status=503, headers={"Retry-After": "1"}, text="collector is overloaded; retry later")
+        except StoreUnavailable as error:
+            return self._unavailable(error)
+        except Exception as error:  # the store refused this request's spans (the rest of its group is stored)
+            self.metrics.requests_rejected += 1
+            return web.Response(status=422, text=f"the store refused these spans ({type(error).__name__})")
         self.metrics.spans_accepted += len(records)
         self.metrics.spans_rejected += rejected
         self.metrics.spans_benign += benign
         if self.forward is not None and records:
             if benign:
                 _mark_benign(otlp, {(r.trace_id, r.span_id) for r in records if r.benign})
-            await self.forward(otlp.SerializeToString())
+            try:
+                await self.forward(otlp.SerializeToString())
+            except OSError as error:  # stored, but not spooled for upstream: the client's retry re-stores (upsert)
+                fault = storage_fault(error)
+                if fault is None:
+                    raise
+                return self._unavailable(fault)
+        limited = sum(1 for r in records if LIMITED in r.attributes)
         message = f"{rejected} spans rejected: {reason}" if rejected else ""
+        if limited:
+            cut = f"{limited} spans cut to the collector's limits (see their {LIMITED} attribute)"
+            message = f"{message}; {cut}" if message else cut
         return web.Response(body=encode_response(content_type, rejected, message), content_type=content_type)
 
+    def _unavailable(self, error: StoreUnavailable) -> web.Response:
+        self.metrics.requests_unavailable += 1
+        return web.Response(
+            status=503,
+            headers={"Retry-After": str(error.retry_after)},
+            text=f"the collector cannot store spans now: {error.reason}; retry later",
+        )
 
-def _mark_benign(otlp, ids: set[tuple[str, str]]) -> None:
+
+def _mark_benign(otlp: ExportTraceServiceRequest, ids: set[tuple[str, str]]) -> None:
     """Forward what we stored: the downgraded spans go upstream downgraded too."""
     for resource_spans in otlp.resource_spans:
         for scope_spans in resource_spans.scope_spans:

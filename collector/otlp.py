@@ -2,7 +2,9 @@
 
 Protobuf and JSON parsing are opentelemetry-proto's and protobuf's own. The one thing OTLP-JSON
 does differently from protobuf's JSON mapping is trace/span ids as hex, which we convert (ids in
-base64, as some exporters send them, are accepted too).
+base64, as some exporters send them, are accepted too). A body that does not parse, however it
+fails (nesting too deep included), is a ``BadPayload``; each span is then held to ``validate``'s
+rules on its way to a ``SpanRecord``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,20 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from .validate import (
+    EVENT_ATTRIBUTE_COUNT_LIMIT,
+    EVENT_COUNT_LIMIT,
+    LIMITED,
+    LINK_ATTRIBUTE_COUNT_LIMIT,
+    LINK_COUNT_LIMIT,
+    Invalid,
+    SpanLimiter,
+    check_ids,
+    check_resource,
+    check_run_id,
+    check_times,
+)
 
 __all__ = [
     "PROTOBUF",
@@ -69,33 +86,27 @@ class SpanRecord:
 
 
 def any_value(v: AnyValue) -> Any:
-    kind = v.WhichOneof("value")
-    if kind == "array_value":
-        return [any_value(x) for x in v.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode()
-    return getattr(v, kind) if kind else None
+    """One ``AnyValue`` as JSON (within ``validate``'s limits; NaN and ±Infinity as strings)."""
+    return SpanLimiter().value(v)
 
 
-def _attributes(items: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in items}
+def _hex_ids_to_base64(document: Any) -> None:
+    """OTLP-JSON ids are hex; protobuf's JSON parser wants base64 for bytes fields. (A loop, not
+    recursion: a document only ``json.loads``' depth bounds must not overflow the stack here.)"""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _ID_KEYS and isinstance(value, str):
+                    node[key] = _id_to_base64(value, 16 if key in ("traceId", "trace_id") else 8)
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
 
 
-def _hex_ids_to_base64(node: Any) -> None:
-    """OTLP-JSON ids are hex; protobuf's JSON parser wants base64 for bytes fields."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id") and isinstance(
-                value, str
-            ):
-                node[key] = _id_to_base64(value, 16 if key in ("traceId", "trace_id") else 8)
-            else:
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for item in node:
-            _hex_ids_to_base64(item)
+_ID_KEYS = frozenset(("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"))
 
 
 def _id_to_base64(value: str, size: int) -> str:
@@ -104,17 +115,18 @@ def _id_to_base64(value: str, size: int) -> str:
     if len(value) == size * 2:
         try:
             return base64.b64encode(binascii.unhexlify(value)).decode()
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or not ASCII
             pass
     try:
         if len(base64.b64decode(value, validate=True)) == size:
             return value
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or not ASCII
         pass
     raise BadPayload(f"invalid id {value!r}: expected {size * 2} hex characters")
 
 
 def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
+    """The request in ``body``; ``BadPayload`` (a 400, with the reason) for anything unparseable."""
     request = ExportTraceServiceRequest()
     if content_type == PROTOBUF:
         try:
@@ -124,16 +136,25 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         return request
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadPayload(f"invalid JSON: {error}") from None
+    except ValueError as error:  # not UTF-8, not JSON, a number of more digits than Python converts
+        raise BadPayload(f"invalid JSON: {_first_line(str(error))}") from None
+    except RecursionError:
+        raise BadPayload("invalid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise BadPayload("invalid OTLP JSON: the body must be an object")
-    _hex_ids_to_base64(document)
     try:
+        _hex_ids_to_base64(document)
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except json_format.ParseError as error:
-        raise BadPayload(f"invalid OTLP JSON: {error}") from None
+        raise BadPayload(f"invalid OTLP JSON: {_first_line(str(error))}") from None
+    except RecursionError:
+        raise BadPayload("invalid OTLP JSON: nested too deeply") from None
     return request
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    line = text.splitlines()[0] if text else text
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def encode_response(content_type: str, rejected: int = 0, message: str = "") -> bytes:
@@ -141,65 +162,91 @@ def encode_response(content_type: str, rejected: int = 0, message: str = "") -> 
     if rejected or message:
         response.partial_success.rejected_spans = rejected
         response.partial_success.error_message = message
+    # protobuf ships no type information (see pyproject): name the types its calls return
     if content_type == JSON:
-        return json_format.MessageToJson(response, indent=None).encode()
-    return response.SerializeToString()
+        text: str = json_format.MessageToJson(response, indent=None)
+        return text.encode()
+    wire: bytes = response.SerializeToString()
+    return wire
 
 
-def _span_problem(span: Any) -> str | None:
-    if len(span.trace_id) != 16 or span.trace_id == bytes(16):
-        return "invalid trace id"
-    if len(span.span_id) != 8 or span.span_id == bytes(8):
-        return "invalid span id"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
-        return "invalid parent span id"
-    return None
-
-
-def records_from(request: ExportTraceServiceRequest) -> tuple[list[SpanRecord], int, str]:
-    """(valid spans, rejected count, reason): a span with a bad id is rejected, not the request."""
+def records_from(request: ExportTraceServiceRequest, *, now_ns: int | None = None) -> tuple[list[SpanRecord], int, str]:
+    """(kept spans, refused count, first reason): spans ``validate`` refuses are counted, not stored;
+    the rest are cut to its limits (and marked when cut). ``now_ns``: the clock times are judged by."""
+    now = time.time_ns() if now_ns is None else now_ns
     records: list[SpanRecord] = []
     rejected = 0
     reason = ""
     for resource_spans in request.resource_spans:
-        resource = _attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope.name
-            for span in scope_spans.spans:
-                problem = _span_problem(span)
-                if problem:
+        try:
+            resource_limiter = SpanLimiter()
+            resource = resource_limiter.attributes(resource_spans.resource.attributes)
+            check_resource(resource)
+            if resource_limiter.summary():
+                resource[LIMITED] = resource_limiter.summary()
+            scopes = [(resource_limiter.text(ss.scope.name), ss.spans) for ss in resource_spans.scope_spans]
+        except Invalid as error:
+            rejected += sum(len(ss.spans) for ss in resource_spans.scope_spans)
+            reason = reason or f"resource: {error}"
+            continue
+        for scope, spans in scopes:
+            for span in spans:
+                try:
+                    records.append(_record(span, resource, scope, now))
+                except Invalid as error:
                     rejected += 1
-                    reason = reason or problem
-                    continue
-                records.append(
-                    SpanRecord(
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(),
-                        name=span.name,
-                        kind=span.kind,
-                        start_ns=span.start_time_unix_nano,
-                        end_ns=span.end_time_unix_nano,
-                        status_code=span.status.code,
-                        status_message=span.status.message,
-                        attributes=_attributes(span.attributes),
-                        events=[
-                            {"name": e.name, "time_ns": e.time_unix_nano, "attributes": _attributes(e.attributes)}
-                            for e in span.events
-                        ],
-                        links=[
-                            {
-                                "trace_id": link.trace_id.hex(),
-                                "span_id": link.span_id.hex(),
-                                "attributes": _attributes(link.attributes),
-                            }
-                            for link in span.links
-                        ],
-                        resource=resource,
-                        scope=scope,
-                    )
-                )
+                    reason = reason or str(error)
     return records, rejected, reason
+
+
+def _record(span: Any, resource: dict[str, Any], scope: str, now_ns: int) -> SpanRecord:
+    check_ids(span)
+    check_times(span, now_ns)
+    limiter = SpanLimiter()
+    events = span.events
+    if len(events) > EVENT_COUNT_LIMIT:
+        limiter.events_dropped = len(events) - EVENT_COUNT_LIMIT
+        events = events[:EVENT_COUNT_LIMIT]
+    links = span.links
+    if len(links) > LINK_COUNT_LIMIT:
+        limiter.links_dropped = len(links) - LINK_COUNT_LIMIT
+        links = links[:LINK_COUNT_LIMIT]
+    attributes = limiter.attributes(span.attributes)
+    check_run_id(attributes)
+    record = SpanRecord(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex(),
+        name=limiter.text(span.name),
+        kind=span.kind,
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano,
+        status_code=span.status.code,
+        status_message=limiter.text(span.status.message),
+        attributes=attributes,
+        events=[
+            {
+                "name": limiter.text(e.name),
+                "time_ns": e.time_unix_nano,
+                "attributes": limiter.attributes(e.attributes, EVENT_ATTRIBUTE_COUNT_LIMIT),
+            }
+            for e in events
+        ],
+        links=[
+            {
+                "trace_id": link.trace_id.hex(),
+                "span_id": link.span_id.hex(),
+                "attributes": limiter.attributes(link.attributes, LINK_ATTRIBUTE_COUNT_LIMIT),
+            }
+            for link in links
+        ],
+        resource=resource,
+        scope=scope,
+    )
+    cut = limiter.summary()
+    if cut:
+        attributes[LIMITED] = cut
+    return record
 
 
 def set_attribute(span: Any, key: str, value: str) -> None:

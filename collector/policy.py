@@ -34,15 +34,24 @@ def operation_of(span: SpanRecord) -> str | None:
     return None
 
 
+def _status(value: Any) -> int | None:
+    """An HTTP status from an attribute a client set: an int, or a short string of ASCII digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:
+        return int(value)
+    return None
+
+
 def _candidates(span: SpanRecord) -> list[dict[str, Any]]:
-    status = span.attributes.get("http.response.status_code")
     error_type = str(span.attributes.get("error.type") or "")
+    status = _status(span.attributes.get("http.response.status_code"))
     if status is None and error_type.startswith("HTTP "):
-        status = error_type[5:]
+        status = _status(error_type[5:].strip())
     found = [
         {
-            "type": e["attributes"].get("exception.type", ""),
-            "message": e["attributes"].get("exception.message", ""),
+            "type": str(e["attributes"].get("exception.type") or ""),
+            "message": str(e["attributes"].get("exception.message") or ""),
             "status": status,
         }
         for e in span.events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Settings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
     sentry_upstream: str | None = None  # DSN of the Sentry the relay forwards to
+    trace_url_template: str | None = None  # link from run pages to the user's Tempo/Jaeger: "…{trace_id}…"
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -42,6 +44,26 @@ class Settings:
             raise SettingsError("the token must be at least 16 characters")
         if not 0 <= self.port < 65536:  # 0: any free port
             raise SettingsError(f"port {self.port} is out of range")
+        if self.trace_url_template is not None:
+            from .queries import check_trace_url_template
+
+            try:
+                check_trace_url_template(self.trace_url_template)
+            except ValueError as error:
+                raise SettingsError(str(error)) from None
+        if self.forward_otlp is not None:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(self.forward_otlp)
+                port_ok = parts.port != 0
+            except ValueError:  # a port that is no number or out of range, a broken [IPv6] host
+                parts, port_ok = urlsplit(""), False
+            if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(
+                    f"--forward-otlp: not an http:// or https:// URL: {self.forward_otlp!r}"
+                    " (example: http://tempo:4318; /v1/traces is appended)"
+                )
         if self.sentry_upstream:
             from .sentry_relay import upstream_base
 
@@ -67,14 +89,23 @@ def parse_bytes(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise SettingsError(f"not a size: {text!r} (examples: 16MiB, 1GiB, 500000)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value > _LARGEST:
+        raise SettingsError(f"not a size: {text!r} is larger than any disk (examples: 16MiB, 1GiB, 500000)")
+    return int(value)
 
 
+#: sizes and durations past these are typing mistakes (and would overflow SQLite's integers)
+_LARGEST = 2.0**62
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LONGEST = 1000 * 365 * 86400.0
 
 
 def parse_duration(text: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not match:
         raise SettingsError(f"not a duration: {text!r} (examples: 90s, 12h, 7d)")
-    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+    value = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+    if not math.isfinite(value) or value > _LONGEST:
+        raise SettingsError(f"not a duration: {text!r} is longer than 1000 years (examples: 90s, 12h, 7d)")
+    return value

@@ -3,7 +3,8 @@
 Writes happen on one writer thread (see ``writer``); reads use their own connections, which
 WAL lets run beside the writer. Spans are upserted, so a re-sent span (same deterministic id)
 leaves one copy. Each write refreshes the summary row of the runs it touched, which is what
-``/api/runs`` pages through.
+``/api/runs`` pages through; what goes in that row is ``summaries``' to decide, the store only
+selects the rows it needs and writes the answer back.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .otlp import SpanRecord
+from telemetry.semconv import STEP_ID, WORKFLOW_NAME, WORKFLOW_SPAN_KIND
 
-__all__ = ["Store", "RunInfo", "EventRow"]
+from .otlp import SpanRecord
+from .summaries import RUN_STATUS, SpanFacts, Wait, WorldView, fold_waits, summarize_run
+
+__all__ = ["Store", "RunInfo", "EventRow", "decode_waits", "encode_waits"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -35,7 +39,7 @@ CREATE INDEX IF NOT EXISTS spans_by_received ON spans (received_ns);
 CREATE TABLE IF NOT EXISTS runs (
   run_id TEXT PRIMARY KEY, workflow_name TEXT, status TEXT, start_ns INTEGER, end_ns INTEGER,
   steps INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, benign INTEGER NOT NULL DEFAULT 0,
-  trace_id TEXT, world_status TEXT, updated_ns INTEGER NOT NULL
+  trace_id TEXT, world_status TEXT, updated_ns INTEGER NOT NULL, waiting TEXT, events_cursor TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_ns DESC, run_id DESC);
 CREATE TABLE IF NOT EXISTS run_events (
@@ -61,6 +65,8 @@ class RunInfo:
 
 @dataclass
 class EventRow:
+    """One event of a run's log as stored (``data`` is its eventData as JSON text)."""
+
     run_id: str
     event_id: str
     event_type: str
@@ -69,8 +75,42 @@ class EventRow:
     data: str | None
 
 
+#: the runs that wait on something (live ones), in the runs list's order: "stuck longer than" reads
+#: only these, however many finished runs the store holds
+_WAITING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS runs_waiting ON runs (coalesce(start_ns, 0) DESC, run_id DESC)"
+    " WHERE waiting IS NOT NULL"
+)
+
+#: columns added to ``runs`` since its first layout: (name, declaration), added on open when missing
+_ADDED_RUN_COLUMNS = (("waiting", "TEXT"), ("events_cursor", "TEXT"))
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _attribute(name: str) -> str:
+    """SQL for one span attribute (names hold dots, so the JSON path quotes them)."""
+    return f"json_extract(attributes, '$.\"{name}\"')"
+
+
+#: a run's spans, as ``summaries.SpanFacts`` wants them (only the attributes it reads are extracted)
+_RUN_SPAN_FACTS = (
+    "SELECT trace_id, span_id, start_ns, end_ns, status_code, benign,"
+    f" {_attribute(WORKFLOW_SPAN_KIND)}, {_attribute(STEP_ID)}, {_attribute(WORKFLOW_NAME)}, {_attribute(RUN_STATUS)}"
+    " FROM spans WHERE run_id = ?"
+)
+
+
+def encode_waits(waits: Iterable[Wait]) -> str | None:
+    """The ``runs.waiting`` column: a JSON list of waits, NULL when there is none."""
+    records = [w.to_record() for w in waits]
+    return _dumps(records) if records else None
+
+
+def decode_waits(text: str | None) -> tuple[Wait, ...]:
+    return tuple(Wait.from_record(r) for r in json.loads(text)) if text else ()
 
 
 class Store:
@@ -78,8 +118,13 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.connect() as conn:
+        conn = self.connect()
+        try:
             conn.executescript(SCHEMA)
+            _add_missing_columns(conn)
+            conn.execute(_WAITING_INDEX)  # after the columns it names exist
+        finally:
+            conn.close()
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -140,36 +185,69 @@ class Store:
                 )
             )
         conn.executemany("INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        event_rows = [(e.run_id, e.event_id, e.event_type, e.correlation_id, e.created_ns, e.data) for e in events]
-        conn.executemany("INSERT OR IGNORE INTO run_events VALUES (?,?,?,?,?,?)", event_rows)
-        touched.update(e[0] for e in event_rows)
+        event_rows = list(events)
+        conn.executemany(
+            "INSERT OR IGNORE INTO run_events VALUES (?,?,?,?,?,?)",
+            [(e.run_id, e.event_id, e.event_type, e.correlation_id, e.created_ns, e.data) for e in event_rows],
+        )
+        touched.update(e.run_id for e in event_rows)
         for run in runs:
             touched.add(run.run_id)
             conn.execute(
-                "INSERT INTO runs (run_id, workflow_name, status, start_ns, world_status, updated_ns) VALUES (?,?,?,?,?,?)"
-                " ON CONFLICT(run_id) DO UPDATE SET world_status=excluded.world_status, workflow_name=coalesce(runs.workflow_name, excluded.workflow_name)",
+                "INSERT INTO runs (run_id, workflow_name, status, start_ns, world_status, updated_ns)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET world_status=excluded.world_status,"
+                " workflow_name=coalesce(runs.workflow_name, excluded.workflow_name),"
+                " start_ns=min(coalesce(runs.start_ns, excluded.start_ns), excluded.start_ns)",
                 (run.run_id, run.workflow_name, run.status, run.created_ns, run.status, now),
             )
+        by_run: dict[str, list[EventRow]] = {}
+        for e in event_rows:
+            by_run.setdefault(e.run_id, []).append(e)
+        for run_id, run_events in by_run.items():
+            Store._fold_waits(conn, run_id, run_events, now)
         return touched
 
     @staticmethod
+    def _fold_waits(conn: sqlite3.Connection, run_id: str, events: list[EventRow], now: int) -> None:
+        """Bring what the run waits on up to date with these events (only they are read)."""
+        row = conn.execute("SELECT waiting, events_cursor FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        waiting, cursor = fold_waits(decode_waits(row[0]) if row else (), row[1] if row else None, events)
+        conn.execute(
+            "INSERT INTO runs (run_id, waiting, events_cursor, updated_ns) VALUES (?,?,?,?) ON CONFLICT(run_id)"
+            " DO UPDATE SET waiting=excluded.waiting, events_cursor=excluded.events_cursor",
+            (run_id, encode_waits(waiting), cursor, now),
+        )
+
+    @staticmethod
     def refresh_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> None:
+        """Recompute the runs-list row of each run (``summaries.summarize_run`` decides what it says)."""
         for run_id in run_ids:
-            spans = conn.execute(
-                "SELECT trace_id, name, start_ns, end_ns, status_code, source, benign, attributes, scope FROM spans WHERE run_id = ?",
-                (run_id,),
-            ).fetchall()
+            spans = [SpanFacts.create(*row) for row in conn.execute(_RUN_SPAN_FACTS, (run_id,))]
             current = conn.execute(
-                "SELECT world_status, workflow_name, start_ns FROM runs WHERE run_id = ?", (run_id,)
+                "SELECT world_status, workflow_name, start_ns, waiting FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
-            summary = summarize(run_id, spans, current)
+            # the row's start so far stands for the world's created time: it only ever moves earlier
+            world = WorldView(current[0], current[1], current[2]) if current else None
+            summary = summarize_run(run_id, spans, world, decode_waits(current[3]) if current else ())
             conn.execute(
-                "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, steps, errors, benign, trace_id, updated_ns)"
-                " VALUES (:run_id,:workflow_name,:status,:start_ns,:end_ns,:steps,:errors,:benign,:trace_id,:updated_ns)"
-                " ON CONFLICT(run_id) DO UPDATE SET workflow_name=excluded.workflow_name, status=excluded.status,"
-                " start_ns=excluded.start_ns, end_ns=excluded.end_ns, steps=excluded.steps, errors=excluded.errors,"
-                " benign=excluded.benign, trace_id=excluded.trace_id, updated_ns=excluded.updated_ns",
-                summary,
+                "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, steps, errors, benign, trace_id,"
+                " waiting, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET"
+                " workflow_name=excluded.workflow_name, status=excluded.status, start_ns=excluded.start_ns,"
+                " end_ns=excluded.end_ns, steps=excluded.steps, errors=excluded.errors, benign=excluded.benign,"
+                " trace_id=excluded.trace_id, waiting=excluded.waiting, updated_ns=excluded.updated_ns",
+                (
+                    run_id,
+                    summary.workflow_name,
+                    summary.status,
+                    summary.start_ns,
+                    summary.end_ns,
+                    summary.steps,
+                    summary.errors,
+                    summary.benign,
+                    summary.trace_id,
+                    encode_waits(summary.waiting),
+                    time.time_ns(),
+                ),
             )
 
     @staticmethod
@@ -185,7 +263,7 @@ class Store:
     # ---- retention (writer thread) ---------------------------------------------------------
     def used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return pages * conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
 
     def enforce_retention(self, conn: sqlite3.Connection, *, max_age_s: float | None, max_bytes: int | None) -> int:
         """Drop spans older than ``max_age_s`` and the oldest runs while over ``max_bytes``."""
@@ -199,7 +277,8 @@ class Store:
                 (cutoff,),
             )
             conn.execute(
-                "DELETE FROM runs WHERE updated_ns < ? AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)",
+                "DELETE FROM runs WHERE updated_ns < ?"
+                " AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)",
                 (cutoff,),
             )
         while max_bytes and self.used_bytes(conn) > max_bytes:
@@ -208,7 +287,8 @@ class Store:
                 break
             step = max(50, count // 20)  # 5% at a time: stop close to the bound
             batch = conn.execute(
-                "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)",
+                "DELETE FROM spans WHERE (trace_id, span_id) IN"
+                " (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)",
                 (step,),
             ).rowcount
             dropped += batch
@@ -226,47 +306,9 @@ class Store:
         return total
 
 
-def summarize(run_id: str, spans: list[sqlite3.Row], current: sqlite3.Row | None) -> dict[str, Any]:
-    """A run's row from its spans: the event-log trace decides when present, SDK spans otherwise."""
-    world = [s for s in spans if s["source"] == "world"]
-    basis = world or spans
-    attributes = [json.loads(s["attributes"]) for s in basis]
-    root = next((s for s, a in zip(basis, attributes) if s["name"].startswith("run ") and s["source"] == "world"), None)
-    root_attrs = json.loads(root["attributes"]) if root else {}
-    status = root_attrs.get("workflow.run.status")
-    if status is None:
-        sdk_status = [
-            a.get("workflow.run.status")
-            for s, a in sorted(zip(basis, attributes), key=lambda x: x[0]["end_ns"])
-            if a.get("workflow.run.status")
-        ]
-        status = (current["world_status"] if current and current["world_status"] else None) or (
-            sdk_status[-1] if sdk_status else "running"
-        )
-    names = [a.get("workflow.name") for a in attributes if a.get("workflow.name")]
-    starts = [s["start_ns"] for s in basis]
-    if current and current["start_ns"]:
-        starts.append(current["start_ns"])
-    steps = {a.get("step.id") for a in attributes if a.get("step.id")}
-    # errors = failed attempts, plus one for a run that failed without a failed attempt
-    if world:
-        failures = sum(1 for s in world if s["status_code"] == 2 and s["name"].startswith("attempt "))
-        run_failed = root is not None and root["status_code"] == 2
-    else:
-        failures = sum(1 for s in spans if s["status_code"] == 2 and s["name"] == "step.execute")
-        run_failed = any(s["status_code"] == 2 and s["name"].startswith(("WORKFLOW ", "workflow.run ")) for s in spans)
-    errors = failures + (1 if run_failed and not failures else 0)
-    return {
-        "run_id": run_id,
-        "workflow_name": names[0] if names else (current["workflow_name"] if current else None),
-        "status": status,
-        "start_ns": min(starts) if starts else None,
-        "end_ns": root["end_ns"]
-        if root
-        else (max(s["end_ns"] for s in basis) if basis and status in ("completed", "failed", "cancelled") else None),
-        "steps": len(steps),
-        "errors": errors,
-        "benign": sum(1 for s in spans if s["benign"]),
-        "trace_id": root["trace_id"] if root else (basis[0]["trace_id"] if basis else None),
-        "updated_ns": time.time_ns(),
-    }
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A store written by an earlier version gets the ``runs`` columns added since (NULL: nothing known)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for name, declaration in _ADDED_RUN_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")

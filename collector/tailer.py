@@ -1,21 +1,32 @@
-"""The world tailer inside the service: ``telemetry.follow.Follower`` writing into the store."""
+"""The world tailer inside the service: ``telemetry.follow.Follower`` writing into the store.
+
+The follower runs in its own thread with its own event loop, so reading the world (files, or
+the PostgreSQL connection) and rebuilding spans never happen on the service's event loop: a
+slow disk, a huge run or a FIFO in the world directory cannot stall the OTLP receiver or the
+API. Batches go to the single writer from that loop (``Writer.submit`` is thread-safe);
+forwarding upstream hops back to the service's loop. On stop the thread is asked to finish and
+waited for about a second; a thread stuck in a read the OS will not interrupt is abandoned (it is
+a daemon thread), so the service still stops promptly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan
-
+from telemetry.errors import WorkflowWorldError
 from telemetry.export import run_resource
 from telemetry.follow import Checkpoint, Follower
+from telemetry.otlp_encode import OtlpEncoder
 from telemetry.payloads import to_jsonable
+from telemetry.runtrace import SpanData
+from telemetry.world import Event, WorkflowRun, epoch_ns
 
 from .metrics import Metrics
 from .otlp import records_from
@@ -26,9 +37,19 @@ __all__ = ["Tailer"]
 
 log = logging.getLogger("collector.tailer")
 
+Forward = Callable[[bytes], Coroutine[Any, Any, None]]
+
 
 def _ns(moment: datetime) -> int:
-    return int(moment.timestamp() * 1e9)
+    return epoch_ns(moment)
+
+
+def checkpoint_paths(path: str) -> tuple[str, str | None]:
+    """(SQLite checkpoint, JSON checkpoint of the previous format to migrate) for ``path``:
+    ``….follow.json`` became ``….follow.sqlite3``."""
+    if path.endswith(".json"):
+        return path.removesuffix(".json") + ".sqlite3", path
+    return path, None
 
 
 class Tailer:
@@ -41,16 +62,34 @@ class Tailer:
         *,
         world_kind: str,
         interval: float = 0.25,
-        forward: Callable[[bytes], Awaitable[None]] | None = None,
+        forward: Forward | None = None,
+        stop_timeout: float = 1.0,
     ) -> None:
         self.world = world
         self.writer = writer
         self.metrics = metrics
         self.forward = forward
+        self.interval = interval
+        self.stop_timeout = stop_timeout
+        path, legacy = checkpoint_paths(checkpoint_path)
+        resource = run_resource(world_kind)
+        self._encoder = OtlpEncoder(resource)  # spans straight to OTLP: no SDK span objects on the way
         self.follower = Follower(
-            world, self._deliver, Checkpoint(checkpoint_path), resource=run_resource(world_kind), interval=interval
+            world,
+            self._deliver,
+            Checkpoint(path, legacy=legacy),
+            resource=resource,
+            interval=interval,
+            span_data=True,
         )
+        self.last_pass_seconds = 0.0
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._halt = threading.Event()
+        self._worker: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
+        metrics.gauges["wft_tailer_unreadable_runs"] = lambda: len(self.follower.problems)
+        metrics.gauges["wft_tailer_pass_seconds"] = lambda: self.last_pass_seconds
 
+    # -- in the tailer's thread ----------------------------------------------------------------
     async def _submit(self, batch: Batch) -> None:
         while True:  # our own writes wait their turn instead of failing
             try:
@@ -59,8 +98,8 @@ class Tailer:
             except Overloaded:
                 await asyncio.sleep(0.2)
 
-    async def _deliver(self, run: Any, events: list[Any], spans: list[ReadableSpan]) -> None:
-        """One commit per changed run: its events, what the world says of it, its new spans."""
+    async def _deliver(self, run: WorkflowRun, events: list[Event], spans: list[SpanData]) -> None:
+        """One commit per changed run: its new events, what the world says of it, its new spans."""
         rows = [
             EventRow(
                 e.run_id,
@@ -72,7 +111,7 @@ class Tailer:
             )
             for e in events
         ]
-        payload = encode_spans(spans) if spans else None
+        payload = self._encoder.request(spans) if spans else None
         records = records_from(payload)[0] if payload is not None else []
         for record in records:
             record.source = "world"
@@ -86,18 +125,73 @@ class Tailer:
         self.metrics.tailer_spans += len(records)
         if events:
             self.metrics.tailer_lag_seconds = max(0.0, time.time() - events[-1].created_at.timestamp())
-        if self.forward is not None and payload is not None:
-            await self.forward(payload.SerializeToString())
+        if self.forward is not None and payload is not None and self._main_loop is not None:
+            sent = asyncio.run_coroutine_threadsafe(self.forward(payload.SerializeToString()), self._main_loop)
+            await asyncio.wrap_future(sent)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _passes(self) -> None:
+        failing: str | None = None
+        while not self._halt.is_set():
+            started = time.perf_counter()
             try:
-                await self.follower.run(stop)
+                await self.follower.poll()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a world hiccup must not kill the service
-                log.warning("world tailer: %s; retrying in 1s", error)
+                reason = str(error) if isinstance(error, WorkflowWorldError) else f"{type(error).__name__}: {error}"
+                if reason != failing:
+                    log.warning("world tailer: %s; retrying every second", reason)
+                    failing = reason
+                delay = 1.0
+            else:
+                if failing is not None:
+                    log.info("world tailer: reading again")
+                    failing = None
+                delay = self.interval
+            self.last_pass_seconds = time.perf_counter() - started
+            end = time.monotonic() + delay
+            while not self._halt.is_set() and (left := end - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, 0.1))
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(self._passes())
+            self._worker = (loop, task)
+            ready.set()
+            try:
+                loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                pass
+            try:
+                loop.run_until_complete(asyncio.wait_for(self.world.close(), timeout=0.5))
+            except Exception:  # closing is best effort on the way out
+                pass
+        finally:
+            ready.set()
+            loop.close()
+
+    # -- on the service's loop -----------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the world until ``stop`` is set (or this task is cancelled)."""
+        self._main_loop = asyncio.get_running_loop()
+        ready = threading.Event()
+        thread = threading.Thread(target=self._thread_main, args=(ready,), name="wft-tailer", daemon=True)
+        thread.start()
+        try:
+            await stop.wait()
+        finally:
+            self._halt.set()
+            if self._worker is not None:
+                loop, task = self._worker
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                except TimeoutError:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # its loop already closed
                     pass
+            deadline = time.monotonic() + self.stop_timeout
+            while thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if thread.is_alive():
+                log.warning("world tailer: a read did not return within %.1f s; leaving it behind", self.stop_timeout)
+            else:
+                self.follower.checkpoint.close()

@@ -1,108 +1,348 @@
 """A run's waterfall in the compact form the run page draws: one row per run, step, sleep and
 hook (attempts are segments of their step's row, hook receipts are marks), the SDK's own spans
-beside them. Compact on purpose: a 10,000-step run is a few MB, not tens."""
+on the same time axis, why a finished run failed, and what a live run waits on. Compact on
+purpose: a 10,000-step run is a few MB, not tens.
+
+Rows are event-log entities, told by ``workflow.span.kind`` (``summaries.entity_kind``); every
+other span of the run (``queries.stitched_spans``: other runs' spans and polling left out) is an
+SDK span, placed at its real time. A live run also gets *open* rows, drawn up to now, for what has
+begun but has no span yet: the run itself, and each thing it waits on (``runs.waiting``) — a hook,
+a sleep, a step queued or running, a step between a failed attempt and its retry.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from collections.abc import Callable
 from typing import Any
 
-from .queries import STITCHED, run_json, sentry_drops
+from telemetry.runtrace import short_name
+from telemetry.semconv import ERROR_TYPE, STEP_ATTEMPT, STEP_ID, STEP_NAME, WORKFLOW_SPAN_KIND, SpanKinds
+from telemetry.world import TERMINAL_STATUSES
+
+from .queries import run_json, sentry_drops, stitched_spans, wait_json
+from .store import decode_waits
+from .summaries import STEP_STATUS, Wait, WaitKinds, entity_kind
 
 __all__ = ["waterfall"]
 
-_KIND = (("run ", "run"), ("step ", "step"), ("attempt ", "attempt"), ("sleep", "sleep"), ("hook ", "hook"))
+#: on a failed attempt: how long after it the next one started (the backoff, as it happened)
+RETRY_DELAY_MS = "step.retry.delay_ms"
+#: on a span the run's end closed (a step in flight when the run was cancelled)
+CLOSED_BY_RUN_END = "workflow.closed_by_run_end"
+_ERROR = 2  # OTLP status code ERROR
+_STOPPED = ("failed", "cancelled")
 
 
-def _kind(name: str) -> str | None:
-    for prefix, kind in _KIND:
-        if name.startswith(prefix):
-            return kind
-    return None
+def _attribute(name: str, alias: str) -> str:
+    return f"json_extract(attributes, '$.\"{name}\"') AS {alias}"
 
 
-def waterfall(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+_COLUMNS = ", ".join(
+    [
+        "trace_id, span_id, parent_span_id, name, start_ns, end_ns, status_code, status_message, benign, events",
+        _attribute(WORKFLOW_SPAN_KIND, "span_kind"),
+        _attribute(STEP_ATTEMPT, "attempt"),
+        _attribute(STEP_STATUS, "step_status"),
+        _attribute(STEP_NAME, "step_name"),
+        _attribute(STEP_ID, "step_id"),
+        _attribute(RETRY_DELAY_MS, "retry_delay"),
+        _attribute(ERROR_TYPE, "error_type"),
+        _attribute(CLOSED_BY_RUN_END, "closed_by_end"),
+    ]
+)
+
+
+def waterfall(
+    conn: sqlite3.Connection, run_id: str, *, now_ns: int | None = None, trace_url_template: str | None = None
+) -> dict[str, Any] | None:
+    """The run page's data; ``now_ns`` (default: now) is where open rows end."""
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
-    spans = conn.execute(
-        "SELECT trace_id, span_id, parent_span_id, name, start_ns, end_ns, status_code, status_message, source, benign,"
-        " json_extract(attributes, '$.\"step.attempt\"') AS attempt, json_extract(attributes, '$.\"step.status\"') AS step_status,"
-        f" events FROM spans WHERE {STITCHED} ORDER BY start_ns, span_id",
-        (run_id, run_id),
-    ).fetchall()
-    t0 = min((s["start_ns"] for s in spans), default=run["start_ns"] or 0)
+    spans = stitched_spans(conn, run_id, _COLUMNS)
+    live = run["status"] not in TERMINAL_STATUSES
+    waits = decode_waits(run["waiting"]) if live else ()
+    now = time.time_ns() if now_ns is None else now_ns
+    starts = [s["start_ns"] for s in spans] + [w.since_ns for w in waits]
+    if run["start_ns"] is not None:
+        starts.append(run["start_ns"])
+    t0 = min(starts, default=0)
 
     def ms(ns: int) -> float:
         return round((ns - t0) / 1e6, 3)
 
+    def span_ms(start: int, end: int) -> float:
+        return round((end - start) / 1e6, 3)
+
     rows: list[dict[str, Any]] = []
-    by_id: dict[str, dict[str, Any]] = {}
-    attempts: list[Any] = []
-    sdk: list[dict[str, Any]] = []
-    depth: dict[str, int] = {}
+    by_id: dict[tuple[str, str], dict[str, Any]] = {}
+    by_step: dict[str, dict[str, Any]] = {}  # open step rows by step id
+    attempts: list[sqlite3.Row] = []
+    entities: list[sqlite3.Row] = []
+    app: list[sqlite3.Row] = []
     for s in spans:
-        kind = _kind(s["name"]) if s["source"] == "world" else None
-        if kind == "attempt":
+        kind = entity_kind(s["span_kind"])
+        if kind == SpanKinds.ATTEMPT:
             attempts.append(s)
             continue
         if kind is None:
-            d = depth.get(s["parent_span_id"], -1) + 1 if s["parent_span_id"] else 0
-            depth[s["span_id"]] = d
-            sdk.append(
-                {
-                    "id": s["span_id"],
-                    "trace": s["trace_id"],
-                    "name": s["name"],
-                    "s": ms(s["start_ns"]),
-                    "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3),
-                    "status": s["status_code"],
-                    "benign": bool(s["benign"]),
-                    "depth": d,
-                }
-            )
+            app.append(s)
             continue
-        row = {
+        entities.append(s)
+        row: dict[str, Any] = {
             "id": s["span_id"],
             "trace": s["trace_id"],
             "kind": kind,
             "name": s["name"],
             "s": ms(s["start_ns"]),
-            "d": round((s["end_ns"] - s["start_ns"]) / 1e6, 3),
+            "d": span_ms(s["start_ns"], s["end_ns"]),
             "status": s["status_code"],
             "benign": bool(s["benign"]),
             "segments": [],
         }
-        if kind == "step":
+        if kind == SpanKinds.STEP:
             row["attempts"] = s["attempt"]
             row["stepStatus"] = s["step_status"]
-        if kind == "hook":
+        if kind == SpanKinds.HOOK:
             row["marks"] = [
                 {"t": ms(e["time_ns"]), "name": e["name"]}
                 for e in json.loads(s["events"])
                 if e["name"] == "hook_received"
             ]
         rows.append(row)
-        by_id[s["span_id"]] = row
+        by_id[(s["trace_id"], s["span_id"])] = row
     for a in attempts:
-        parent = by_id.get(a["parent_span_id"])
-        if parent is not None:
-            parent["segments"].append(
-                {
-                    "id": a["span_id"],
-                    "s": ms(a["start_ns"]),
-                    "d": round((a["end_ns"] - a["start_ns"]) / 1e6, 3),
-                    "status": a["status_code"],
-                    "n": a["attempt"],
-                }
-            )
+        key = (a["trace_id"], a["parent_span_id"])
+        parent = by_id.get(key)
+        if parent is None:  # the step is still open (being retried): its row stands in until its span comes
+            parent = by_id[key] = _open_step(a["step_name"], ms(a["start_ns"]), "pending")
+            parent["id"], parent["trace"] = a["span_id"], a["trace_id"]
+            rows.append(parent)
+            if isinstance(a["step_id"], str):
+                by_step[a["step_id"]] = parent
+        if parent.get("open"):  # an open row spans its attempts, and while live up to now
+            parent["id"] = a["span_id"]  # its label shows the latest attempt
+            parent["attempts"] = max(parent["attempts"] or 0, a["attempt"] or 0)
+            end = max(a["end_ns"], now) if live else a["end_ns"]
+            parent["d"] = round(max(parent["d"], ms(end) - parent["s"]), 3)
+        delay = a["retry_delay"]
+        parent["segments"].append(
+            {
+                "id": a["span_id"],
+                "s": ms(a["start_ns"]),
+                "d": span_ms(a["start_ns"], a["end_ns"]),
+                "status": a["status_code"],
+                "n": a["attempt"],
+                "retryMs": delay if isinstance(delay, int | float) and not isinstance(delay, bool) else None,
+            }
+        )
+    if live:
+        _open_rows(rows, by_step, waits, run, ms, ms(now))
+    rows.sort(key=lambda r: (r["kind"] != SpanKinds.RUN, r["s"]))  # stable: spans keep their order
     events = conn.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()[0]
     return {
-        "run": run_json(run),
+        "run": run_json(run, trace_url_template=trace_url_template),
         "t0": t0,
+        "nowNs": now,
+        "now": ms(now) if live else None,
         "rows": rows,
-        "sdk": sdk,
+        "sdk": _sdk_rows(app, ms, span_ms),
+        "failure": _failure(run, entities, attempts, app) if run["status"] in _STOPPED else None,
         "eventsCount": events,
         "sentryDropped": sentry_drops(conn, run_id),
+    }
+
+
+def _open_step(name: object, start: float, state: str) -> dict[str, Any]:
+    return {
+        "id": None,
+        "trace": None,
+        "kind": SpanKinds.STEP,
+        "name": f"step {short_name(name)}" if isinstance(name, str) and name else "step",
+        "s": start,
+        "d": 0.0,
+        "status": 0,
+        "benign": False,
+        "segments": [],
+        "attempts": 0,
+        "stepStatus": state,
+        "open": True,
+    }
+
+
+def _open_rows(
+    rows: list[dict[str, Any]],
+    by_step: dict[str, dict[str, Any]],
+    waits: tuple[Wait, ...],
+    run: sqlite3.Row,
+    ms: Callable[[int], float],
+    now: float,
+) -> None:
+    """A live run's open rows: the run itself until its span comes, and what it waits on."""
+    if run["start_ns"] is not None and not any(r["kind"] == SpanKinds.RUN for r in rows):
+        name = run["workflow_name"]
+        start = ms(run["start_ns"])
+        rows.append(
+            {
+                "id": None,
+                "trace": None,
+                "kind": SpanKinds.RUN,
+                "name": f"run {short_name(name)}" if name else "run",
+                "s": start,
+                "d": round(max(0.0, now - start), 3),
+                "status": 0,
+                "benign": False,
+                "segments": [],
+                "open": True,
+            }
+        )
+    for w in waits:
+        since = ms(w.since_ns)
+        if w.kind in (WaitKinds.HOOK, WaitKinds.SLEEP):
+            rows.append(
+                {
+                    "id": None,
+                    "trace": None,
+                    "kind": w.kind,
+                    "name": f"hook {w.token}" if w.kind == WaitKinds.HOOK and w.token else w.kind,
+                    "s": since,
+                    "d": round(max(0.0, now - since), 3),
+                    "status": 0,
+                    "benign": False,
+                    "segments": [],
+                    "open": True,
+                    "resumeAt": w.resume_at,
+                    "wait": wait_json(w),
+                }
+            )
+            continue
+        state = {WaitKinds.QUEUED: "queued", WaitKinds.STEP: "running", WaitKinds.RETRY: "retrying"}.get(w.kind)
+        if state is None:  # a kind this version does not know (a newer store): nothing to draw
+            continue
+        row = by_step.get(w.id)
+        if row is None:
+            row = by_step[w.id] = _open_step(w.name, since, state)
+            rows.append(row)
+        row["stepStatus"] = state
+        row["wait"] = wait_json(w)
+        row["d"] = round(max(row["d"], now - row["s"]), 3)
+        if w.kind == WaitKinds.STEP:  # the attempt running now: a segment up to now
+            row["attempts"] = max(row["attempts"] or 0, w.attempt or 1)
+            row["segments"].append(
+                {
+                    "id": None,
+                    "s": since,
+                    "d": round(max(0.0, now - since), 3),
+                    "status": 0,
+                    "n": w.attempt,
+                    "open": True,
+                }
+            )
+        elif w.kind == WaitKinds.RETRY:
+            row["retryAt"] = w.resume_at
+
+
+def _sdk_rows(
+    app: list[sqlite3.Row], ms: Callable[[int], float], span_ms: Callable[[int, int], float]
+) -> list[dict[str, Any]]:
+    """The SDK's spans at their real times, as a tree: each after its parent (children by start),
+    indented by depth. A span whose parent is not here (an event-log span, a span of the app's
+    caller) starts a tree of its own."""
+    here = {(s["trace_id"], s["span_id"]) for s in app}
+    children: dict[tuple[str, str], list[sqlite3.Row]] = {}
+    roots: list[sqlite3.Row] = []
+    for s in app:  # in start order, so every child list is too
+        parent = (s["trace_id"], s["parent_span_id"])
+        if s["parent_span_id"] and parent in here and parent != (s["trace_id"], s["span_id"]):
+            children.setdefault(parent, []).append(s)
+        else:
+            roots.append(s)
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    stack: list[tuple[sqlite3.Row, int]] = [(r, 0) for r in reversed(roots)]
+    rest = iter(app)  # spans whose parents form a cycle (hostile input) are reached from no root
+    while True:
+        if not stack:
+            unseen = next((s for s in rest if (s["trace_id"], s["span_id"]) not in seen), None)
+            if unseen is None:
+                break
+            stack.append((unseen, 0))
+        s, depth = stack.pop()
+        key = (s["trace_id"], s["span_id"])
+        if key in seen:  # each span is drawn once
+            continue
+        seen.add(key)
+        out.append(
+            {
+                "id": s["span_id"],
+                "trace": s["trace_id"],
+                "name": s["name"],
+                "s": ms(s["start_ns"]),
+                "d": span_ms(s["start_ns"], s["end_ns"]),
+                "status": s["status_code"],
+                "benign": bool(s["benign"]),
+                "depth": depth,
+            }
+        )
+        stack.extend((c, depth + 1) for c in reversed(children.get(key, ())))
+    return out
+
+
+def _exception(span: sqlite3.Row | None) -> dict[str, Any] | None:
+    """The attributes of a span's last ``exception`` event."""
+    if span is None:
+        return None
+    found = [e for e in json.loads(span["events"]) if e.get("name") == "exception"]
+    attributes = found[-1].get("attributes") if found else None
+    return attributes if isinstance(attributes, dict) else None
+
+
+def _failure(
+    run: sqlite3.Row, entities: list[sqlite3.Row], attempts: list[sqlite3.Row], app: list[sqlite3.Row]
+) -> dict[str, Any]:
+    """Why a failed run failed, or where a cancelled one was, for the top of its page: the error
+    (type, code, message, stack) and the step and attempt that failed (or were in flight)."""
+    runs = [s for s in entities if s["span_kind"] == SpanKinds.RUN]
+    run_span = max(runs, key=lambda s: s["end_ns"]) if runs else None
+    steps = [s for s in entities if s["span_kind"] == SpanKinds.STEP]
+    failed = [s for s in steps if s["status_code"] == _ERROR]
+    if run["status"] == "cancelled":
+        failed = [s for s in steps if s["closed_by_end"]] or failed
+    step = max(failed, key=lambda s: (s["end_ns"], s["start_ns"])) if failed else None
+    attempt = None
+    if step is not None:
+        tried = [a for a in attempts if a["trace_id"] == step["trace_id"] and a["parent_span_id"] == step["span_id"]]
+        attempt = max(tried, key=lambda a: a["attempt"] or 0) if tried else None
+    holder = next((s for s in (run_span, step, attempt) if _exception(s) is not None), None)
+    if holder is None and run["status"] == "failed":  # no event-log spans say it: the app's latest error does
+        errors = [s for s in app if s["status_code"] == _ERROR]
+        holder = max(errors, key=lambda s: (_exception(s) is not None, s["end_ns"])) if errors else None
+    exception = _exception(holder) or {}
+    message = exception.get("exception.message")
+    for said in (run_span, holder):
+        if not message and said is not None and said["status_message"]:
+            message = said["status_message"]
+    failing_step = None
+    if step is not None:
+        number = step["attempt"] if step["attempt"] is not None else (attempt["attempt"] if attempt else None)
+        failing_step = {
+            "name": short_name(step["step_name"]) if step["step_name"] else step["name"],
+            "stepName": step["step_name"],
+            "stepId": step["step_id"],
+            "attempt": number,
+            "spanId": step["span_id"],
+            "traceId": step["trace_id"],
+        }
+    return {
+        "status": run["status"],
+        "type": exception.get("exception.type"),
+        "code": run_span["error_type"] if run_span is not None else None,
+        "message": message,
+        "stack": exception.get("exception.stacktrace"),
+        "step": failing_step,
+        "spanId": holder["span_id"] if holder is not None else None,
+        "traceId": holder["trace_id"] if holder is not None else None,
     }

@@ -5,13 +5,22 @@ batch waiting (group commit), writes them in one transaction, commits (fsync), a
 resolves the futures, so a 200 means the spans are on disk. The queue is bounded in spans:
 past the bound ``submit`` raises ``Overloaded`` at once and the request is answered 503 with
 ``Retry-After``, which keeps memory bounded under any load.
+
+One request never fails another. When a group's transaction raises, the group is written again
+batch by batch (one savepoint each, still one commit): the batches the store takes are committed,
+and only a batch that raised gets its own error. A fault of the storage itself (disk full,
+read-only, I/O error, locked) fails every batch with ``StoreUnavailable`` (the request is answered
+503 with ``Retry-After``); nothing of the group is written, one line is logged when the fault
+starts and one when the store takes writes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +28,7 @@ from dataclasses import dataclass, field
 from .otlp import SpanRecord
 from .store import EventRow, RunInfo, Store
 
-__all__ = ["Batch", "Overloaded", "Writer"]
+__all__ = ["Batch", "Overloaded", "StoreUnavailable", "Writer", "storage_fault"]
 
 log = logging.getLogger("collector.writer")
 
@@ -28,13 +37,68 @@ class Overloaded(Exception):
     """The write queue is full; try again later."""
 
 
+class StoreUnavailable(Exception):
+    """The storage under the store cannot take writes now (full, read-only, failing, locked);
+    the same request can succeed later. ``retry_after``: seconds a client should wait."""
+
+    def __init__(self, reason: str, *, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+#: SQLite primary result codes that are faults of the storage, not of the data: (what, retry after s)
+_STORAGE_CODES = {
+    sqlite3.SQLITE_FULL: ("the disk holding the store is full", 30),
+    sqlite3.SQLITE_READONLY: ("the store is read-only", 30),
+    sqlite3.SQLITE_IOERR: ("the disk holding the store failed a read or write", 10),
+    sqlite3.SQLITE_CANTOPEN: ("the store cannot be opened", 10),
+    sqlite3.SQLITE_PERM: ("the store may not be written", 30),
+    sqlite3.SQLITE_BUSY: ("the store is locked by another process", 5),
+    sqlite3.SQLITE_LOCKED: ("the store is locked", 5),
+    sqlite3.SQLITE_NOMEM: ("out of memory writing the store", 5),
+    sqlite3.SQLITE_PROTOCOL: ("the store's lock protocol failed", 5),
+}
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: _STORAGE_CODES[sqlite3.SQLITE_FULL],
+    errno.EDQUOT: ("the disk quota of the store is used up", 30),
+    errno.EROFS: _STORAGE_CODES[sqlite3.SQLITE_READONLY],
+    errno.EIO: _STORAGE_CODES[sqlite3.SQLITE_IOERR],
+    errno.EACCES: _STORAGE_CODES[sqlite3.SQLITE_PERM],
+}
+
+
+def storage_fault(error: BaseException) -> StoreUnavailable | None:
+    """``error`` as a ``StoreUnavailable`` when it is the storage's fault, else None (the data's)."""
+    if isinstance(error, StoreUnavailable):
+        return error
+    known: tuple[str, int] | None = None
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        known = _STORAGE_CODES.get(code & 0xFF) if isinstance(code, int) else None
+        if known is None and isinstance(error, sqlite3.OperationalError):
+            text = str(error)  # errors raised before SQLite gave a code (e.g. when opening)
+            if "disk is full" in text:
+                known = _STORAGE_CODES[sqlite3.SQLITE_FULL]
+            elif "readonly" in text or "read-only" in text:
+                known = _STORAGE_CODES[sqlite3.SQLITE_READONLY]
+            elif "disk I/O error" in text or "unable to open" in text or "locked" in text:
+                known = _STORAGE_CODES[sqlite3.SQLITE_IOERR]
+    elif isinstance(error, OSError) and error.errno is not None:
+        known = _STORAGE_ERRNOS.get(error.errno)
+    if known is None:
+        return None
+    what, retry_after = known
+    return StoreUnavailable(f"{what} ({error})", retry_after=retry_after)
+
+
 @dataclass
 class Batch:
     spans: list[SpanRecord] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
     sentry_drops: list[tuple[str | None, str, str]] = field(default_factory=list)  # (run id, rule, summary)
-    future: asyncio.Future | None = None
+    future: asyncio.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -63,6 +127,8 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="wft-writer", daemon=True)
         self.commits = 0
         self.retention_dropped = 0
+        self._fault: str | None = None  # the storage fault being lived through, if any
+        self._conn: sqlite3.Connection | None = None  # the writer thread's own
 
     @property
     def pending(self) -> int:
@@ -87,7 +153,6 @@ class Writer:
         await batch.future
 
     def _run(self) -> None:
-        conn = self.store.connect()
         last_retention = time.monotonic()
         while True:
             first = self._queue.get()
@@ -104,24 +169,8 @@ class Writer:
                     stop = True
                     break
                 batches.append(more)
-            error: BaseException | None = None
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                touched: set[str] = set()
-                for batch in batches:
-                    touched |= self.store.write(conn, batch.spans, batch.events, batch.runs)
-                    self.store.record_sentry_drops(conn, batch.sentry_drops)
-                self.store.refresh_runs(conn, touched)
-                conn.execute("COMMIT")
-                self.commits += 1
-            except BaseException as exc:  # the requests learn of it; the writer keeps going
-                error = exc
-                log.error("store write failed: %s", exc)
-                try:
-                    conn.execute("ROLLBACK")
-                except Exception:
-                    pass
-            for batch in batches:
+            errors = self._write_group(batches)
+            for batch, error in zip(batches, errors, strict=True):
                 with self._lock:
                     self._pending -= batch.size
                 if batch.future is not None and batch.loop is not None and not batch.loop.is_closed():
@@ -129,14 +178,99 @@ class Writer:
                         batch.loop.call_soon_threadsafe(_settle, batch.future, error)
                     except RuntimeError:  # the loop closed in between: nobody is waiting
                         pass
-            if time.monotonic() - last_retention > self.retention_every_s and (self.max_age_s or self.max_bytes):
+            due = time.monotonic() - last_retention > self.retention_every_s
+            if due and (self.max_age_s or self.max_bytes) and self._conn is not None:
                 last_retention = time.monotonic()
-                self._retention(conn)
+                self._retention(self._conn)
             if stop:
                 break
-        conn.close()
+        self._disconnect()
 
-    def _retention(self, conn) -> None:
+    def _connect(self) -> sqlite3.Connection:
+        """The writer's connection, opened again after a storage fault (a file opened read-only
+        stays read-only on that connection; a new one sees the store as it is now)."""
+        if self._conn is None:
+            self._conn = self.store.connect()
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _write_group(self, batches: list[Batch]) -> list[BaseException | None]:
+        """Write and commit ``batches``; the error each one's request gets (None: committed)."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            touched: set[str] = set()
+            for batch in batches:
+                touched |= self.store.write(conn, batch.spans, batch.events, batch.runs)
+                self.store.record_sentry_drops(conn, batch.sentry_drops)
+            self.store.refresh_runs(conn, touched)
+            conn.execute("COMMIT")
+        except BaseException as error:  # the requests learn of it; the writer keeps going
+            if conn is not None:
+                _rollback(conn)
+            fault = storage_fault(error)
+            if fault is None and conn is None and isinstance(error, Exception):
+                fault = StoreUnavailable(f"the store cannot be opened ({error})", retry_after=10)
+            if fault is not None or not isinstance(error, Exception) or conn is None:
+                return [self._storage_failed(fault or error)] * len(batches)
+            if len(batches) == 1:
+                log.error("store write failed for one request (%s); the request is refused", _describe(error))
+                return [error]
+            return self._write_one_by_one(conn, batches)
+        self._committed()
+        return [None] * len(batches)
+
+    def _write_one_by_one(self, conn: sqlite3.Connection, batches: list[Batch]) -> list[BaseException | None]:
+        """The group again, each batch in its own savepoint: the ones the store refuses are left out."""
+        errors: list[BaseException | None] = [None] * len(batches)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, batch in enumerate(batches):
+                conn.execute("SAVEPOINT batch")
+                try:
+                    touched = self.store.write(conn, batch.spans, batch.events, batch.runs)
+                    self.store.record_sentry_drops(conn, batch.sentry_drops)
+                    self.store.refresh_runs(conn, touched)
+                except Exception as error:
+                    if storage_fault(error) is not None:
+                        raise
+                    conn.execute("ROLLBACK TO batch")
+                    errors[i] = error
+                    log.error("store write failed for one request (%s); the request is refused", _describe(error))
+                conn.execute("RELEASE batch")
+            conn.execute("COMMIT")
+        except BaseException as error:
+            _rollback(conn)
+            return [self._storage_failed(storage_fault(error) or error)] * len(batches)
+        self._committed()
+        return errors
+
+    def _storage_failed(self, error: BaseException) -> BaseException:
+        """Log the start of a storage fault once (later ones at debug) and return what requests get;
+        the next group starts on a new connection."""
+        self._disconnect()
+        if self._fault is None:
+            log.error("store unavailable, requests are answered 503 until it recovers: %s", error)
+        else:
+            log.debug("store still unavailable: %s", error)
+        self._fault = str(error)
+        return error
+
+    def _committed(self) -> None:
+        self.commits += 1
+        if self._fault is not None:
+            log.warning("store writable again (after: %s)", self._fault)
+            self._fault = None
+
+    def _retention(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             dropped = self.store.enforce_retention(conn, max_age_s=self.max_age_s, max_bytes=self.max_bytes)
@@ -146,7 +280,7 @@ class Writer:
                 log.info("retention dropped %d spans", dropped)
         except Exception as exc:
             log.error("retention failed: %s", exc)
-            conn.execute("ROLLBACK")
+            _rollback(conn)
 
     def run_retention_now(self) -> None:
         """For tests and admin: enforce retention on a fresh connection, synchronously."""
@@ -157,7 +291,20 @@ class Writer:
             conn.close()
 
 
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite may have rolled back itself (e.g. on a full disk)
+            pass
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:

@@ -20,10 +20,10 @@ _tracers: dict[int, tuple[trace.TracerProvider, trace.Tracer]] = {}
 
 
 def _global_provider() -> trace.TracerProvider | None:
-    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    provider: object = getattr(trace, "_TRACER_PROVIDER", _MISSING)
     if provider is None and not _ENV_PROVIDER:
         return None
-    if provider is _MISSING or provider is None:
+    if not isinstance(provider, trace.TracerProvider):  # not set yet (env names one), or the API moved
         provider = trace.get_tracer_provider()
     return None if isinstance(provider, _DISABLED) else provider
 

@@ -1,47 +1,90 @@
-"""``wft``: the command line. Each subcommand lives in its own module and registers here."""
+"""``wft``: the command line. Each subcommand lives in its own module and registers here.
+
+Whatever goes wrong ends in one line on stderr, ``wft <command>: <what is wrong and how to fix
+it>``, and exit status 2 when what the user gave is wrong (a flag, a variable, a path) or 1 when
+it failed at run time (a server down, a port taken; see ``CliError``): never a traceback, unless
+``--debug`` asks for one. argparse's own complaints are one line too (its usage block is
+``--help``'s job).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .commands import all_commands
-from .commands.common import CliError
+from .commands.common import RUNTIME, USAGE, CliError, Handler
+
+_DEBUG_HELP = "on any error, print the traceback too (and log at DEBUG level)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the fix (``--help``), exit status 2.
+    Subcommand parsers are of this class too (argparse makes them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wft",
         description="workflow-telemetry: traces, conflict filtering and run dashboards for Workflow SDK deployments.",
     )
     parser.add_argument("--version", action="version", version=f"wft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text, configure in all_commands():
         child = sub.add_parser(name, help=help_text, description=help_text)
+        # also after the command (``wft runs --debug``); SUPPRESS: absent, the global flag's value stays
+        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
         child.set_defaults(handler=configure(child))
     return parser
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose or debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handler = getattr(args, "handler", None)
+    handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 0
+    prog = f"wft {args.command}"
     try:
         return handler(args)
     except CliError as error:
-        print(f"wft {args.command}: {error}", file=sys.stderr)
-        return 2
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: {_one_line(error)}", file=sys.stderr)
+        return error.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # ``wft runs | head``: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return RUNTIME
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"{prog}: unexpected {type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return RUNTIME

@@ -70,9 +70,17 @@ class RunExpiredError(WorkflowWorldError):
 class PreconditionFailedError(WorkflowWorldError):
     """412: the ``stateUpdatedAt`` snapshot the caller sent is stale."""
 
-    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs) -> None:
-        kwargs.setdefault("status", 412)
-        super().__init__(message, retry_after=retry_after, **kwargs)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = 412,
+        code: str | None = None,
+        url: str | None = None,
+        retry_after: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, url=url, retry_after=retry_after, run_id=run_id)
 
 
 class TooEarlyError(WorkflowWorldError):
@@ -86,9 +94,17 @@ class ThrottleError(WorkflowWorldError):
 class StreamError(WorkflowWorldError):
     """A stream write/read failed (5.x ``StreamError``, code ``STREAM_ERROR``)."""
 
-    def __init__(self, message: str, **kwargs) -> None:
-        kwargs.setdefault("code", "STREAM_ERROR")
-        super().__init__(message, **kwargs)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = "STREAM_ERROR",
+        url: str | None = None,
+        retry_after: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, url=url, retry_after=retry_after, run_id=run_id)
 
 
 class HookNotFoundError(WorkflowError):

@@ -1,11 +1,34 @@
 """Tailing a world: export each finished step, sleep, hook and run as soon as it is in the log.
 
-Each poll asks the world how many events each run has (a directory listing, or one grouped
-query), rebuilds only the runs whose count changed and sends the spans not sent before. The
-checkpoint (span ids sent, events seen, per run) is written atomically after every
-acknowledged export, so a restart — after ``kill -9`` too — resumes with no gap. Delivery is
-at-least-once: a batch acknowledged just before a crash, whose checkpoint write was lost, is
-sent again — the same spans with the same deterministic ids, which id-keyed stores collapse.
+**Cost is what changed.** Each pass asks the world's change feed (``events.changes(token)``)
+which runs' logs may have grown, reads only those runs' new events (keyset: after the last event
+id read) and feeds them to the ``RunTraceBuilder`` kept for each unfinished run; the spans that
+closed since the last delivery go out. A live run of 10,000 steps is read once, not once per
+change. After a restart a run's builder is rebuilt once, from its full log, when it next changes.
+
+**Events that commit out of id order.** Event ids are ULIDs minted by the writers, so a writer
+can commit an event whose id is below one already read (concurrent step handlers, clock skew).
+When the feed knows the smallest new id of a run (``Changes.since``, world-postgres) the run is
+re-read from just before it; otherwise from ``lookback`` seconds (of ULID time) before the last
+id read. Events already fed are skipped by id; an event older than the newest one fed makes the
+run's builder rebuild from the full log, so the spans are exactly those of a one-shot export.
+
+**Checkpoint** (SQLite in WAL mode, stdlib ``sqlite3``): per run the events fed, the last event
+id, whether the run finished and the span ids sent while it is unfinished (a finished run keeps
+no ids), plus the feed's token and the runs to retry. Each acknowledged delivery is one small
+transaction (O(changed), never a rewrite of the whole file). A JSON checkpoint of the previous
+format is migrated on first open.
+
+* ``kill -9`` safety: SQLite's WAL commit is atomic, so a restart sees the checkpoint as of the
+  last committed delivery, never a torn one. ``synchronous=NORMAL``: a power loss (not a process
+  crash) may roll back the last commits, which only sends their spans again.
+* At-least-once: the checkpoint advances only after ``deliver`` returned (the sink acknowledged)
+  and the feed's token only after every run it named was delivered or queued for retry. A batch
+  acknowledged just before a crash whose commit was lost is sent again: the same spans with the
+  same deterministic ids, which id-keyed stores collapse.
+
+**Unreadable runs.** A reader raises ``UnreadableEventsError`` when a record of a run's log stays
+unreadable; the follower logs it once, lists it in ``problems`` and goes on with every other run.
 """
 
 from __future__ import annotations
@@ -14,118 +37,579 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from ulid import ULID
 
-from .reading import event_log
-from .runtrace import build_run_trace
+from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
+from .reading import empty_log
+from .runtrace import RunTraceBuilder, SpanData, readable_span
+from .world import Event, Pagination, WorkflowRun
 
-__all__ = ["Checkpoint", "Follower"]
+__all__ = ["Checkpoint", "Follower", "RunState"]
 
 log = logging.getLogger("telemetry.follow")
 
+_UNREAD = object()  # the token was not read from the checkpoint yet
+_TOKEN_SAVE_EVERY = 5.0  # seconds: how stale the saved token of an idle follower may get
+_LIST_RUNS_AT = 200  # runs in one pass from which their records are read by listing, a page at a time
+_CHUNK = 100  # runs read together (their logs in one statement where the world can)
+_STATUSES = frozenset({"pending", "running", "completed", "failed", "cancelled"})
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, events INTEGER NOT NULL, last_id TEXT, complete INTEGER NOT NULL,
+  todo INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sent (run_id TEXT NOT NULL, span_id TEXT NOT NULL, PRIMARY KEY (run_id, span_id))
+  WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_todo ON runs (todo) WHERE todo = 1;
+"""
+
+
+def _span_id(span: SpanData) -> str:
+    return f"{span.span_id:016x}"
+
+
+def _resume_before(event_id: str, seconds: float) -> str:
+    """A keyset cursor ``seconds`` of ULID time before ``event_id`` (the id itself when it holds
+    no ULID): reading after it re-reads what a late writer may have committed behind the id."""
+    prefix, tail = event_id[:-26], event_id[-26:]
+    try:
+        ms = ULID.from_str(tail).milliseconds
+    except ValueError:
+        return event_id
+    return prefix + str(ULID.from_int(max(0, ms - int(seconds * 1000)) << 80))
+
 
 @dataclass
-class _RunState:
+class RunState:
+    """What the checkpoint keeps of one run."""
+
     events: int = 0
-    sent: set[str] = field(default_factory=set)
+    last_id: str | None = None
     complete: bool = False
 
 
 class Checkpoint:
-    """What has been sent, per run; persisted as JSON with write-then-rename."""
+    """What has been sent, per run, in a SQLite file (``None``: in memory, for one-shot use).
 
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+    ``legacy``: a JSON checkpoint of the previous format to import when ``path`` does not exist
+    yet (renamed to ``<legacy>.migrated`` afterwards). A JSON checkpoint at ``path`` itself is
+    migrated in place. Anything else at ``path`` is refused with a one-line ``ValueError``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, *, legacy: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else None
-        self.runs: dict[str, _RunState] = {}
-        if self.path and self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"checkpoint {self.path} is not valid JSON ({error}); move it away to start over"
-                ) from None
-            for run_id, state in data.get("runs", {}).items():
-                self.runs[run_id] = _RunState(
-                    state.get("events", 0), set(state.get("sent", [])), bool(state.get("complete"))
+        imported: dict[str, Any] | None = None
+        source: Path | None = None
+        if self.path is not None:
+            if self.path.exists() and not _is_sqlite(self.path):
+                imported, source = _read_legacy(self.path), self.path
+            elif not self.path.exists() and legacy is not None and Path(legacy).exists():
+                if _is_sqlite(Path(legacy)):  # already this format under the old name: adopt it
+                    _adopt(Path(legacy), self.path)
+                else:
+                    imported, source = _read_legacy(Path(legacy)), Path(legacy)
+        if self.path is not None and imported is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_name(self.path.name + ".migrating")
+            temp.unlink(missing_ok=True)
+            conn = _connect(temp)
+            _import_v1(conn, imported)
+            conn.close()
+            os.replace(temp, self.path)
+            if source is not None and source != self.path:
+                os.replace(source, source.with_name(source.name + ".migrated"))
+            log.info("checkpoint %s: migrated %d runs from the JSON format of %s", self.path, len(imported), source)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = _connect(self.path if self.path is not None else ":memory:")
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"checkpoint {self.path} cannot be opened ({error}); move it away to start over") from None
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def token(self) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'token'").fetchone()
+        return None if row is None else str(row[0])
+
+    def get(self, run_id: str) -> RunState | None:
+        row = self._db.execute("SELECT events, last_id, complete FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else RunState(int(row[0]), row[1], bool(row[2]))
+
+    def sent(self, run_id: str) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT span_id FROM sent WHERE run_id = ?", (run_id,))}
+
+    def todo(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE todo = 1 ORDER BY run_id")]
+
+    def runs(self) -> dict[str, RunState]:
+        """Every run's state (for inspection and tests: O(runs))."""
+        return {
+            r[0]: RunState(int(r[1]), r[2], bool(r[3]))
+            for r in self._db.execute("SELECT run_id, events, last_id, complete FROM runs")
+        }
+
+    # -- writing: each call is one transaction ------------------------------------------------
+    def record(self, run_id: str, state: RunState, sent: Iterable[str] = ()) -> None:
+        """A delivered run: its state and the span ids just sent (a finished run drops its ids)."""
+        self.record_many([(run_id, state, sent)])
+
+    def record_many(self, runs: Iterable[tuple[str, RunState, Iterable[str]]]) -> None:
+        """Delivered runs (run id, state, span ids just sent), in one transaction: an acknowledged
+        batch of many runs costs one commit."""
+        items = list(runs)
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO runs (run_id, events, last_id, complete, todo) VALUES (?, ?, ?, ?, 0)"
+                " ON CONFLICT (run_id) DO UPDATE SET events = excluded.events, last_id = excluded.last_id,"
+                " complete = excluded.complete, todo = 0",
+                ((run_id, state.events, state.last_id, int(state.complete)) for run_id, state, _ in items),
+            )
+            self._db.executemany(
+                "DELETE FROM sent WHERE run_id = ?", ((run_id,) for run_id, state, _ in items if state.complete)
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sent (run_id, span_id) VALUES (?, ?)",
+                ((run_id, s) for run_id, state, sent in items if not state.complete for s in sent),
+            )
+
+    def advance(self, token: str | None, todo: Iterable[str] = (), done: Iterable[str] = ()) -> None:
+        """The feed's new token, with the runs to retry next pass (``todo``) and those retried now."""
+        with self._db:
+            self._db.executemany("UPDATE runs SET todo = 0 WHERE run_id = ?", ((r,) for r in done))
+            self._db.executemany(
+                "INSERT INTO runs (run_id, events, last_id, complete, todo) VALUES (?, 0, NULL, 0, 1)"
+                " ON CONFLICT (run_id) DO UPDATE SET todo = 1",
+                ((r,) for r in todo),
+            )
+            if token is None:
+                self._db.execute("DELETE FROM meta WHERE key = 'token'")
+            else:
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('token', ?)", (token,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _connect(target: Path | str) -> sqlite3.Connection:
+    if str(target) != ":memory:" and not Path(target).exists():
+        # private from the start (SQLite gives its -wal/-shm files the same mode): run and span ids only,
+        # but nobody else's business
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(str(target), isolation_level="DEFERRED", check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
+    with conn:
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '2')")
+    version = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    if version is None or version[0] != "2":
+        conn.close()
+        raise sqlite3.DatabaseError(f"checkpoint format {version[0] if version else '?'} is not supported")
+    return conn
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(len(_SQLITE_MAGIC))
+    return head == _SQLITE_MAGIC or head == b""
+
+
+def _adopt(old: Path, new: Path) -> None:
+    """Move a SQLite checkpoint to its new name, its WAL folded in first (the WAL file is per name)."""
+    conn = sqlite3.connect(str(old))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(old, new)
+    for suffix in ("-wal", "-shm"):
+        Path(str(old) + suffix).unlink(missing_ok=True)
+
+
+def _read_legacy(path: Path) -> dict[str, Any]:
+    """The runs of a version-1 JSON checkpoint: ``{"version": 1, "runs": {id: {events, sent, complete}}}``."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint {path} is not valid JSON ({error}); move it away to start over") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs", {}), dict):
+        raise ValueError(f"checkpoint {path} is not a wft checkpoint; move it away to start over")
+    runs: dict[str, Any] = data.get("runs", {})
+    return runs
+
+
+def _import_v1(conn: sqlite3.Connection, runs: dict[str, Any]) -> None:
+    """v1 kept no last event id: a migrated run is re-read once and compared by event count."""
+    with conn:
+        for run_id, state in runs.items():
+            state = state if isinstance(state, dict) else {}
+            complete = bool(state.get("complete"))
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (run_id, events, last_id, complete, todo) VALUES (?, ?, NULL, ?, 0)",
+                (run_id, int(state.get("events", 0) or 0), int(complete)),
+            )
+            if not complete:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO sent (run_id, span_id) VALUES (?, ?)",
+                    ((run_id, str(s)) for s in state.get("sent", [])),
                 )
 
-    def state(self, run_id: str) -> _RunState:
-        return self.runs.setdefault(run_id, _RunState())
 
-    def save(self) -> None:
-        if not self.path:
-            return
-        data = {
-            "version": 1,
-            "runs": {
-                k: {"events": v.events, "sent": sorted(v.sent), "complete": v.complete} for k, v in self.runs.items()
-            },
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(self.path.name + ".tmp")
-        with temp.open("w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, self.path)
+@dataclass
+class _Live:
+    """An unfinished run being followed: its builder and what is not delivered yet."""
+
+    builder: RunTraceBuilder
+    sent: set[str]
+    delivered: int = 0  # builder.closed[:delivered] went out
+    pending: list[Event] = field(default_factory=list)  # events fed but not delivered yet
+    rebuilt: bool = True  # the spans to consider are all finished ones, not closed[delivered:]
+
+
+@dataclass
+class Delivery:
+    """One run's share of a delivery: its record, the events read since its last delivery and
+    its spans not sent before (SDK ``ReadableSpan`` objects, or ``SpanData`` with ``span_data=True``;
+    may be empty)."""
+
+    run: WorkflowRun
+    events: list[Event]
+    spans: list[Any]
+
+
+@dataclass
+class _Staged:
+    """A delivery waiting for its batch to be acknowledged, with what then becomes true of its run."""
+
+    run_id: str
+    live: _Live
+    delivery: Delivery
+    ids: list[str]
+    delivered: int
+    state: RunState
+
+
+#: ``deliver(run, events, new_spans)``: one run at a time
+Deliver = Callable[[WorkflowRun, list[Event], list[Any]], Awaitable[None] | None]
+#: ``deliver_many(deliveries)``: the runs of a batch in one call (one request, one commit)
+DeliverMany = Callable[[list[Delivery]], Awaitable[None] | None]
+Progress = Callable[[int, int, int], None]
+
+
+@dataclass
+class _Plan:
+    """What a pass reads of one run: its events after ``after`` (all of them when ``None``)."""
+
+    after: str | None
+    state: RunState | None  # its checkpoint entry, when it has no builder in memory
 
 
 class Follower:
-    """One poll at a time: ``poll()`` returns the spans it delivered; ``run()`` loops until stopped."""
+    """One pass at a time: ``poll()`` returns the spans it delivered; ``run()`` loops until stopped."""
 
     def __init__(
         self,
         world: Any,
-        deliver: Callable[[Any, list[Any], list[ReadableSpan]], Any],
+        deliver: Deliver | None,
         checkpoint: Checkpoint,
         *,
         resource: Resource | None = None,
         include_payloads: bool = True,
         interval: float = 0.25,
+        lookback: float = 1.0,
+        progress: Progress | None = None,
+        span_data: bool = False,
+        deliver_many: DeliverMany | None = None,
+        batch_spans: int = 512,
+        batch_events: int = 5000,
     ) -> None:
-        """``deliver(run, events, new_spans)`` is called once for every run whose log changed
-        (``new_spans`` may be empty); the run counts as sent once it returns."""
+        """``deliver(run, events, new_spans)`` is called for every run with new events or spans:
+        ``events`` are the events read since its last delivery, ``new_spans`` the spans not sent
+        before (may be empty). The run counts as sent once it returns; an exception aborts the
+        pass, and the next pass offers the same again. ``progress(done, total, events_read)`` is
+        called after each run of a pass. ``span_data``: deliver the builder's ``SpanData`` (for
+        ``otlp_encode``) instead of SDK ``ReadableSpan`` objects.
+
+        ``deliver_many(deliveries)`` instead of ``deliver``: the runs of a pass go out in batches
+        of about ``batch_spans`` spans (or ``batch_events`` events), each in one call, and the
+        checkpoint takes each acknowledged batch in one transaction. A catch-up over many small
+        runs then costs a request and a commit per batch, not per run."""
+        if (deliver is None) == (deliver_many is None):
+            raise TypeError("Follower: give exactly one of deliver and deliver_many")
         self.world = world
         self.deliver = deliver
+        self.deliver_many = deliver_many
         self.checkpoint = checkpoint
         self.resource = resource
         self.include_payloads = include_payloads
         self.interval = interval
+        self.lookback = lookback
+        self.progress = progress
+        self.span_data = span_data
+        self.batch_spans = max(1, batch_spans)
+        self.batch_events = max(1, batch_events)
+        #: runs whose log holds a record that stays unreadable: run id → the reason (with its path)
+        self.problems: dict[str, str] = {}
+        self.events_read = 0
+        self.rebuilds = 0
+        self.passes = 0
+        self._live: dict[str, _Live] = {}
+        self._token: str | None | object = _UNREAD
+        self._saved = 0.0
+        self._staged: list[_Staged] = []
+        self._staged_spans = 0
+        self._staged_events = 0
 
+    # -- one pass ------------------------------------------------------------------------------
     async def poll(self) -> int:
-        counts = await self.world.events.counts_by_run()
+        if self._token is _UNREAD:
+            self._token = self.checkpoint.token
+        token = self._token if isinstance(self._token, str) else None
+        changes = await self.world.events.changes(token)
+        retry = self.checkpoint.todo()
+        runs = list(dict.fromkeys([*changes.runs, *retry]))
+        since: dict[str, str] = getattr(changes, "since", None) or {}
+        todo: list[str] = []
         sent = 0
-        for run_id, count in sorted(counts.items()):
-            state = self.checkpoint.state(run_id)
-            if count == state.events:
-                continue
-            try:
-                run = await self.world.runs.get(run_id, resolve_data="none")
-            except Exception as error:  # a run file not yet written: next poll
-                log.debug("follow: run %s not readable yet: %s", run_id, error)
-                continue
-            events = await event_log(self.world, run_id)
-            trace = build_run_trace(run_id, events, run, resource=self.resource, include_payloads=self.include_payloads)
-            # a finished run keeps no ids, so a later change to its log sends its spans again (same ids)
-            ids = {f"{s.context.span_id:016x}": s for s in trace.spans}
-            fresh = [s for span_id, s in ids.items() if span_id not in state.sent]
-            result = self.deliver(run, events, fresh)
-            if asyncio.iscoroutine(result):
-                await result
-            sent += len(fresh)
-            state.events = len(events)
-            state.complete = trace.complete
-            # a finished run keeps only its event count: the checkpoint does not grow with every span ever sent
-            state.sent = set() if trace.complete else set(ids)
-            self.checkpoint.save()
+        done = 0
+        self._staged, self._staged_spans, self._staged_events = [], 0, 0
+        async for chunk in self._chunks(runs):
+            logs = await self._prefetch(chunk, since)
+            for run_id, record in chunk:
+                done += 1
+                if run_id not in self.problems:
+                    try:
+                        sent += await self._follow(run_id, since.get(run_id), record, logs.get(run_id))
+                    except (WorkflowRunNotFoundError, _NotYet):
+                        todo.append(run_id)  # its run record is not there (or readable) yet: next pass
+                    except UnreadableEventsError as error:
+                        self._unreadable(run_id, error)
+                if self.progress is not None:
+                    self.progress(done, len(runs), self.events_read)
+        sent += await self._flush()
+        now = time.monotonic()
+        if runs or (changes.token != token and now - self._saved > _TOKEN_SAVE_EVERY):
+            # an idle pass writes nothing; an older token on disk only means a longer first scan
+            self.checkpoint.advance(changes.token, todo=todo, done=[r for r in retry if r not in todo])
+            self._saved = now
+        self._token = changes.token
+        self.passes += 1
         return sent
 
+    def _unreadable(self, run_id: str, error: UnreadableEventsError | str) -> None:
+        self.problems[run_id] = str(error)
+        self._live.pop(run_id, None)
+        log.warning("follow: %s; run %s is skipped from now on, every other run goes on", error, run_id)
+
+    async def _run_record(self, run_id: str) -> WorkflowRun:
+        try:
+            run: WorkflowRun = await self.world.runs.get(run_id, resolve_data="none")
+        except WorkflowWorldError as error:
+            if error.code == "UNREADABLE_RUN":  # being written (the reader said so, once): retry
+                raise _NotYet(run_id) from None
+            raise
+        return run
+
+    async def _read(self, run_id: str, after: str | None) -> list[Event]:
+        """The run's events after ``after`` (all when ``None``), oldest first."""
+        events: list[Event] = []
+        cursor = after
+        while True:
+            page = await self.world.events.list(
+                run_id=run_id, pagination=Pagination(limit=1000, cursor=cursor, sort_order="asc")
+            )
+            events.extend(page.data)
+            if not page.has_more or not page.cursor:
+                break
+            cursor = page.cursor
+        self.events_read += len(events)
+        return events
+
+    def _builder(self, run_id: str, run: WorkflowRun, events: list[Event]) -> RunTraceBuilder:
+        builder = RunTraceBuilder(run_id, run, resource=self.resource, include_payloads=self.include_payloads)
+        builder.feed(events)
+        return builder
+
+    async def _chunks(self, runs: list[str]) -> AsyncIterator[list[tuple[str, WorkflowRun | None]]]:
+        """The runs of a pass in chunks, with their records when a listing is cheaper than one
+        read each (a catch-up over many runs reads run records a page at a time, as an export does)."""
+        if len(runs) < _LIST_RUNS_AT:
+            for start in range(0, len(runs), _CHUNK):
+                yield [(run_id, None) for run_id in runs[start : start + _CHUNK]]
+            return
+        wanted = set(runs)
+        cursor = None
+        while wanted:
+            page = await self.world.runs.list(pagination=Pagination(limit=500, cursor=cursor), resolve_data="none")
+            chunk = []
+            for run in page.data:
+                if run.run_id in wanted:
+                    wanted.discard(run.run_id)
+                    chunk.append((run.run_id, run if run.status in _STATUSES else None))
+            for start in range(0, len(chunk), _CHUNK):
+                yield chunk[start : start + _CHUNK]
+            if not page.has_more or not page.cursor:
+                break
+            cursor = page.cursor
+        rest = sorted(wanted)  # not listed (yet): read one by one
+        for start in range(0, len(rest), _CHUNK):
+            yield [(run_id, None) for run_id in rest[start : start + _CHUNK]]
+
+    def _plan(self, run_id: str, since: str | None) -> _Plan:
+        """Where this pass starts reading the run's log."""
+        live = self._live.get(run_id)
+        if live is None:
+            state = self.checkpoint.get(run_id)
+            if state is not None and state.complete:
+                # a finished run named again: usually nothing new (a restart re-reports the recent past)
+                if state.last_id is not None and not (since and since < state.last_id):
+                    return _Plan(state.last_id, state)
+                return _Plan(None, state)
+            return _Plan(None, state)  # new, or unfinished when we (re)started: built once from the full log
+        last = live.builder.last_event_id
+        if last is None:
+            return _Plan(None, None)
+        return _Plan(min(last, since[:-1]) if since else _resume_before(last, self.lookback), None)
+
+    async def _prefetch(
+        self, chunk: list[tuple[str, WorkflowRun | None]], since: dict[str, str]
+    ) -> dict[str, tuple[_Plan, list[Event]]]:
+        """The chunk's logs in one read where the world can read many runs' logs at once
+        (``events.logs``, world-postgres); otherwise nothing, and each run is read on its own."""
+        logs = getattr(self.world.events, "logs", None)
+        wanted = [run_id for run_id, _ in chunk if run_id not in self.problems]
+        if logs is None or len(wanted) < 2:
+            return {}
+        plans = {run_id: self._plan(run_id, since.get(run_id)) for run_id in wanted}
+        out: dict[str, tuple[_Plan, list[Event]]] = {}
+        async for run_id, events in logs({r: p.after for r, p in plans.items()}):
+            out[run_id] = (plans[run_id], events)
+            self.events_read += len(events)
+        return out
+
+    async def _follow(
+        self,
+        run_id: str,
+        since: str | None,
+        record: WorkflowRun | None = None,
+        read: tuple[_Plan, list[Event]] | None = None,
+    ) -> int:
+        run = record if record is not None else await self._run_record(run_id)
+        if read is None:
+            plan = self._plan(run_id, since)
+            events = await self._read(run_id, plan.after)
+        else:
+            plan, events = read
+        live = self._live.get(run_id)
+        if live is None:
+            if plan.state is not None and plan.state.complete:
+                return await self._finished_again(run_id, run, plan, events)
+            if not events:  # looked at again each pass it is named; a record that says it ran is a problem
+                empty = await empty_log(self.world, run)
+                if empty is not None:
+                    self._unreadable(run_id, f"run {run_id}: {empty[1]} ({empty[0]})")
+                return 0
+            live = _Live(self._builder(run_id, run, events), self.checkpoint.sent(run_id), pending=events)
+            self._live[run_id] = live
+        else:
+            builder = live.builder
+            builder.run = run
+            last = builder.last_event_id
+            fresh = [e for e in events if not builder.has_seen(e.event_id)]
+            if fresh and last is not None and min(e.event_id for e in fresh) < last:
+                # committed out of id order: rebuild in id order, so the spans are the export's
+                self.rebuilds += 1
+                events = await self._read(run_id, None)
+                live.builder = self._builder(run_id, run, events)
+                live.rebuilt = True
+            else:
+                builder.feed(fresh)
+            live.pending.extend(fresh)
+        return await self._send(run_id, run, live)
+
+    async def _send(self, run_id: str, run: WorkflowRun, live: _Live) -> int:
+        """Stage the run's delivery; the batch goes out when full (with ``deliver``: at once)."""
+        builder = live.builder
+        if builder.complete or live.rebuilt:
+            spans = builder.trace().data
+        else:
+            spans = builder.span_data(builder.closed[live.delivered :])
+        fresh = [s for s in spans if _span_id(s) not in live.sent]
+        if not fresh and not live.pending and not builder.complete:
+            return 0
+        out = fresh if self.span_data else [readable_span(s, builder.resource) for s in fresh]
+        self._staged.append(
+            _Staged(
+                run_id,
+                live,
+                Delivery(run, list(live.pending), out),
+                [_span_id(s) for s in fresh],
+                len(builder.closed),
+                RunState(builder.events, builder.last_event_id, builder.complete),
+            )
+        )
+        self._staged_spans += len(fresh)
+        self._staged_events += len(live.pending)
+        if (
+            self.deliver_many is None
+            or self._staged_spans >= self.batch_spans
+            or self._staged_events >= self.batch_events
+        ):
+            return await self._flush()
+        return 0
+
+    async def _flush(self) -> int:
+        """Deliver what is staged; once acknowledged, the runs' states in one checkpoint transaction."""
+        staged, self._staged, self._staged_spans, self._staged_events = self._staged, [], 0, 0
+        if not staged:
+            return 0
+        if self.deliver_many is not None:
+            await _settle(self.deliver_many([s.delivery for s in staged]))
+        else:
+            assert self.deliver is not None
+            for s in staged:
+                await _settle(self.deliver(s.delivery.run, s.delivery.events, s.delivery.spans))
+        for s in staged:
+            live = s.live
+            live.sent.update(s.ids)
+            live.delivered = s.delivered
+            live.pending = []
+            live.rebuilt = False
+            if s.state.complete and self._live.get(s.run_id) is live:
+                del self._live[s.run_id]  # a finished run keeps only its event count and last id
+        self.checkpoint.record_many([(s.run_id, s.state, s.ids) for s in staged])
+        return sum(len(s.ids) for s in staged)
+
+    async def _finished_again(self, run_id: str, run: WorkflowRun, plan: _Plan, events: list[Event]) -> int:
+        """A finished run named by the feed: usually nothing new (a restart re-reports the recent
+        past). Events written after its end make it rebuild and send all its spans again (same ids)."""
+        state = plan.state
+        assert state is not None
+        if plan.after is not None:
+            if not events:
+                return 0
+            events = await self._read(run_id, None)
+        if len(events) == state.events:  # nothing new (or a checkpoint migrated without last ids)
+            if state.last_id is None and events:
+                self.checkpoint.record(run_id, RunState(state.events, max(e.event_id for e in events), True))
+            return 0
+        builder = self._builder(run_id, run, events)
+        live = _Live(builder, set(), pending=events)
+        self._live[run_id] = live
+        return await self._send(run_id, run, live)
+
+    # -- looping -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         while not stop.is_set():
@@ -134,3 +618,17 @@ class Follower:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
             except TimeoutError:
                 pass
+
+    @property
+    def following(self) -> Sequence[str]:
+        """Unfinished runs with a builder in memory."""
+        return list(self._live)
+
+
+async def _settle(result: Awaitable[None] | None) -> None:
+    if result is not None and (asyncio.iscoroutine(result) or isinstance(result, Awaitable)):
+        await result
+
+
+class _NotYet(Exception):
+    """A run's record is not readable yet; the run is retried on the next pass."""

@@ -4,29 +4,42 @@ Every user value (run input/output, step input/result, hook metadata/payload, st
 is stored as bytes: a 4-byte format prefix and a body. ``devl`` is ``devalue.stringify`` JSON
 (a flat value table whose entries point at each other by index, so repeated and cyclic
 references survive); ``encr`` is AES-GCM ciphertext we cannot read without the run's key.
-The SDK registers its own revivers (``["Date", <index>]`` pointing at the reduced value)
-on top of devalue's built-in forms (``["Date", "<iso>"]``); both are accepted here.
+The TypeScript SDK registers its own revivers (``["Date", <index>]`` pointing at the reduced
+value) on top of devalue's built-in forms (``["Date", "<iso>"]``), which is what the Python
+SDK (``vercel-workflow``) writes; both are accepted here.
+
+Spec version 5 writers wrap a payload of 1 KiB or more in ``zstd`` (a zstd frame) or ``gzip``
+(a gzip stream) around the ``devl`` bytes. Those are unpacked under a size cap: the bytes come
+from the world, so a corrupt frame or a decompression bomb becomes an :class:`Undecodable`
+value (kept, with the reason) instead of an exception or an unbounded allocation.
 """
 
 from __future__ import annotations
 
 import array
 import base64
+import binascii
 import json
 import math
 import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, TypeGuard
+
+import zstandard
 
 __all__ = [
+    "MAX_DECOMPRESSED_BYTES",
+    "MAX_SPARSE_LENGTH",
     "UNDEFINED",
     "Encrypted",
     "JSError",
     "JSRegExp",
     "JSValue",
     "Opaque",
+    "Undecodable",
     "decode_payload",
     "devalue_parse",
     "split_frames",
@@ -73,6 +86,19 @@ class Opaque:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A payload in a format we read (``zstd``, ``gzip``) whose bytes could not be unpacked:
+    corrupt, truncated, or bigger than :data:`MAX_DECOMPRESSED_BYTES` once unpacked.
+
+    A value, not an exception, so one bad payload costs that value and not the whole run's view.
+    """
+
+    format: str
+    reason: str
+    data: bytes = field(repr=False)
+
+
 @dataclass(slots=True)
 class JSError:
     name: str
@@ -112,14 +138,48 @@ _TYPED = {
 }
 
 
+#: The most a compressed payload may unpack to. The SDKs compress what they would otherwise have
+#: stored as it is, so a real payload is never near this; a bomb stops here.
+MAX_DECOMPRESSED_BYTES: Final = 32 * 1024 * 1024
+#: Longest sparse array accepted: its length is a number in the input, not bounded by the input's size.
+MAX_SPARSE_LENGTH: Final = 1 << 20
+#: Compressed input is fed to zstd this many bytes at a time, so the output between two size checks
+#: stays bounded (one byte of a zstd RLE block can stand for 128 KiB).
+_ZSTD_FEED: Final = 256
+#: gzip output is taken this much at a time (zlib bounds each call's output exactly).
+_GZIP_PIECE: Final = 1 << 20
+#: Ceiling on the window a zstd frame may ask the decoder to allocate (the frame header says how much).
+_ZSTD_MAX_WINDOW: Final = 1 << 25
+_BYTES_PER_ELEMENT = {
+    "Int8Array": 1,
+    "Uint8Array": 1,
+    "Uint8ClampedArray": 1,
+    "Int16Array": 2,
+    "Uint16Array": 2,
+    "Int32Array": 4,
+    "Uint32Array": 4,
+    "Float32Array": 4,
+    "Float64Array": 8,
+    "BigInt64Array": 8,
+    "BigUint64Array": 8,
+    "DataView": 1,
+}
+
+
 class DevalueError(ValueError):
     pass
 
 
 def _b64(value: Any) -> bytes:
+    """Base64 with or without its ``=`` padding (devalue's own encoder and Node's differ on it)."""
     if value == "." or value == "":
         return b""
-    return base64.b64decode(value)
+    if not isinstance(value, str):
+        raise DevalueError(f"expected base64 text, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as error:
+        raise DevalueError(f"invalid base64: {error}") from None
 
 
 def _date(value: Any) -> datetime | None:
@@ -138,7 +198,7 @@ def _typed(type_name: str, raw: bytes) -> Any:
     return values.tolist()
 
 
-def _collection(items: list, kind: str) -> Any:
+def _collection(items: list[Any], kind: str) -> Any:
     """A JS Map/Set as a dict/set when its keys are hashable, else as a list."""
     try:
         if kind == "Map":
@@ -154,10 +214,15 @@ def _revive(type_name: str, payload: Any) -> Any:
         return _date(payload)
     if type_name == "BigInt":
         return int(payload)
-    if type_name in _TYPED or type_name in ("Uint8Array", "Uint8ClampedArray", "ArrayBuffer"):
-        return _typed(type_name, _b64(payload))
+    if type_name in _BYTES_PER_ELEMENT or type_name == "ArrayBuffer":
+        # devalue's own form points a view at an ``["ArrayBuffer", <base64>]`` entry, already bytes
+        # by now; the TypeScript SDK's reducer points it at the base64 text itself
+        raw = bytes(payload) if isinstance(payload, (bytes, bytearray)) else _b64(payload)
+        return _typed(type_name, raw)
     if type_name in ("Map", "Set"):
-        return _collection(list(payload), type_name)
+        if not isinstance(payload, list):
+            raise DevalueError(f"{type_name} of {type(payload).__name__}")
+        return _collection(payload, type_name)
     if type_name in ("Error", "DOMException") and isinstance(payload, dict):
         return JSError(
             name=str(payload.get("name", type_name)),
@@ -172,10 +237,21 @@ def _revive(type_name: str, payload: Any) -> Any:
     return JSValue(type_name, payload)
 
 
+def _is_index(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def devalue_parse(text: str | bytes) -> Any:
-    """Parse ``devalue.stringify`` output (with the SDK's custom types) into Python values."""
-    parsed = json.loads(text)
-    if isinstance(parsed, int) and not isinstance(parsed, bool):
+    """Parse ``devalue.stringify`` output (with the SDK's custom types) into Python values.
+
+    Malformed input raises :class:`DevalueError` (a ``ValueError``), also when it is nested too
+    deep or asks for an absurd sparse array: the text comes from the world, not from us.
+    """
+    try:
+        parsed = json.loads(text)
+    except RecursionError:
+        raise DevalueError("devalue input nested too deep") from None
+    if _is_index(parsed):
         if parsed in _SPECIAL:
             return _SPECIAL[parsed]
         raise DevalueError("invalid devalue input")
@@ -185,7 +261,7 @@ def devalue_parse(text: str | bytes) -> Any:
     hydrated: dict[int, Any] = {}
 
     def hydrate(index: Any) -> Any:
-        if not isinstance(index, int) or isinstance(index, bool):
+        if not _is_index(index):
             raise DevalueError(f"invalid reference {index!r}")
         if index < 0:
             if index in _SPECIAL:
@@ -206,50 +282,141 @@ def devalue_parse(text: str | bytes) -> Any:
         elif value and isinstance(value[0], str):
             hydrated[index] = _typed_entry(value)
         elif value and value[0] == _SPARSE:
-            items: list[Any] = [UNDEFINED] * int(value[1])
-            hydrated[index] = items
-            for i in range(2, len(value), 2):
-                items[value[i]] = hydrate(value[i + 1])
+            hydrated[index] = _sparse(value)
         else:
-            items = []
+            items: list[Any] = []
             hydrated[index] = items
             items.extend(UNDEFINED if ref == _HOLE else hydrate(ref) for ref in value)
         return hydrated[index]
 
-    def _typed_entry(value: list) -> Any:
+    def _sparse(value: list[Any]) -> list[Any]:
+        length = value[1] if len(value) > 1 else None
+        if not _is_index(length) or not 0 <= length <= MAX_SPARSE_LENGTH:
+            raise DevalueError(f"invalid sparse array length {length!r}")
+        items: list[Any] = [UNDEFINED] * length
+        for i in range(2, len(value) - 1, 2):
+            slot = value[i]
+            if not _is_index(slot) or not 0 <= slot < length:
+                raise DevalueError(f"invalid sparse array index {slot!r}")
+            items[slot] = hydrate(value[i + 1])
+        return items
+
+    def _is_plain_array(index: int) -> bool:
+        """Whether table entry ``index`` is a plain array: what the TypeScript SDK's Set reducer
+        (``Array.from(set)``) points at, and what a Python element of a one-element Set cannot be."""
+        entry = values[index] if 0 <= index < len(values) else None
+        return isinstance(entry, list) and not (entry and (isinstance(entry[0], str) or entry[0] == _SPARSE))
+
+    def _typed_entry(value: list[Any]) -> Any:
         type_name = value[0]
         reference = value[1] if len(value) == 2 else None
-        if isinstance(reference, int) and not isinstance(reference, bool) and type_name not in ("Object", "null"):
+        if type_name == "Set" and _is_index(reference) and not _is_plain_array(reference):
+            reference = None  # devalue's own one-element Set ``["Set", <element>]``
+        if _is_index(reference) and type_name not in ("Object", "null"):
             return _revive(type_name, hydrate(reference))  # the SDK's custom-reviver form
         if type_name == "Set":
             return _collection([hydrate(v) for v in value[1:]], "Set")
         if type_name == "Map":
-            return _collection([(hydrate(value[i]), hydrate(value[i + 1])) for i in range(1, len(value), 2)], "Map")
+            return _collection([(hydrate(value[i]), hydrate(value[i + 1])) for i in range(1, len(value) - 1, 2)], "Map")
         if type_name == "null":
-            return {value[i]: hydrate(value[i + 1]) for i in range(1, len(value), 2)}
+            return {value[i]: hydrate(value[i + 1]) for i in range(1, len(value) - 1, 2)}
         if type_name == "RegExp":
             return JSRegExp(value[1], value[2] if len(value) > 2 else "")
         if type_name == "Object":
             return hydrate(value[1])
+        if type_name in _BYTES_PER_ELEMENT and len(value) == 4:  # a view narrower than its buffer
+            buffer, offset, count = hydrate(value[1]), value[2], value[3]
+            if not isinstance(buffer, bytes) or not _is_index(offset) or not _is_index(count):
+                raise DevalueError(f"invalid {type_name} view")
+            return _typed(type_name, buffer[offset : offset + count * _BYTES_PER_ELEMENT[type_name]])
         return _revive(type_name, value[1] if len(value) > 1 else None)
 
-    return hydrate(0)
+    try:
+        return hydrate(0)
+    except RecursionError:
+        raise DevalueError("devalue input nested too deep") from None
+    except (TypeError, KeyError, IndexError) as error:  # a table entry of the wrong shape
+        raise DevalueError(f"invalid devalue input: {error!r}") from None
 
 
-def decode_payload(value: Any) -> Any:
-    """Decode one stored payload: ``devl`` bytes to Python values, ``encr`` kept opaque.
+def decode_payload(value: Any, *, max_decompressed: int = MAX_DECOMPRESSED_BYTES) -> Any:
+    """Decode one stored payload: ``devl`` bytes to Python values, ``encr`` kept opaque,
+    ``zstd``/``gzip`` unpacked (at most ``max_decompressed`` bytes) and then decoded.
 
     Non-bytes values are legacy (spec version 1) JSON payloads and are returned as they are.
+    A ``devl`` body that does not parse raises ``ValueError`` (the record holding it is corrupt);
+    compressed bytes that cannot be unpacked come back as :class:`Undecodable`.
     """
     if not isinstance(value, (bytes, bytearray, memoryview)):
         return value
     raw = bytes(value)
     prefix = raw[:4]
+    if prefix in (b"zstd", b"gzip"):
+        name = prefix.decode()
+        try:
+            inner = (_unzstd if prefix == b"zstd" else _gunzip)(raw[4:], max_decompressed)
+        except _Unpackable as problem:
+            return Undecodable(name, str(problem), raw)
+        if inner[:4] in (b"zstd", b"gzip"):  # no SDK nests them; refusing keeps the cap a cap
+            return Undecodable(name, f"{inner[:4].decode('ascii', 'replace')} payload inside {name}", raw)
+        return decode_payload(inner)
     if prefix == b"devl":
         return devalue_parse(raw[4:])
     if prefix == b"encr":
         return Encrypted(raw)
     return Opaque(prefix.decode("ascii", "replace"), raw)
+
+
+class _Unpackable(Exception):
+    """Compressed bytes that cannot be unpacked (the message says why)."""
+
+
+def _too_big(limit: int) -> _Unpackable:
+    return _Unpackable(f"unpacks to more than {limit} bytes")
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """One zstd frame, unpacked to at most ``limit`` bytes: fed a little at a time, because a frame
+    need not declare its size (Node's encoder does not) and a few bytes can stand for megabytes."""
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise _too_big(limit)
+        decoder = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW).decompressobj()
+        out = bytearray()
+        for start in range(0, len(data), _ZSTD_FEED):
+            out += decoder.decompress(data[start : start + _ZSTD_FEED])
+            if len(out) > limit:
+                raise _too_big(limit)
+            if decoder.eof:
+                if decoder.unused_data or start + _ZSTD_FEED < len(data):
+                    raise _Unpackable("trailing bytes after the zstd frame")
+                return bytes(out)
+    except zstandard.ZstdError as error:
+        raise _Unpackable(f"invalid zstd data: {error}") from None
+    raise _Unpackable("truncated zstd frame")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip stream (one member or several, as ``gzip.decompress`` reads), at most ``limit`` bytes."""
+    out = bytearray()
+    pending = data
+    try:
+        while True:
+            decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            while not decoder.eof:
+                chunk = decoder.decompress(pending, min(limit + 1 - len(out), _GZIP_PIECE))
+                out += chunk
+                if len(out) > limit:
+                    raise _too_big(limit)
+                pending = decoder.unconsumed_tail
+                if not (chunk or pending or decoder.eof):
+                    raise _Unpackable("truncated gzip stream")
+            pending = decoder.unused_data
+            if not pending.strip(b"\0"):  # gzip pads with NULs; ``gzip.decompress`` allows them
+                return bytes(out)
+    except zlib.error as error:
+        raise _Unpackable(f"invalid gzip data: {error}") from None
 
 
 def split_frames(data: bytes) -> list[bytes]:
@@ -282,6 +449,8 @@ def to_jsonable(value: Any) -> Any:
         return {}
     if isinstance(value, Encrypted):
         return {"encrypted": True}
+    if isinstance(value, Undecodable):
+        return {"undecodable": f"{value.format}: {value.reason}"}
     if isinstance(value, (JSValue, Opaque, JSRegExp)):
         return {}
     if value is UNDEFINED:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
@@ -31,7 +33,17 @@ from .semconv import WORKFLOW_SPAN_KIND, SpanKinds
 from .trace_identity import parse_traceparent, span_id_for, trace_id_for
 from .world import TERMINAL_RUN_EVENT_TYPES, Event, StructuredError, WorkflowRun
 
-__all__ = ["RunTrace", "build_run_trace", "anomaly_counts", "trace_id_for", "short_name"]
+__all__ = [
+    "RunTrace",
+    "RunTraceBuilder",
+    "SpanData",
+    "SpanEventData",
+    "build_run_trace",
+    "anomaly_counts",
+    "readable_span",
+    "trace_id_for",
+    "short_name",
+]
 
 SCOPE = InstrumentationScope("workflow-telemetry.runtrace", __version__)
 MAX_PAYLOAD_CHARS = 8192
@@ -60,8 +72,17 @@ def short_name(name: str) -> str:
     return name.rsplit("//", 1)[-1] if "//" in name else name
 
 
+_last_ns: tuple[datetime | None, int] = (None, 0)
+
+
 def _ns(moment: datetime) -> int:
-    return int(round(moment.timestamp() * 1000)) * 1_000_000
+    global _last_ns
+    last, value = _last_ns  # an event's time is asked for several times in a row: keep the last answer
+    if last is moment:
+        return value
+    value = int(round(moment.timestamp() * 1000)) * 1_000_000
+    _last_ns = (moment, value)
+    return value
 
 
 def _iso(moment: datetime) -> str:
@@ -72,15 +93,72 @@ def _not_plain_json(value: Any) -> Any:
     raise TypeError("not plain JSON")
 
 
+_PLAIN_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_not_plain_json)
+_ANY_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _payload_attr(value: Any) -> str:
     try:  # most payloads are plain JSON already; JS-only values (undefined, Date, NaN…) take the slow path
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_not_plain_json)
+        text = _PLAIN_JSON.encode(value)
     except (TypeError, ValueError):
-        text = json.dumps(to_jsonable(value), default=str, ensure_ascii=False)
+        text = _ANY_JSON.encode(to_jsonable(value))
     return text if len(text) <= MAX_PAYLOAD_CHARS else text[: MAX_PAYLOAD_CHARS - 1] + "…"
 
 
-@dataclass
+class SpanEventData(NamedTuple):
+    """A span event as the builder keeps it: plain data, cheap to make and to encode."""
+
+    name: str
+    timestamp: int
+    attributes: dict[str, Any]
+
+
+class SpanData(NamedTuple):
+    """A finished span as plain data: what ``otlp_encode`` writes straight into OTLP messages.
+
+    Building SDK ``ReadableSpan`` objects (``readable_span``) costs as much again as encoding
+    them, so the export path never does; the follower and the tests still can.
+    """
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    parent_is_remote: bool
+    name: str
+    start_time: int
+    end_time: int
+    attributes: dict[str, Any]
+    events: list[SpanEventData]
+    status: Status | None  # None: unset
+
+
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def readable_span(span: SpanData, resource: Resource) -> ReadableSpan:
+    """The SDK's view of a built span (what ``encode_spans`` and SDK exporters take)."""
+    parent = (
+        SpanContext(span.trace_id, span.parent_span_id, is_remote=span.parent_is_remote, trace_flags=_SAMPLED)
+        if span.parent_span_id is not None
+        else None
+    )
+    return ReadableSpan(
+        name=span.name,
+        context=SpanContext(span.trace_id, span.span_id, is_remote=False, trace_flags=_SAMPLED),
+        parent=parent,
+        resource=resource,
+        attributes=span.attributes,
+        events=[SpanEvent(e.name, e.attributes, timestamp=e.timestamp) for e in span.events],
+        kind=SpanKind.INTERNAL,
+        status=span.status or _UNSET,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=SCOPE,
+    )
+
+
+@dataclass(slots=True)
 class _Part:
     """A span being assembled from events."""
 
@@ -90,30 +168,47 @@ class _Part:
     start: int
     end: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
-    events: list[SpanEvent] = field(default_factory=list)
-    status: Status = field(default_factory=lambda: Status(StatusCode.UNSET))
+    events: list[SpanEventData] = field(default_factory=list)
+    status: Status | None = None  # None: unset
 
 
 @dataclass
 class RunTrace:
+    """A run's finished spans: ``data`` as built (what the OTLP encoder takes), ``spans`` as
+    SDK ``ReadableSpan`` objects, made on first access only."""
+
     run_id: str
     trace_id: int
-    spans: list[ReadableSpan]
+    data: list[SpanData]
     complete: bool
     anomalies: Counter[str]
+    resource: Resource
+
+    @cached_property
+    def spans(self) -> list[ReadableSpan]:
+        return [readable_span(span, self.resource) for span in self.data]
 
 
 def _exception_event(
     error: StructuredError | None, fallback_type: str, at: int, extra: dict[str, Any] | None = None
-) -> SpanEvent:
+) -> SpanEventData:
     error = error or StructuredError("")
     first_line = (error.stack or "").split("\n", 1)[0]
     kind = first_line.split(":", 1)[0].strip() if ":" in first_line else fallback_type
+    if fallback_type != "Error":  # a class the error itself declared (spec ≥ 5) beats its stack's first line
+        kind = fallback_type
     attributes: dict[str, Any] = {"exception.type": kind or fallback_type, "exception.message": error.message}
     if error.stack:
         attributes["exception.stacktrace"] = error.stack
     attributes.update(extra or {})
-    return SpanEvent("exception", attributes, timestamp=at)
+    return SpanEventData("exception", at, attributes)
+
+
+def _error_type(data: dict[str, Any]) -> str:
+    """The class a spec ≥ 5 error was serialized with (its reader maps it to ``name``), else "Error"."""
+    raw = data.get("error")
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and name else "Error"
 
 
 def _event_error(data: dict[str, Any]) -> StructuredError:
@@ -139,15 +234,21 @@ class _Builder:
         self.run_part: _Part | None = None
         self.created_seen = False
         self.retrying: dict[str, _Part] = {}
+        self.closed: list[str] = []  # part keys in the order they ended: what a follower sends next
+        self.fed = 0
+
+    def end(self, part: _Part, at: int) -> None:
+        part.end = at
+        self.closed.append(part.key)
 
     # -- helpers -------------------------------------------------------------------------
     def anomaly(self, kind: str, event: Event, target: _Part | None = None) -> None:
         self.anomalies[kind] += 1
         (target or self.ensure_run(event)).events.append(
-            SpanEvent(
+            SpanEventData(
                 "workflow.anomaly",
+                _ns(event.created_at),
                 {"anomaly.kind": kind, "event.type": event.event_type, "event.id": event.event_id},
-                timestamp=_ns(event.created_at),
             )
         )
 
@@ -161,8 +262,9 @@ class _Builder:
         base = {"event.id": event.event_id}
         if event.correlation_id:
             base["event.correlation_id"] = event.correlation_id
-        base.update({k: v for k, v in attributes.items() if v is not None})
-        part.events.append(SpanEvent(event.event_type, base, timestamp=_ns(event.created_at)))
+        if attributes:
+            base.update({k: v for k, v in attributes.items() if v is not None})
+        part.events.append(SpanEventData(event.event_type, _ns(event.created_at), base))
 
     def open(self, key: str, name: str, parent: str, event: Event, **attributes: Any) -> _Part:
         part = _Part(key, name, parent, _ns(event.created_at), attributes=dict(attributes))
@@ -171,6 +273,7 @@ class _Builder:
 
     # -- events --------------------------------------------------------------------------
     def feed(self, event: Event) -> None:
+        self.fed += 1
         if event.event_id in self.seen:
             self.anomaly("duplicate_event", event)
             return
@@ -197,6 +300,8 @@ class _Builder:
                     "workflow.hook.conflicting_run_id": data.get("conflictingRunId"),
                 },
             )
+        elif kind == "attr_set":  # spec ≥ 5: set_attributes() on the run
+            self.note(run, event)
         else:
             self.anomalies["unknown_event_type"] += 1
             self.note(run, event)
@@ -217,14 +322,15 @@ class _Builder:
             if self.terminal is not None:
                 return  # already counted as after_terminal
             self.terminal = event
-            run.end = _ns(event.created_at)
+            at = _ns(event.created_at)
+            self.end(run, at)
             status = kind.removeprefix("run_")
             run.attributes["workflow.run.status"] = status
             if kind == "run_failed":
                 error = _event_error(data)
                 code = data.get("errorCode") or (error.code if error else None)
                 run.attributes["error.type"] = code or "Error"
-                run.events.append(_exception_event(error, "Error", run.end))
+                run.events.append(_exception_event(error, _error_type(data), at))
                 run.status = Status(StatusCode.ERROR, error.message)
             elif kind == "run_completed" and self.payloads and "output" in data:
                 run.attributes["workflow.output"] = _payload_attr(data["output"])
@@ -285,13 +391,14 @@ class _Builder:
             if not unseen and step_id not in self.open_attempt and not self.attempts[step_id]:
                 self.anomaly("missing_start", event, step)  # created, never started
             self.close_attempt(step_id, event, outcome, data)
-            step.end = _ns(event.created_at)
+            at = _ns(event.created_at)
+            self.end(step, at)
             step.attributes["step.status"] = outcome
             step.attributes["step.attempt"] = self.attempts[step_id]
             if outcome == "failed":
                 error = _event_error(data)
-                exception = _exception_event(error, "Error", step.end)
-                step.attributes["error.type"] = exception.attributes["exception.type"]
+                exception = _exception_event(error, _error_type(data), at)
+                step.attributes["error.type"] = exception.attributes.get("exception.type")
                 step.events.append(exception)
                 step.status = Status(StatusCode.ERROR, error.message)
             elif self.payloads and "result" in data:
@@ -304,7 +411,8 @@ class _Builder:
         if key is None:
             return
         attempt = self.parts[key]
-        attempt.end = _ns(event.created_at)
+        at = _ns(event.created_at)
+        self.end(attempt, at)
         if outcome is None:  # a new start while the previous attempt never ended
             attempt.attributes["step.attempt.outcome"] = "abandoned"
             self.anomaly("attempt_without_end", event, attempt)
@@ -317,9 +425,9 @@ class _Builder:
             if isinstance(retry_after, datetime):
                 extra["step.retry_after"] = _iso(retry_after)
                 attempt.attributes["step.retry_after"] = extra["step.retry_after"]
-            exception = _exception_event(error, "Error", attempt.end, extra)
+            exception = _exception_event(error, _error_type(data or {}), at, extra)
             attempt.events.append(exception)
-            attempt.attributes["error.type"] = exception.attributes["exception.type"]
+            attempt.attributes["error.type"] = exception.attributes.get("exception.type")
             attempt.status = Status(StatusCode.ERROR, error.message)
             if outcome == "retrying":
                 self.retrying[step_id] = attempt
@@ -344,7 +452,7 @@ class _Builder:
             return
         self.note(wait, event)
         if event.event_type == "wait_completed":
-            wait.end = _ns(event.created_at)
+            self.end(wait, _ns(event.created_at))
 
     def hook_event(self, event: Event, data: dict[str, Any]) -> None:
         hook = self.entity("hook", event, created="hook_created", name="hook", id_attribute="workflow.hook.id")
@@ -363,24 +471,173 @@ class _Builder:
         if event.event_type == "hook_received":
             hook.attributes["workflow.hook.received"] = int(hook.attributes.get("workflow.hook.received", 0)) + 1
             if hook.end is None:
-                hook.end = _ns(event.created_at)
+                self.end(hook, _ns(event.created_at))
         elif event.event_type == "hook_disposed" and hook.end is None:
-            hook.end = _ns(event.created_at)
+            self.end(hook, _ns(event.created_at))
 
-    # -- output --------------------------------------------------------------------------
-    def finish(self) -> None:
-        run = self.run_part
-        if run is not None and not self.created_seen:
-            self.anomalies["missing_run_created"] += 1
-            run.attributes["workflow.run.created_missing"] = True
-        if run is None or self.terminal is None:
-            return
-        for part in self.parts.values():
-            if part.end is None:  # still open when the run ended: close it at the run's end
-                part.end = run.end
-                part.attributes["workflow.closed_by_run_end"] = True
+
+class RunTraceBuilder:
+    """One run's spans, built from its event log as the log grows.
+
+    ``feed`` takes the events after the ones fed before (in event-id order); ``trace``,
+    ``span_data`` and ``spans`` only read the state, so a live run is fed each new event once instead of
+    rebuilding from the whole log on every change. ``build_run_trace`` is this fed once.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        run: WorkflowRun | None = None,
+        *,
+        resource: Resource | None = None,
+        include_payloads: bool = True,
+    ) -> None:
+        self.run_id = run_id
+        self.run = run
+        self.resource = resource or Resource.get_empty()
+        self.trace_id = trace_id_for(run_id, run)
+        self._carried = parse_traceparent(run)
+        self._state = _Builder(run_id, run, include_payloads)
+        self._reported: Counter[str] = Counter()
+        self._ids: dict[str, int] = {}  # part key → span id (a hash: each one computed once)
+        #: the greatest event id fed (ids are ULIDs: event-id order is the log's order)
+        self.last_event_id: str | None = None
+
+    @property
+    def events(self) -> int:
+        """Events fed, duplicates included (the run span's ``workflow.events.count``)."""
+        return self._state.fed
+
+    @property
+    def complete(self) -> bool:
+        """The run's terminal event was fed: its run span (and all the rest) can be built."""
+        return self._state.terminal is not None
+
+    @property
+    def closed(self) -> Sequence[str]:
+        """Keys of the parts that ended, in the order they ended (append-only)."""
+        return self._state.closed
+
+    def has_seen(self, event_id: str) -> bool:
+        return event_id in self._state.seen
+
+    def feed(self, events: Iterable[Event]) -> None:
+        state = self._state
+        for event in events:
+            state.feed(event)
+            if self.last_event_id is None or event.event_id > self.last_event_id:
+                self.last_event_id = event.event_id
+
+    def _view(self) -> tuple[list[tuple[_Part, int, dict[str, Any]]], Counter[str]]:
+        """The finished parts as a one-shot build would close them, without changing the state:
+        at the run's end, parts still open close with it."""
+        state = self._state
+        anomalies = Counter(state.anomalies)
+        run = state.run_part
+        run_extra: dict[str, Any] = {}
+        if run is not None and not state.created_seen:
+            anomalies["missing_run_created"] += 1
+            run_extra["workflow.run.created_missing"] = True
+        run_end = run.end if run is not None and state.terminal is not None else None
+        out: list[tuple[_Part, int, dict[str, Any]]] = []
+        for part in state.parts.values():
+            extra = run_extra if part is run else {}
+            end = part.end
+            if end is None:
+                if run_end is None:
+                    continue
+                end = run_end  # still open when the run ended: close it at the run's end
+                extra = {**extra, "workflow.closed_by_run_end": True}
                 if part.key.startswith(("step:", "attempt:")):
-                    self.anomalies["unfinished_at_run_end"] += 1
+                    anomalies["unfinished_at_run_end"] += 1
+            out.append((part, end, extra))
+        return out, anomalies
+
+    def _span_id(self, key: str) -> int:
+        span_id = self._ids.get(key)
+        if span_id is None:
+            span_id = self._ids[key] = span_id_for(self.trace_id, self.run_id, key)
+        return span_id
+
+    def _span(self, part: _Part, end: int, extra: dict[str, Any], anomalies: Counter[str]) -> SpanData:
+        state = self._state
+        workflow_name = state.workflow_name
+        name = part.name
+        attributes: dict[str, Any] = {
+            "workflow.run.id": self.run_id,
+            "workflow.name": workflow_name,
+            WORKFLOW_SPAN_KIND: _KIND_OF_KEY[part.key.partition(":")[0]],
+        }
+        attributes.update(part.attributes)
+        if extra:
+            attributes.update(extra)
+        if part is state.run_part:
+            name = f"run {short_name(workflow_name)}"
+            attributes["workflow.run.id"] = self.run_id
+            attributes["workflow.name"] = workflow_name
+            attributes["workflow.events.count"] = state.fed
+            attributes["workflow.steps.count"] = sum(1 for k in state.parts if k.startswith("step:"))
+            attributes["workflow.anomalies"] = sum(anomalies.values())
+            attributes.setdefault("workflow.run.status", self.run.status if self.run else "running")
+        if None in attributes.values():
+            attributes = {k: v for k, v in attributes.items() if v is not None}
+        if part.parent is None:
+            carried = self._carried
+            parent_id, remote = (carried[1], True) if carried else (None, False)
+        else:
+            parent_id, remote = self._span_id(part.parent), False
+        return SpanData(
+            self.trace_id,
+            self._span_id(part.key),
+            parent_id,
+            remote,
+            name,
+            part.start,
+            max(end, part.start),
+            attributes,
+            list(part.events),
+            part.status,
+        )
+
+    def span_data(self, keys: Iterable[str] | None = None) -> list[SpanData]:
+        """Spans of the finished parts, as plain data; with ``keys`` (e.g. ``closed[n:]``) only of
+        those, at a cost that depends on how many keys, not on the size of the run."""
+        state = self._state
+        if keys is None or state.terminal is not None:
+            view, anomalies = self._view()
+            if keys is not None:
+                wanted = set(keys)
+                view = [item for item in view if item[0].key in wanted]
+            return [self._span(part, end, extra, anomalies) for part, end, extra in view]
+        out = []
+        for key in dict.fromkeys(keys):
+            part = state.parts.get(key)
+            if part is None or part.end is None or part is state.run_part:
+                continue
+            out.append(self._span(part, part.end, {}, state.anomalies))
+        return out
+
+    def spans(self, keys: Iterable[str] | None = None) -> list[ReadableSpan]:
+        """``span_data(keys)`` as SDK ``ReadableSpan`` objects."""
+        return [readable_span(span, self.resource) for span in self.span_data(keys)]
+
+    def trace(self) -> RunTrace:
+        """Everything finished so far, as ``build_run_trace`` would give it for the events fed."""
+        view, anomalies = self._view()
+        spans = [self._span(part, end, extra, anomalies) for part, end, extra in view]
+        fresh = anomalies - self._reported
+        if fresh:
+            with _anomalies_lock:
+                _anomalies.update(fresh)
+            self._reported |= anomalies
+        return RunTrace(
+            run_id=self.run_id,
+            trace_id=self.trace_id,
+            data=spans,
+            complete=self.complete,
+            anomalies=anomalies,
+            resource=self.resource,
+        )
 
 
 def build_run_trace(
@@ -392,61 +649,6 @@ def build_run_trace(
     include_payloads: bool = True,
 ) -> RunTrace:
     """Spans for everything finished in ``events`` (one run's log, in event-id order)."""
-    builder = _Builder(run_id, run, include_payloads)
-    for event in events:
-        builder.feed(event)
-    builder.finish()
-    trace_id = trace_id_for(run_id, run)
-    carried = parse_traceparent(run)
-    resource = resource or Resource.get_empty()
-    workflow_name = builder.workflow_name
-    common = {"workflow.run.id": run_id, "workflow.name": workflow_name}
-
-    def context(key: str) -> SpanContext:
-        return SpanContext(
-            trace_id, span_id_for(trace_id, run_id, key), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
-        )
-
-    spans: list[ReadableSpan] = []
-    run_part = builder.run_part
-    complete = builder.terminal is not None
-    if run_part is not None:
-        run_part.name = f"run {short_name(workflow_name)}"
-        run_part.attributes.update(common)
-        run_part.attributes["workflow.events.count"] = len(events)
-        run_part.attributes["workflow.steps.count"] = sum(1 for k in builder.parts if k.startswith("step:"))
-        run_part.attributes["workflow.anomalies"] = sum(builder.anomalies.values())
-        run_part.attributes.setdefault("workflow.run.status", run.status if run else "running")
-    for part in builder.parts.values():
-        if part.end is None:
-            continue
-        if part.parent is None:
-            parent = (
-                SpanContext(trace_id, carried[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-                if carried
-                else None
-            )
-        else:
-            parent = context(part.parent)
-        attributes = {**common, WORKFLOW_SPAN_KIND: _KIND_OF_KEY[part.key.split(":", 1)[0]], **part.attributes}
-        if None in attributes.values():
-            attributes = {k: v for k, v in attributes.items() if v is not None}
-        spans.append(
-            ReadableSpan(
-                name=part.name,
-                context=context(part.key),
-                parent=parent,
-                resource=resource,
-                attributes=attributes,
-                events=part.events,
-                kind=SpanKind.INTERNAL,
-                status=part.status,
-                start_time=part.start,
-                end_time=max(part.end, part.start),
-                instrumentation_scope=SCOPE,
-            )
-        )
-    if builder.anomalies:
-        with _anomalies_lock:
-            _anomalies.update(builder.anomalies)
-    return RunTrace(run_id=run_id, trace_id=trace_id, spans=spans, complete=complete, anomalies=builder.anomalies)
+    builder = RunTraceBuilder(run_id, run, resource=resource, include_payloads=include_payloads)
+    builder.feed(events)
+    return builder.trace()

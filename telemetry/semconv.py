@@ -19,6 +19,10 @@ __all__ = [
     "STEP_ATTEMPT",
     "ERROR_TYPE",
     "WORKFLOW_CONFLICT",
+    "PEER_SERVICE",
+    "RPC_SYSTEM",
+    "RPC_SERVICE",
+    "RPC_METHOD",
     "SpanKinds",
 ]
 
@@ -31,6 +35,11 @@ ERROR_TYPE: Final = "error.type"
 WORKFLOW_CONFLICT: Final = "workflow.conflict"
 #: what an event-log span stands for: one of ``SpanKinds``
 WORKFLOW_SPAN_KIND: Final = "workflow.span.kind"
+#: on world-call spans, as the SDK's ``instrumentObject`` sets them (``rpc.method`` is the span name)
+PEER_SERVICE: Final = "peer.service"
+RPC_SYSTEM: Final = "rpc.system"
+RPC_SERVICE: Final = "rpc.service"
+RPC_METHOD: Final = "rpc.method"
 
 
 class SpanKinds:

@@ -23,6 +23,7 @@ from .errors import EntityConflictError, RunExpiredError, StreamError, WorkflowW
 __all__ = [
     "BENIGN_OPERATIONS",
     "benign_counts",
+    "benign_operation",
     "error_type_of",
     "is_benign_conflict",
     "record_benign",
@@ -35,18 +36,64 @@ __all__ = [
 log = logging.getLogger("telemetry.conflicts")
 
 #: Operations whose post-completion conflict is noise: the write lost a race with the run's end.
-#: Names are the SDK's span names without the ``world.`` prefix (4.x and 5.x spellings).
+#: Canonical names: the SDK's span names without the ``world.`` prefix. ``benign_operation``
+#: maps every other spelling the SDKs use onto these.
 BENIGN_OPERATIONS = frozenset(
     {
         "streams.writeToStream",
         "streams.writeToStreamMulti",
         "streams.closeStream",
-        "streams.write",
-        "streams.writeMulti",
-        "streams.close",
         "telemetry.write",
     }
 )
+
+#: The World's stream-write methods as the TS SDK names them (``world.streams.<method>`` spans).
+_STREAM_WRITE_METHODS = frozenset({"writeToStream", "writeToStreamMulti", "closeStream"})
+#: Other spellings of the same calls: 5.x ``workflow.stream.operation`` values and 5.x method
+#: names (only under ``streams.``: a bare ``write`` or ``close`` says too little), and the
+#: Python SDK's (vercel-workflow) World method names.
+_NAMESPACED_ALIASES = {
+    "write": "writeToStream",
+    "writeMulti": "writeToStreamMulti",
+    "write_multi": "writeToStreamMulti",
+    "close": "closeStream",
+}
+_PYTHON_ALIASES = {
+    "streams_write": "writeToStream",
+    "streams_write_multi": "writeToStreamMulti",
+    "streams_close": "closeStream",
+    "write_to_stream": "writeToStream",
+    "write_to_stream_multi": "writeToStreamMulti",
+    "close_stream": "closeStream",
+}
+#: world-vercel's HTTP client span for a stream write: ``http PUT`` on ``…/runs/:id/stream/:name``,
+#: given as the span name plus URL (``http PUT https://…/stream/…``) or as ``PUT /v2/runs/…/stream/…``.
+_HTTP_STREAM_PUT = re.compile(r"^(?:http\s+)?PUT\s+\S*/stream/\S", re.IGNORECASE)
+
+
+def benign_operation(operation: str) -> str | None:
+    """The canonical stream/telemetry write (one of ``BENIGN_OPERATIONS``) ``operation`` names, if any.
+
+    Accepts every spelling the SDKs use: ``writeToStream``, ``streams.writeToStream``,
+    ``world.writeToStream``, ``world.streams.writeToStream``, the multi and close variants, the
+    5.x ``streams.write``/``writeMulti``/``close``, the Python SDK's ``streams_write``…, and
+    world-vercel's ``http PUT …/stream/…``.
+    """
+    name = operation.strip()
+    if _HTTP_STREAM_PUT.match(name):
+        return "streams.writeToStream"
+    if name.startswith("world."):
+        name = name[len("world.") :]
+    if name == "telemetry.write":
+        return name
+    namespaced = name.startswith("streams.")
+    if namespaced:
+        name = name[len("streams.") :]
+    method = name if name in _STREAM_WRITE_METHODS else _PYTHON_ALIASES.get(name)
+    if method is None and namespaced:
+        method = _NAMESPACED_ALIASES.get(name)
+    return f"streams.{method}" if method else None
+
 
 _CONFLICT_NAMES = frozenset({"EntityConflictError", "RunExpiredError"})
 _RUN_ID = re.compile(r"wrun_[0-9A-Za-z]{26}")
@@ -72,17 +119,13 @@ def _facts(error: BaseException | Mapping[str, Any]) -> tuple[str, str, int | No
     return name, message, int(status) if isinstance(status, (int, str)) and str(status).isdigit() else None
 
 
-def _normalise_operation(operation: str) -> str:
-    return operation[len("world.") :] if operation.startswith("world.") else operation
-
-
 def is_benign_conflict(error: BaseException | Mapping[str, Any], *, operation: str) -> bool:
     """True when ``error`` is a post-completion conflict on a stream or telemetry write.
 
     The same conflict on any other operation (a step completion, a run transition) is not
     decided here as benign: those carry state the user cares about.
     """
-    if _normalise_operation(operation) not in BENIGN_OPERATIONS:
+    if benign_operation(operation) is None:
         return False
     name, message, status = _facts(error)
     if isinstance(error, (EntityConflictError, RunExpiredError)) or name in _CONFLICT_NAMES:

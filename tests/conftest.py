@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from telemetry.tracing import reset_benign_counts
+
+from .harness_app import run_status, start_workflow
+from .pgserver import destroy, start_pg
+
+#: helpers the test modules import from here along with the fixtures
+__all__ = ["run_status", "start_workflow"]
 
 
 @pytest.fixture
@@ -25,14 +37,6 @@ def _fresh_benign_counts():
 
 
 # ---- real SDK data: the harness runs once per test session --------------------------------
-import json
-import os
-import subprocess
-import tempfile
-from pathlib import Path
-
-from .pgserver import destroy, start_pg
-
 HARNESS = Path(__file__).resolve().parents[2] / "shared" / "sdk-harness"
 
 
@@ -145,9 +149,6 @@ def live_local_app(tmp_path):
     info = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     yield info
     subprocess.run(["bash", str(HARNESS / "run.sh"), "stop", str(state)], capture_output=True, timeout=60)
-
-
-from .harness_app import run_status, start_workflow  # noqa: E402,F401  (re-exported for the tests)
 
 
 @pytest.fixture

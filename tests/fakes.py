@@ -23,7 +23,7 @@ from telemetry.world import (
 
 def vercel_stream_409(run_id: str) -> Exception:
     """The exact error world-vercel 4.7.4 raises for a stream write to a finished run."""
-    body = '{"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}' % run_id
+    body = '{"success":false,"error":"conflict","message":"Run \\"' + run_id + '\\" is already completed"}'
     return Exception(
         f"Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/{run_id}/stream/"
         f"strm_x_user; x-vercel-id=iad1::abc; x-vercel-error=conflict): {body}"

@@ -10,8 +10,8 @@ from opentelemetry.trace import Status, StatusCode
 
 RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
 CONFLICT = (
-    'Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_x_user): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
-    % (RUN, RUN)
+    f"Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/{RUN}/stream/strm_x_user): "
+    '{"success":false,"error":"conflict","message":"Run \\"' + RUN + '\\" is already completed"}'
 )
 
 

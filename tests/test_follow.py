@@ -1,24 +1,39 @@
-"""``wft follow`` against the real SDK app: fresh runs show up fast; kill -9 loses nothing."""
+"""``telemetry.follow`` and ``wft follow`` on real SDK data: the incremental builder gives the
+one-shot spans, a pass costs what changed, the SQLite checkpoint (and its migration from JSON),
+kill -9, unreadable runs, and the daemon's retries against a collector that is down."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import pty
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+
+import pytest
+from aiohttp import web
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from telemetry.backends.local import LocalWorld
 from telemetry.backends.postgres import PostgresWorld
 from telemetry.follow import Checkpoint, Follower
-from telemetry.reading import all_runs, run_trace
+from telemetry.reading import all_runs, event_log, run_trace
+from telemetry.runtrace import RunTraceBuilder, build_run_trace
 
-from .conftest import run_status, start_workflow
+from .conftest import run_status, start_workflow, wft
+from .otlp_receiver import decode_request
+from .pgserver import free_port
 
 
-def _follower(data_dir: str, url: str, checkpoint: Path) -> subprocess.Popen:
+def _follower(data_dir: str, url: str, checkpoint: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -35,6 +50,7 @@ def _follower(data_dir: str, url: str, checkpoint: Path) -> subprocess.Popen:
             str(checkpoint),
             "--interval",
             "0.1",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -51,7 +67,7 @@ def _wait(predicate, timeout: float, step: float = 0.02) -> float:
     raise AssertionError("timed out")
 
 
-def _expected(data_dir: str) -> dict[str, object]:
+def _expected(data_dir: str | Path) -> dict[str, object]:
     world = LocalWorld(data_dir)
 
     async def go():
@@ -70,8 +86,272 @@ def _run_span(receiver, run_id):
     ]
 
 
+def _sid(span) -> str:
+    return f"{span.context.span_id:016x}"
+
+
+# -- the incremental builder ---------------------------------------------------------------------
+def _encoded(spans) -> list[bytes]:
+    return sorted(encode_spans([s]).SerializeToString() for s in spans)
+
+
+@pytest.mark.parametrize("snapshot", ["local-data", "local-data-midrun"])
+def test_builder_fed_event_by_event_gives_the_one_shot_spans(harness_out, snapshot):
+    world = LocalWorld(harness_out / snapshot)
+
+    async def logs():
+        return [(run, await event_log(world, run.run_id)) async for run in all_runs(world)]
+
+    compared = 0
+    for run, events in asyncio.run(logs()):
+        builder = RunTraceBuilder(run.run_id, run)
+        sent: set[str] = set()
+        for n, event in enumerate(events, 1):
+            before = len(builder.closed)
+            builder.feed([event])
+            one_shot = build_run_trace(run.run_id, events[:n], run)
+            # non-destructive: asking twice, at any point, gives the one-shot build of the events so far
+            assert _encoded(builder.trace().spans) == _encoded(one_shot.spans) == _encoded(builder.trace().spans)
+            if not builder.complete:
+                sent |= {_sid(s) for s in builder.spans(builder.closed[before:])}
+            compared += 1
+        assert builder.events == len(events) and builder.last_event_id == max(e.event_id for e in events)
+        # what closed along the way plus the end's trace is exactly the one-shot span set
+        assert sent <= {_sid(s) for s in builder.trace().spans}
+    assert compared > 100
+
+
+# -- a pass costs what changed -------------------------------------------------------------------
+def _reveal(source: Path, target: Path, names: list[str]) -> None:
+    for name in names:
+        shutil.copy2(source / "events" / name, target / "events" / name)
+
+
+def _skeleton(source: Path, target: Path) -> list[str]:
+    """``target``: ``source`` without its event files (returned in id order, to be revealed)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.json"))
+    for sub in ("runs", "steps"):
+        for path in (source / sub).glob("*.json"):
+            shutil.copy2(path, target / sub / path.name)
+    return sorted(p.name for p in (source / "events").glob("*.json"))
+
+
+def test_a_long_live_run_is_read_once_not_per_change(tmp_path, harness_out):
+    from bench.synth import long_run
+
+    full = tmp_path / "full"
+    (run_id,) = long_run(harness_out / "local-data", full, 2000)
+    live = tmp_path / "live"
+    names = _skeleton(full, live)
+    world = LocalWorld(live)
+    sent: list[str] = []
+    follower = Follower(world, lambda run, events, spans: sent.extend(_sid(s) for s in spans), Checkpoint(None))
+
+    async def go():
+        changes = 0
+        for start in range(0, len(names), 150):  # the run grows while it is followed
+            _reveal(full, live, names[start : start + 150])
+            await follower.poll()
+            changes += 1
+        return changes
+
+    changes = asyncio.run(go())
+    assert changes > 30
+    # each event read about once: re-reading the run per change would read it ~changes/2 times over
+    assert len(names) <= follower.events_read < 1.5 * len(names)
+    assert follower.rebuilds == 0
+    expected = _expected(full)
+    assert Counter(sent) == Counter(expected.keys()), "spans missing or sent twice"
+
+
+def test_a_first_pass_over_many_runs_reads_run_records_by_page(tmp_path, harness_out):
+    from bench.synth import scale_local
+
+    world_dir = tmp_path / "world"
+    scale_local(harness_out / "local-data", world_dir, 260)
+    world = LocalWorld(world_dir)
+    gets = Counter()
+    original = world.runs.get
+
+    async def counted_get(run_id, **kwargs):
+        gets[run_id] += 1
+        return await original(run_id, **kwargs)
+
+    world.runs.get = counted_get
+    sent: list[str] = []
+    follower = Follower(world, lambda run, events, spans: sent.extend(_sid(s) for s in spans), Checkpoint(None))
+    asyncio.run(follower.poll())
+    assert sum(gets.values()) == 0  # 260 runs: listed a page at a time, not read one by one
+    assert Counter(sent) == Counter(_expected(world_dir).keys())
+
+
+def test_an_event_that_lands_late_rebuilds_the_run_in_id_order(tmp_path, harness_out):
+    source = harness_out / "local-data"
+    live = tmp_path / "live"
+    names = _skeleton(source, live)
+    by_run: dict[str, list[str]] = {}
+    for name in names:
+        by_run.setdefault(name.split("-", 1)[0], []).append(name)
+    run_id, run_names = max(by_run.items(), key=lambda item: len(item[1]))
+    held = run_names[-4]  # written after the events that follow it in id order
+    world = LocalWorld(live)
+    sent: list[str] = []
+    events: list[str] = []
+
+    def deliver(run, new_events, spans):
+        sent.extend(_sid(s) for s in spans)
+        events.extend(e.event_id for e in new_events if e.run_id == run_id)
+
+    follower = Follower(world, deliver, Checkpoint(None), lookback=60.0)
+
+    async def go():
+        _reveal(source, live, [n for n in names if n != held and n not in run_names[-3:]])
+        await follower.poll()
+        _reveal(source, live, run_names[-3:-1])  # later ids first…
+        await follower.poll()
+        _reveal(source, live, [held])  # …then the one minted before them
+        await follower.poll()
+        _reveal(source, live, run_names[-1:])
+        await follower.poll()
+
+    asyncio.run(go())
+    assert follower.rebuilds == 1
+    assert Counter(events) == Counter(n.split("-", 1)[1].removesuffix(".json") for n in run_names)
+    assert set(sent) == set(_expected(source))
+
+
+def test_an_unreadable_event_marks_its_run_and_every_other_run_goes_on(tmp_path, harness_out, caplog):
+    data = tmp_path / "world"
+    shutil.copytree(harness_out / "local-data", data)
+    victim = sorted((data / "events").glob("*.json"))[7]
+    victim.write_bytes(victim.read_bytes()[:20])  # truncated for good: older than the grace period
+    old = time.time() - 3600
+    os.utime(victim, (old, old))
+    run_id = victim.name.split("-", 1)[0]
+    sent: list[str] = []
+    follower = Follower(LocalWorld(data), lambda r, e, spans: sent.extend(_sid(s) for s in spans), Checkpoint(None))
+    caplog.set_level("WARNING", logger="telemetry.follow")
+    asyncio.run(follower.poll())
+    asyncio.run(follower.poll())
+    assert list(follower.problems) == [run_id] and str(victim) in follower.problems[run_id]
+    expected = {
+        k: v for k, v in _expected(harness_out / "local-data").items() if v.attributes["workflow.run.id"] != run_id
+    }
+    assert set(sent) == set(expected) and len(sent) == len(expected)
+    lines = [r.getMessage() for r in caplog.records if r.name == "telemetry.follow"]
+    assert len(lines) == 1 and str(victim) in lines[0]  # once, with its path, not once per pass
+
+
+# -- the checkpoint ------------------------------------------------------------------------------
+def test_checkpoint_keeps_finished_runs_small_and_bad_checkpoints_are_one_line(harness_out, tmp_path):
+    world = LocalWorld(harness_out / "local-data")
+    path = tmp_path / "cp.sqlite3"
+    asyncio.run(Follower(world, lambda run, events, spans: None, Checkpoint(path)).poll())
+    checkpoint = Checkpoint(path)
+    saved = checkpoint.runs()
+    assert len(saved) == 11 and all(v.complete and v.events > 0 and v.last_id for v in saved.values())
+    assert all(checkpoint.sent(r) == set() for r in saved)  # a finished run keeps no span ids
+    assert checkpoint.token is not None
+    assert path.stat().st_mode & 0o077 == 0  # not readable by others
+    checkpoint.close()
+    for content in (b"{broken", b"\x00\x01garbage that is neither SQLite nor JSON"):
+        path.write_bytes(content)
+        result = wft(
+            "follow",
+            "--dir",
+            str(harness_out / "local-data"),
+            "--checkpoint",
+            str(path),
+            "--otlp",
+            "http://127.0.0.1:9",
+        )
+        assert result.returncode == 2 and "move it away" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def _v1_checkpoint(world_dir: Path) -> dict:
+    """What the follower of the previous version wrote after following ``world_dir``."""
+    world = LocalWorld(world_dir)
+
+    async def go():
+        runs = {}
+        async for run in all_runs(world):
+            events = await event_log(world, run.run_id)
+            trace = build_run_trace(run.run_id, events, run)
+            sent = [] if trace.complete else sorted(_sid(s) for s in trace.spans)
+            runs[run.run_id] = {"events": len(events), "sent": sent, "complete": trace.complete}
+        return {"version": 1, "runs": runs}
+
+    return asyncio.run(go())
+
+
+def test_a_json_checkpoint_is_migrated_and_nothing_sent_is_sent_again(harness_out, tmp_path, caplog):
+    """Followed up to the mid-run snapshot with the old JSON checkpoint, then on to the end."""
+    v1 = _v1_checkpoint(harness_out / "local-data-midrun")
+    unfinished = [r for r, s in v1["runs"].items() if not s["complete"]]
+    assert unfinished and any(s["sent"] for s in v1["runs"].values())
+    path = tmp_path / "cp.json"
+    path.write_text(json.dumps(v1))
+    caplog.set_level("INFO", logger="telemetry.follow")
+    sent: list[str] = []
+    follower = Follower(
+        LocalWorld(harness_out / "local-data"),
+        lambda r, e, spans: sent.extend(_sid(s) for s in spans),
+        Checkpoint(path),
+    )
+    asyncio.run(follower.poll())
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")  # migrated in place
+    assert any("migrated 11 runs" in r.getMessage() for r in caplog.records)
+    already = {s for state in v1["runs"].values() for s in state["sent"]}
+    final = _expected(harness_out / "local-data")
+    done_at_midrun = {r for r, s in v1["runs"].items() if s["complete"]}
+    owed = {k for k, v in final.items() if v.attributes["workflow.run.id"] not in done_at_midrun} - already
+    assert Counter(sent) == Counter(owed)
+    # a second open is the SQLite file itself, and the state carried over
+    again = Checkpoint(path)
+    assert set(again.runs()) == set(v1["runs"]) and all(s.complete for s in again.runs().values())
+
+    # the CLI's default name: the old default file is imported beside it and set aside
+    legacy = tmp_path / "old.json"
+    legacy.write_text(json.dumps(v1))
+    migrated = Checkpoint(tmp_path / "new.sqlite3", legacy=legacy)
+    assert not legacy.exists() and (tmp_path / "old.json.migrated").exists()
+    assert set(migrated.runs()) == set(v1["runs"])
+    assert {s for r in unfinished for s in migrated.sent(r)} == {s for r in unfinished for s in v1["runs"][r]["sent"]}
+
+
+def test_a_sqlite_checkpoint_under_the_old_name_is_adopted(harness_out, tmp_path):
+    old = tmp_path / "store.sqlite3.follow.json"
+    first = Checkpoint(old)  # SQLite written where the JSON used to be
+    asyncio.run(Follower(LocalWorld(harness_out / "local-data"), lambda *a: None, first).poll())
+    first.close()
+    adopted = Checkpoint(tmp_path / "store.sqlite3.follow.sqlite3", legacy=old)
+    assert len(adopted.runs()) == 11 and adopted.token is not None and not old.exists()
+
+
+def test_checkpoint_writes_only_what_changed(tmp_path):
+    """A save is one small transaction: the file does not get rewritten per change."""
+    path = tmp_path / "cp.sqlite3"
+    checkpoint = Checkpoint(path)
+    from telemetry.follow import RunState
+
+    for i in range(2000):
+        checkpoint.record(f"wrun_{i:06d}", RunState(3, f"evnt_{i:06d}", True))
+    checkpoint.advance("t1")
+    size = path.stat().st_size + Path(str(path) + "-wal").stat().st_size
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = Path(str(path) + "-wal").stat().st_size
+    checkpoint.record("wrun_000007", RunState(5, "evnt_x", False), ["00000000000000aa"])
+    grown = Path(str(path) + "-wal").stat().st_size - before
+    assert 0 < grown < size / 4  # a few pages, not a copy of every run's state
+    assert checkpoint.get("wrun_000007").events == 5 and checkpoint.sent("wrun_000007") == {"00000000000000aa"}
+
+
+# -- live, with kill -9 ------------------------------------------------------------------------
 def test_follow_sees_a_new_run_within_a_second(live_local_app, otlp_receiver, tmp_path):
-    follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, tmp_path / "cp.json")
+    follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, tmp_path / "cp.sqlite3")
     try:
         time.sleep(1.0)  # the follower is up and idle
         run_id = start_workflow(live_local_app["URL"], "sequential", [5])
@@ -92,7 +372,7 @@ def test_follow_sees_a_new_run_within_a_second(live_local_app, otlp_receiver, tm
 
 
 def test_follow_survives_kill_9_with_no_gap_and_no_duplicate(live_local_app, otlp_receiver, tmp_path):
-    checkpoint = tmp_path / "cp.json"
+    checkpoint = tmp_path / "cp.sqlite3"
     url = live_local_app["URL"]
     follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, checkpoint)
     runs = [
@@ -109,7 +389,7 @@ def test_follow_survives_kill_9_with_no_gap_and_no_duplicate(live_local_app, otl
     follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, checkpoint)
     try:
         for run_id in runs:
-            _wait(lambda: run_status(url, run_id) in ("completed", "failed"), 60, 0.05)
+            _wait(lambda run_id=run_id: run_status(url, run_id) in ("completed", "failed"), 60, 0.05)
         _wait(lambda: all(_run_span(otlp_receiver, r) for r in runs), 10)
         time.sleep(0.5)
     finally:
@@ -138,10 +418,14 @@ def test_follower_on_postgres_sends_each_span_once(harness_pg_url, tmp_path):
     batches: list[list] = []
 
     async def go():
-        follower = Follower(world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.json"))
+        follower = Follower(
+            world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.sqlite3")
+        )
         first = await follower.poll()
         second = await follower.poll()
-        restarted = Follower(world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.json"))
+        restarted = Follower(
+            world, lambda run, events, spans: batches.append(spans), Checkpoint(tmp_path / "cp.sqlite3")
+        )
         third = await restarted.poll()
         expected = [s async for run in all_runs(world) for s in (await run_trace(world, run)).spans]
         await world.close()
@@ -152,24 +436,209 @@ def test_follower_on_postgres_sends_each_span_once(harness_pg_url, tmp_path):
     assert sorted(s.context.span_id for b in batches for s in b) == sorted(s.context.span_id for s in expected)
 
 
-def test_checkpoint_keeps_finished_runs_small_and_bad_checkpoints_are_one_line(harness_out, tmp_path):
-    import json
+# -- the daemon ----------------------------------------------------------------------------------
+class _Lines:
+    """A subprocess's stderr, collected line by line as it comes."""
 
-    world = LocalWorld(harness_out / "local-data")
-    checkpoint = tmp_path / "cp.json"
-    asyncio.run(Follower(world, lambda run, events, spans: None, Checkpoint(checkpoint)).poll())
-    saved = json.loads(checkpoint.read_text())["runs"]
-    assert len(saved) == 11 and all(v["complete"] and v["sent"] == [] and v["events"] > 0 for v in saved.values())
-    checkpoint.write_text("{broken")
-    from .conftest import wft
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
 
-    result = wft(
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def having(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+
+def _receiver_on(port: int, answer_503: list[int]):
+    """An OTLP/HTTP receiver on a given port; answers 503 while ``answer_503[0] > 0``."""
+    received: list = []
+
+    async def traces(request: web.Request) -> web.Response:
+        body = await request.read()
+        if answer_503[0] > 0:
+            answer_503[0] -= 1
+            return web.Response(status=503)
+        received.extend(decode_request(body))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return received, stop
+
+
+def test_daemon_rides_out_a_collector_that_is_down_then_up(harness_out, tmp_path):
+    port = free_port()
+    checkpoint = tmp_path / "cp.sqlite3"
+    follower = _follower(
+        str(harness_out / "local-data"),
+        f"http://127.0.0.1:{port}",
+        checkpoint,
+        "--timeout",
+        "1",
+        "--max-backoff",
+        "0.5",
+    )
+    lines = _Lines(follower.stderr)
+    stop = None
+    try:
+        _wait(lambda: lines.having("unavailable"), 30)
+        time.sleep(2.0)  # several retries while down…
+        assert Checkpoint(checkpoint).runs() == {}  # …and nothing checkpointed that was not acknowledged
+        answer_503 = [3]
+        received, stop = _receiver_on(port, answer_503)  # up, answering 503 for a while, then 200
+        expected = _expected(harness_out / "local-data")
+        _wait(lambda: len({s.span_id for s in received}) >= len(expected), 30)
+        _wait(lambda: lines.having("resumed"), 10)
+        assert answer_503[0] == 0
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = follower.wait(10)
+        took = time.monotonic() - started
+        if stop:
+            stop()
+    assert code == 0 and took < 2.0
+    assert {s.span_id for s in received} == set(expected)
+    assert len(lines.having("unavailable")) == 1, lines.lines  # one line per state change, not per retry
+    assert len(lines.having("resumed")) == 1 and not lines.having("Traceback") and not lines.having("Transient")
+    assert len(Checkpoint(checkpoint).runs()) == 11
+
+
+def test_daemon_stops_within_two_seconds_while_the_collector_is_unreachable(harness_out, tmp_path):
+    # a blackholed address: connecting hangs until the (long) request timeout
+    follower = _follower(
+        str(harness_out / "local-data"), "http://10.255.255.1:4318", tmp_path / "cp.sqlite3", "--timeout", "30"
+    )
+    lines = _Lines(follower.stderr)
+    time.sleep(2.0)  # the first send is in flight
+    follower.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    code = follower.wait(10)
+    assert time.monotonic() - started < 2.0 and code == 0
+    assert not lines.having("Traceback")
+
+
+def test_once_is_one_pass_with_a_one_line_error_or_a_summary(harness_out, otlp_receiver, tmp_path):
+    down = wft(
         "follow",
+        "--once",
         "--dir",
         str(harness_out / "local-data"),
         "--checkpoint",
-        str(checkpoint),
+        str(tmp_path / "a.sqlite3"),
         "--otlp",
-        "http://127.0.0.1:9",
+        f"http://127.0.0.1:{free_port()}",
+        "--timeout",
+        "1",
     )
-    assert result.returncode == 2 and "not valid JSON" in result.stderr and "move it away" in result.stderr
+    assert down.returncode == 1 and down.stderr.strip().count("\n") == 0, down.stderr
+    assert "unavailable" in down.stderr and "Traceback" not in down.stderr
+    up = wft(
+        "follow",
+        "--once",
+        "--dir",
+        str(harness_out / "local-data"),
+        "--checkpoint",
+        str(tmp_path / "b.sqlite3"),
+        "--otlp",
+        otlp_receiver.url,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "first pass done" in up.stderr and "\r" not in up.stderr  # not a terminal: a summary only
+    assert {s.span_id for s in otlp_receiver.spans} == set(_expected(harness_out / "local-data"))
+    # a second cron run: nothing new to send
+    again = wft(
+        "follow",
+        "--once",
+        "--dir",
+        str(harness_out / "local-data"),
+        "--checkpoint",
+        str(tmp_path / "b.sqlite3"),
+        "--otlp",
+        otlp_receiver.url,
+    )
+    assert again.returncode == 0 and len(otlp_receiver.spans) == len(set(_expected(harness_out / "local-data")))
+
+
+def test_first_pass_shows_progress_on_a_terminal(harness_out, otlp_receiver, tmp_path):
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "telemetry",
+            "follow",
+            "--once",
+            "--dir",
+            str(harness_out / "local-data"),
+            "--checkpoint",
+            str(tmp_path / "cp.sqlite3"),
+            "--otlp",
+            otlp_receiver.url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the process exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(30) == 0
+    text = output.decode()
+    assert "\rfollow: 11/11 runs" in text and "events/s" in text and "ETA" in text
+    assert "first pass done" in text
+
+
+def test_daemon_with_the_world_down_says_so_once_and_stops_cleanly(tmp_path, otlp_receiver):
+    url = f"postgres://world:s3cret@127.0.0.1:{free_port()}/world"  # nothing listens there
+    process = subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "follow", "--world", "postgres", "--url", url]
+        + ["--otlp", otlp_receiver.url, "--checkpoint", str(tmp_path / "cp.sqlite3"), "--max-backoff", "0.3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = _Lines(process.stderr)
+    _wait(lambda: lines.having("world unavailable"), 20)
+    time.sleep(2.0)  # many retries at most 0.3 s apart
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert process.wait(10) == 0 and time.monotonic() - started < 2.0
+    assert len(lines.having("world unavailable")) == 1, lines.lines
+    assert not lines.having("s3cret") and not lines.having("Traceback") and not lines.having("retrying in")
+    once = wft(
+        "follow",
+        "--once",
+        "--world",
+        "postgres",
+        "--url",
+        url,
+        "--otlp",
+        otlp_receiver.url,
+        "--checkpoint",
+        str(tmp_path / "cp.sqlite3"),
+    )
+    assert once.returncode == 1 and "unreachable" in once.stderr and "s3cret" not in once.stderr
+    assert len(once.stderr.strip().splitlines()) == 1, once.stderr

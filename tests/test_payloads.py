@@ -99,3 +99,24 @@ def test_encrypted_and_unknown_formats_stay_opaque():
 def test_split_frames():
     frames = split_frames(b"\x00\x00\x00\x03abc\x00\x00\x00\x00\x00\x00\x00\x01z")
     assert frames == [b"abc", b"", b"z"]
+
+
+def _deep_chain(depth: int) -> str:
+    """``[[1],[2],…,0]``: an array inside an array ``depth`` times, in a few bytes per level."""
+    return json.dumps([[i + 1] for i in range(depth)] + [0])
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "[[-7,1000000000000]]",  # a sparse array whose length is just a number in the input
+        "[[-7,2,5,0],1]",  # a sparse index past its length
+        '[["Map",1],5]',  # the SDK's Map form pointing at a number
+        '[["Uint8Array",1],["ArrayBuffer",7]]',  # base64 that is not text
+        "[" * 100_000 + "]" * 100_000,  # JSON nested too deep
+        _deep_chain(50_000),  # references nested too deep
+    ],
+)
+def test_hostile_devalue_is_a_value_error_not_a_crash(hostile):
+    with pytest.raises(ValueError):
+        devalue_parse(hostile)

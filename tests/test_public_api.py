@@ -2,10 +2,10 @@
 
 
 def test_public_names_import_as_documented():
-    from telemetry.backends import backend_config, open_backend  # noqa: F401
-    from telemetry.backends.local import LocalWorld  # noqa: F401
-    from telemetry.backends.postgres import PostgresWorld  # noqa: F401
-    from telemetry.errors import (  # noqa: F401
+    from telemetry.backends import backend_config, open_backend
+    from telemetry.backends.local import LocalWorld
+    from telemetry.backends.postgres import PostgresWorld
+    from telemetry.errors import (
         EntityConflictError,
         HookNotFoundError,
         PreconditionFailedError,
@@ -18,14 +18,19 @@ def test_public_names_import_as_documented():
         error_for_response,
         parse_retry_after,
     )
-    from telemetry.export import OtlpSink  # noqa: F401
-    from telemetry.runtrace import build_run_trace  # noqa: F401
-    from telemetry.streams import StreamWriter  # noqa: F401
-    from telemetry.tracing import benign_counts, is_benign_conflict, record_benign, throw_with_trace  # noqa: F401
-    from telemetry.world import World, traced  # noqa: F401
+    from telemetry.export import OtlpSink
+    from telemetry.runtrace import build_run_trace
+    from telemetry.streams import StreamWriter
+    from telemetry.tracing import benign_counts, is_benign_conflict, record_benign, throw_with_trace
+    from telemetry.world import World, traced
 
     assert issubclass(EntityConflictError, WorkflowWorldError)
-    assert callable(traced) and callable(throw_with_trace)
+    errors = (HookNotFoundError, PreconditionFailedError, RunExpiredError, StreamError, ThrottleError, TooEarlyError)
+    assert all(issubclass(e, Exception) for e in (*errors, WorkflowRunNotFoundError))
+    functions = (backend_config, open_backend, error_for_response, parse_retry_after, build_run_trace, traced)
+    functions += (benign_counts, is_benign_conflict, record_benign, throw_with_trace)
+    assert all(callable(f) for f in functions)
+    assert all(isinstance(c, type) for c in (LocalWorld, PostgresWorld, OtlpSink, StreamWriter, World))
 
 
 def test_concrete_worlds_satisfy_the_protocol(tmp_path):

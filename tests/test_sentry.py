@@ -16,15 +16,18 @@ from .conftest import wft
 RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
 STEP = "step_01M80NBG4PGVG2CY8WDX3NXEX2"
 # Seed 003 (issue #1949), verbatim apart from the run id being complete.
-SEED = (
-    'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
-    % RUN
-)
+CONFLICT_BODY = '{"success":false,"error":"conflict","message":"Run \\"' + RUN + '\\" is already completed"}'
+SEED = "Stream write failed: HTTP 409: " + CONFLICT_BODY
 # Reference §3.4: world-vercel 4.7.4 after PR #2142.
 DIAG = (
-    "Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; "
-    'x-vercel-id=iad1::abc; x-vercel-error=conflict): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
-) % (RUN, RUN)
+    f"Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/{RUN}/stream/"
+    f"strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; x-vercel-id=iad1::abc; x-vercel-error=conflict): {CONFLICT_BODY}"
+)
+# vercel-workflow 0.12 (PyPI), worlds/vercel.py ``_stream_http_error``: the same 409, with no response body
+# (as its VercelWorld raised it against a loopback server in tests/test_pyworkflows_sentry.py).
+USER_STREAM = "strm_01KQKXJQGJ78X9YSF34QG3GHFX_user"
+PY_STREAM = f"Stream write failed: HTTP 409 (PUT /v2/runs/{RUN}/stream/{USER_STREAM}; x-vercel-id=iad1::abc)"
+PY_CLOSE = f"Stream close failed: HTTP 410 (PUT /v2/runs/{RUN}/stream/{USER_STREAM})"
 
 
 def js_error(type_: str, value: str, *, mechanism: str = "generic", functions: tuple[str, ...] = ()) -> dict:
@@ -46,6 +49,18 @@ def js_error(type_: str, value: str, *, mechanism: str = "generic", functions: t
                 }
             ]
         },
+    }
+
+
+def py_error(type_: str, value: str, *, module: str = "vercel.workflow._internal.world", functions=()) -> dict:
+    """An event shaped as sentry-sdk (Python) sends it from a vercel-workflow app."""
+    frames = [{"function": f, "module": "vercel.workflow._internal.worlds.vercel"} for f in functions]
+    return {
+        "event_id": "d" * 32,
+        "platform": "python",
+        "level": "error",
+        "logger": "vercel.workflow",
+        "exception": {"values": [{"type": type_, "module": module, "value": value, "stacktrace": {"frames": frames}}]},
     }
 
 
@@ -83,6 +98,22 @@ TABLE = [
         "background-flush-409",
     ),
     ({**js_error("Error", "whatever"), "tags": {"workflow.conflict": "benign"}}, "wft-benign"),
+    # -- dropped: vercel-workflow's (Python) spellings ---------------------------------------------
+    (py_error("WorkflowWorldError", PY_STREAM, functions=("streams_write", "_write_stream_request")), "py-stream-409"),
+    (py_error("WorkflowWorldError", PY_CLOSE), "py-stream-409"),
+    (
+        log_event(
+            f"[Workflows] '{RUN}' - Encountered Error while executing step 'step//app//s' (attempt 1): {PY_STREAM}"
+            "\n\n  This step has failed but will be retried"
+        ),
+        "py-stream-409",
+    ),
+    (
+        py_error("EntityConflictError", f'Run "{RUN}" is already completed', functions=("streams_write",)),
+        "conflict-in-stream-write",
+    ),
+    (log_event(f"Workflow run {RUN} was already completed"), "racing-completion"),
+    (py_error("EntityConflictError", "Cannot transition run from terminal state completed"), "racing-completion"),
     # -- kept: near misses --------------------------------------------------------------------
     (js_error("Error", SEED.replace("HTTP 409", "HTTP 500"), mechanism="auto.node.onunhandledrejection"), None),
     (js_error("Error", "Stream write failed: HTTP 409: conflict on writer lock"), None),
@@ -101,6 +132,20 @@ TABLE = [
         None,
     ),
     (log_event("Tried completing the migration"), None),
+    # -- kept: vercel-workflow near misses: a 409 on a step completion or run transition is an error --------
+    (
+        py_error(
+            "EntityConflictError", f'Run "{RUN}" is already completed', functions=("events_create", "_cbor_request")
+        ),
+        None,
+    ),
+    (py_error("EntityConflictError", 'Cannot modify step in terminal state "completed"'), None),
+    (py_error("WorkflowWorldError", PY_STREAM.replace("HTTP 409", "HTTP 503")), None),
+    (py_error("WorkflowWorldError", PY_STREAM + ": conflict on writer lock"), None),  # not the SDK's form
+    (py_error("ThrottleError", PY_STREAM.replace("HTTP 409", "HTTP 429")), None),
+    (py_error("TypeError", PY_STREAM), None),  # an app's own error quoting the text
+    (log_event(f"Workflow run {RUN} was already completed, but its output differs"), None),
+    (log_event(f"[Workflows] '{RUN}' - Encountered Error while executing step 's' (attempt 1): boom"), None),
 ]
 
 
@@ -211,7 +256,7 @@ def test_dry_run_on_json_lines_and_envelopes(tmp_path):
     out = result.stdout.strip().splitlines()
     dropped = sum(1 for _, rule in TABLE if rule)
     assert out[-1].startswith(f"{len(TABLE)} events: {len(TABLE) - dropped} kept, {dropped} dropped (")
-    for line, (_, rule) in zip(out, TABLE):
+    for line, (_, rule) in zip(out[:-1], TABLE, strict=True):
         assert line.startswith("dropped" if rule else "kept")
         if rule:
             assert f" {rule} " in line
@@ -235,3 +280,64 @@ def test_dry_run_on_json_lines_and_envelopes(tmp_path):
     bad.write_text("{nope\n")
     result = wft("sentry", "dry-run", str(bad))
     assert result.returncode == 2 and "line 1: not JSON" in result.stderr
+
+
+def _envelope(*payloads: bytes) -> bytes:
+    items = b"".join(json.dumps({"type": "event", "length": len(p)}).encode() + b"\n" + p + b"\n" for p in payloads)
+    return b'{"event_id":"' + b"e" * 32 + b'"}\n' + items
+
+
+def test_dry_run_on_hostile_envelope_items_is_one_line_not_a_traceback(tmp_path):
+    not_an_object = tmp_path / "list.envelope"
+    not_an_object.write_bytes(_envelope(b"[1, 2]", json.dumps(js_error("Error", SEED)).encode()))
+    result = wft("sentry", "dry-run", str(not_an_object))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("1 events: 0 kept, 1 dropped (vercel-stream-409 1)")
+    not_json = tmp_path / "garbage.envelope"
+    not_json.write_bytes(_envelope(b"{nope"))
+    result = wft("sentry", "dry-run", str(not_json))
+    assert result.returncode == 2 and result.stderr.strip() == "wft sentry: envelope item 1: event is not JSON"
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"message": "caf\xe9"}\n')
+    result = wft("sentry", "dry-run", str(not_utf8))
+    assert result.returncode == 2 and result.stderr.strip() == "wft sentry: line 1: not UTF-8"
+
+
+def test_in_process_filter_knows_vercel_workflows_own_classes(in_process):
+    """vercel-workflow's EntityConflictError / RunExpiredError / WorkflowWorldError (not ours), raised in its
+    World's stream methods: dropped; the same classes on a step completion or with a 5xx: kept."""
+    from vercel.workflow import EntityConflictError as VwConflict
+    from vercel.workflow import RunExpiredError as VwExpired
+    from vercel.workflow import WorkflowWorldError as VwWorldError
+
+    def streams_write(error: BaseException) -> None:  # vercel-workflow's method names, as they show in a stack
+        raise error
+
+    def streams_close(error: BaseException) -> None:
+        raise error
+
+    def events_create(error: BaseException) -> None:
+        raise error
+
+    def capture(where, error: BaseException) -> None:
+        try:
+            where(error)
+        except BaseException:
+            sentry_sdk.capture_exception()
+
+    before = drop_counts()
+    capture(streams_write, VwConflict(f'Run "{RUN}" is already completed'))
+    capture(streams_write, VwWorldError(PY_STREAM, status=409))
+    capture(streams_close, VwExpired("Run expired", status=410))
+    capture(events_create, VwConflict(f'Run "{RUN}" is already completed'))  # a step completion: kept
+    capture(events_create, VwWorldError("POST /v2/runs/x/events -> HTTP 409", status=409))  # kept
+    capture(streams_write, VwWorldError(PY_STREAM.replace("409", "503"), status=503))  # kept
+    sentry_sdk.flush(10)
+    kept = [(e["exception"]["values"][-1]["type"], e["exception"]["values"][-1]["value"]) for e in in_process.events()]
+    assert kept == [
+        ("EntityConflictError", f'Run "{RUN}" is already completed'),
+        ("WorkflowWorldError", "POST /v2/runs/x/events -> HTTP 409"),
+        ("WorkflowWorldError", PY_STREAM.replace("409", "503")),
+    ]
+    after = drop_counts()
+    assert after.get("in-process-benign", 0) - before.get("in-process-benign", 0) == 3

@@ -21,15 +21,13 @@ from telemetry.tracing import (
 
 RUN = "wrun_01KQKXJQGJ78X9YSF34QG3GHFX"
 # Seed 003 (issue #1949), world-vercel 4.1.2: no diagnostics in the message.
-SEED_409 = (
-    'Stream write failed: HTTP 409: {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
-    % RUN
-)
+CONFLICT_BODY = '{"success":false,"error":"conflict","message":"Run \\"' + RUN + '\\" is already completed"}'
+SEED_409 = "Stream write failed: HTTP 409: " + CONFLICT_BODY
 # Reference §3.4, world-vercel 4.7.4 after PR #2142: method, URL and x-vercel diagnostics.
 DIAG_409 = (
-    "Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/%s/stream/strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; "
-    'x-vercel-id=iad1::x; x-vercel-error=conflict): {"success":false,"error":"conflict","message":"Run \\"%s\\" is already completed"}'
-) % (RUN, RUN)
+    f"Stream write failed: HTTP 409 (PUT https://vercel-workflow.com/api/v2/runs/{RUN}/stream/"
+    f"strm_01KQKXJQGJ78X9YSF34QG3GHFX_user; x-vercel-id=iad1::x; x-vercel-error=conflict): {CONFLICT_BODY}"
+)
 WRITE = "world.streams.writeToStream"
 
 

@@ -1,11 +1,15 @@
 import asyncio
+import copy
+import inspect
+import typing
+from datetime import UTC, datetime
 
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry.errors import EntityConflictError, WorkflowWorldError
 from telemetry.tracing import benign_counts
-from telemetry.world import EventRequest, traced
+from telemetry.world import EventRequest, Hook, Pagination, World, protocol, traced
 
 from .fakes import FakeInMemoryWorld, vercel_stream_409
 
@@ -138,3 +142,133 @@ def test_explicit_rpc_system(spans):
     world = traced(inner, peer_service="workflow-server", rpc_system="http", tracer_provider=provider)
     asyncio.run(world.runs.get(RUN))
     assert _only(exporter).attributes["rpc.system"] == "http"
+
+
+#: The span names world-local/world-vercel 4.x give their calls (``instrumentObject``), written out
+#: from the SDK rather than from our code; ``readFromStream`` has no counterpart in our protocol.
+SDK_SPAN_NAMES = {
+    "world.runs.get",
+    "world.runs.list",
+    "world.steps.get",
+    "world.steps.list",
+    "world.events.get",
+    "world.events.list",
+    "world.events.listByCorrelationId",
+    "world.events.create",
+    "world.hooks.get",
+    "world.hooks.getByToken",
+    "world.hooks.list",
+    "world.streams.writeToStream",
+    "world.streams.writeToStreamMulti",
+    "world.streams.closeStream",
+    "world.streams.listStreamsByRunId",
+    "world.streams.getStreamChunks",
+    "world.streams.getStreamInfo",
+}
+
+#: One distinct value per protocol parameter name, so forwarding mix-ups show.
+ARGUMENTS = {
+    "run_id": RUN,
+    "step_id": STEP,
+    "event": EventRequest("step_completed", correlation_id=STEP),
+    "chunk": b"chunk",
+    "chunks": [b"a", "b"],
+    "pagination": Pagination(limit=3),
+    "resolve_data": "none",
+    "status": "running",
+    "limit": 7,
+}
+
+
+class _Recorder:
+    """A namespace that accepts any call and records it, returning nothing."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        async def method(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+
+        return method
+
+
+class _RecordingWorld:
+    rpc_system = "memory"
+
+    def __init__(self):
+        self.runs, self.steps, self.events, self.hooks, self.streams = (_Recorder() for _ in range(5))
+
+
+def _protocol_methods():
+    """(namespace, method, signature) for every method of every namespace the World protocol declares."""
+    for namespace, member in vars(protocol.World).items():
+        if not isinstance(member, property):
+            continue
+        namespace_protocol = typing.get_type_hints(member.fget)["return"]
+        for method, function in vars(namespace_protocol).items():
+            if inspect.iscoroutinefunction(function):
+                yield namespace, method, inspect.signature(function)
+
+
+def test_every_world_protocol_method_is_a_span_with_the_sdk_name_and_forwards_its_arguments(spans):
+    provider, exporter = spans
+    inner = _RecordingWorld()
+    world = traced(inner, peer_service="world-local", tracer_provider=provider)
+    assert isinstance(world, World)
+    methods = list(_protocol_methods())
+    assert len(methods) >= 17
+    seen = set()
+    for namespace, method, signature in methods:
+        args, kwargs = [], {}
+        for name, param in list(signature.parameters.items())[1:]:
+            value = ARGUMENTS.get(name, f"<{name}>")
+            if param.kind is param.KEYWORD_ONLY:
+                kwargs[name] = value
+            else:
+                args.append(value)
+        asyncio.run(getattr(getattr(world, namespace), method)(*args, **kwargs))
+        recorder = getattr(inner, namespace)
+        assert recorder.calls == [(method, tuple(args), kwargs)], f"{namespace}.{method} forwarded wrongly"
+        recorder.calls.clear()
+        spans_made = exporter.get_finished_spans()
+        assert len(spans_made) == 1, f"{namespace}.{method} is not traced"
+        span = spans_made[0]
+        exporter.clear()
+        base = span.name.split(" ")[0]
+        assert base.startswith(f"world.{namespace}.") and base in SDK_SPAN_NAMES, span.name
+        assert span.kind is SpanKind.CLIENT and span.attributes["rpc.method"] == span.name
+        if "run_id" in signature.parameters:
+            assert span.attributes["workflow.run.id"] == RUN, span.name
+        if "step_id" in signature.parameters:
+            assert span.attributes["step.id"] == STEP, span.name
+        seen.add(base)
+    assert seen == SDK_SPAN_NAMES
+
+
+def test_calls_outside_the_protocol_reach_the_world_untraced(spans):
+    provider, exporter = spans
+    inner = _RecordingWorld()
+    world = traced(inner, peer_service="world-local", tracer_provider=provider)
+    asyncio.run(world.events.changes(token="t"))  # not a World protocol method
+    assert inner.events.calls == [("changes", (), {"token": "t"})]
+    assert world.rpc_system == "memory" and world.peer_service == "world-local"
+    assert exporter.get_finished_spans() == ()
+    clone = copy.copy(world)  # __getattr__ must not recurse while the copy has no wrapped world yet
+    asyncio.run(clone.runs.get(RUN))
+    assert [s.name for s in exporter.get_finished_spans()] == ["world.runs.get"]
+
+
+def test_hook_span_takes_the_run_from_the_result(spans):
+    provider, exporter = spans
+    inner = _RecordingWorld()
+
+    async def get(hook_id):
+        return Hook(run_id=RUN, hook_id=hook_id, token="tok", created_at=datetime.now(UTC))
+
+    inner.hooks.get = get
+    world = traced(inner, peer_service="world-local", tracer_provider=provider)
+    asyncio.run(world.hooks.get("hook_1"))
+    span = _only(exporter)
+    assert span.name == "world.hooks.get"
+    assert span.attributes["workflow.run.id"] == RUN

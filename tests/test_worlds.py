@@ -92,7 +92,7 @@ def test_stream_writer_on_local_world(writable_local, harness_out, tmp_path):
     async def go():
         run = await writable_local.runs.get(running)
         assert run.status == "running"
-        out = StreamWriter(writable_local, running, namespace="py")
+        out = StreamWriter(writable_local, running, namespace="py", raw=True)  # byte for byte
         assert await out.write(b"\x00\x00\x00\x03abc") and await out.write("text")
         assert await out.close()
         chunks = await writable_local.streams.get_chunks(out.name, running)
@@ -132,7 +132,7 @@ def test_stream_writer_on_postgres_world_notifies(pg_server, harness_out, harnes
 
     async def go():
         assert (await world.runs.get(running)).status == "running"
-        out = StreamWriter(world, running)
+        out = StreamWriter(world, running, raw=True)  # byte for byte
         assert await out.write(b"one") and await out.write(b"two") and await out.close()
         chunks = await world.streams.get_chunks(out.name, running)
         await world.close()

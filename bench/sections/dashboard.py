@@ -51,10 +51,10 @@ def _render_ms(browser, url: str) -> float:
 
 def run(harness_out: Path) -> list[dict]:
     from playwright.sync_api import sync_playwright
-    from synth import big_run
+    from synth import long_run
 
     tmp = Path(tempfile.mkdtemp(prefix="wft-bench-dash-"))
-    big = big_run(harness_out / "local-data", tmp / "big", STEPS)
+    (big,) = long_run(harness_out / "local-data", tmp / "big", STEPS)
     shutil.copytree(harness_out / "local-data", tmp / "small")
     small = json.loads((harness_out / "local-runs-summary.json").read_text())["results"]["sequential"]["runId"]
     results = {}

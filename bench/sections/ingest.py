@@ -115,8 +115,10 @@ def run(harness_out: Path) -> list[dict]:
         server.wait(30)
     rows.append(
         {
-            "benchmark": f"2. collector ingest, 8 clients × {SPANS_PER_REQUEST}-span requests, durably stored (1 server process)",
-            "ours": f"{ours:,.0f} spans/s; p99 {_p99(latencies) * 1000:.0f} ms; peak RSS {rss:.0f} MiB; {statuses.get(200, 0)}/{REQUESTS} ok",
+            "benchmark": f"2. collector ingest, 8 clients × {SPANS_PER_REQUEST}-span requests, durably stored"
+            " (1 server process)",
+            "ours": f"{ours:,.0f} spans/s; p99 {_p99(latencies) * 1000:.0f} ms; peak RSS {rss:.0f} MiB;"
+            f" {statuses.get(200, 0)}/{REQUESTS} ok",
             "baseline": f"{base:,.0f} spans/s (null receiver: parse only)",
             "ratio": f"{ours / base:.2f}×",
             "target": f"≥ {TARGET:,} spans/s per core",
@@ -140,7 +142,8 @@ def run(harness_out: Path) -> list[dict]:
     rows.append(
         {
             "benchmark": "2. collector under 10× overload (80 clients, queue bound 20k spans)",
-            "ours": f"{refused / len(many):.0%} answered 503 + Retry-After; peak RSS {rss_over:.0f} MiB; p99 {_p99(latencies) * 1000:.0f} ms",
+            "ours": f"{refused / len(many):.0%} answered 503 + Retry-After; peak RSS {rss_over:.0f} MiB;"
+            f" p99 {_p99(latencies) * 1000:.0f} ms",
             "baseline": f"peak RSS {rss:.0f} MiB at 1× load",
             "ratio": f"{rss_over / rss:.2f}× RSS",
             "target": "RSS bounded",

@@ -19,7 +19,7 @@ from telemetry.backends.postgres import PostgresWorld
 from telemetry.reading import all_runs, event_log, run_trace
 from telemetry.runtrace import build_run_trace
 
-from .common import best_of, verdict
+from .common import best_of, psql_runner, verdict
 
 RUNS = 1000
 TARGET = 100_000
@@ -65,25 +65,14 @@ def _sdk_baseline(built_runs: list) -> None:
 
 
 def _postgres_world(harness_out: Path):
-    import sys
+    from synth import scale_postgres
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.pgserver import start_pg
 
     server = start_pg()
-    server.psql("-f", str(harness_out / "postgres" / "world.sql"))
-    copies = RUNS // 11 + 1
-    server.psql(
-        "-c",
-        f"""
-      CREATE TEMP TABLE r AS SELECT * FROM workflow.workflow_runs; CREATE TEMP TABLE e AS SELECT * FROM workflow.workflow_events;
-      CREATE TEMP TABLE s AS SELECT * FROM workflow.workflow_steps;
-      INSERT INTO workflow.workflow_runs SELECT (jsonb_populate_record(r, jsonb_build_object('id', r.id || '_' || k))).* FROM r, generate_series(1, {copies - 1}) k;
-      INSERT INTO workflow.workflow_events SELECT (jsonb_populate_record(e, jsonb_build_object('id', e.id || '_' || k, 'run_id', e.run_id || '_' || k,
-        'correlation_id', e.correlation_id || '_' || k))).* FROM e, generate_series(1, {copies - 1}) k;
-      INSERT INTO workflow.workflow_steps SELECT (jsonb_populate_record(s, jsonb_build_object('step_id', s.step_id || '_' || k, 'run_id', s.run_id || '_' || k))).* FROM s, generate_series(1, {copies - 1}) k;
-      ANALYZE;""",
-    )
+    psql = psql_runner(server)
+    psql("-f", str(harness_out / "postgres" / "world.sql"))
+    scale_postgres(psql, RUNS // 11 + 1)
     return server
 
 

@@ -116,7 +116,8 @@ def run(harness_out: Path) -> list[dict]:
         {
             "benchmark": "3. traced world call, tracing on (SDK provider, spans exported to a null exporter)",
             "ours": f"+{ours_on / 1000:.1f} µs per call",
-            "baseline": f"+{theirs / 1000:.1f} µs per call (aiohttp-client instrumentation; raw HTTP call {http_raw / 1000:.0f} µs)",
+            "baseline": f"+{theirs / 1000:.1f} µs per call (aiohttp-client instrumentation;"
+            f" raw HTTP call {http_raw / 1000:.0f} µs)",
             "ratio": f"{ours_on / theirs:.2f}×",
             "target": "no worse than aiohttp-client instrumentation",
             "verdict": "met" if ours_on <= theirs else f"**missed** by {ours_on / theirs:.1f}×",

@@ -18,6 +18,7 @@ from ..errors import WorkflowWorldError
 if TYPE_CHECKING:
     from .local import LocalWorld
     from .postgres import PostgresWorld
+    from .vercel import VercelWorld
 
 __all__ = ["BackendConfig", "backend_config", "open_backend", "world_kind", "DEFAULT_LOCAL_DIR"]
 
@@ -35,14 +36,13 @@ _KINDS = {
 
 
 def world_kind(target: str) -> str:
-    """``local`` or ``postgres`` from a short or package name; anything else is a one-line error."""
+    """``local``, ``postgres`` or ``vercel`` from a short or package name; anything else is a one-line error."""
     kind = _KINDS.get(target.strip())
     if kind is None:
         raise WorkflowWorldError(
-            f"unknown world {target!r}: use local or postgres (or @workflow/world-local, @workflow/world-postgres)"
+            f"unknown world {target!r}: use local, postgres or vercel "
+            "(or @workflow/world-local, @workflow/world-postgres, @workflow/world-vercel)"
         )
-    if kind == "vercel":
-        raise WorkflowWorldError("world-vercel is not readable by this tool yet: use local or postgres")
     return kind
 
 
@@ -50,7 +50,7 @@ def world_kind(target: str) -> str:
 class BackendConfig:
     """Which world to read and where: the resolved answer of flags and environment."""
 
-    kind: str  # "local" | "postgres"
+    kind: str  # "local" | "postgres" | "vercel" (url: the workflow server override; credentials from env)
     data_dir: str | None = None
     url: str | None = None
 
@@ -84,11 +84,17 @@ def backend_config(
     kind = world_kind(world)
     if kind == "postgres":
         return BackendConfig("postgres", url=url or env.get("WORKFLOW_POSTGRES_URL"))
+    if kind == "vercel":
+        return BackendConfig("vercel", url=url)
     return BackendConfig("local", data_dir=data_dir or env.get("WORKFLOW_LOCAL_DATA_DIR") or DEFAULT_LOCAL_DIR)
 
 
-def open_backend(config: BackendConfig, *, allow_missing: bool = False) -> LocalWorld | PostgresWorld:
+def open_backend(config: BackendConfig, *, allow_missing: bool = False) -> LocalWorld | PostgresWorld | VercelWorld:
     """Open the reader ``config`` names. ``allow_missing``: a local data dir may not exist yet."""
+    if config.kind == "vercel":
+        from .vercel import VercelWorld
+
+        return VercelWorld.from_env(server_url=config.url)
     if config.kind == "postgres":
         from .postgres import PostgresWorld
 

@@ -10,10 +10,14 @@ A lost connection is retried with backoff (logged), not surfaced as a crash.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +28,7 @@ from ulid import ULID
 
 from ..errors import HookNotFoundError, WorkflowRunNotFoundError, WorkflowWorldError
 from ..world import (
+    Changes,
     Event,
     EventRequest,
     EventResult,
@@ -38,7 +43,7 @@ from ..world import (
 )
 from . import records
 
-__all__ = ["PostgresWorld", "DEFAULT_URL"]
+__all__ = ["PostgresWorld", "DEFAULT_URL", "redact_url"]
 
 log = logging.getLogger("telemetry.backends.postgres")
 DEFAULT_URL = "postgres://world:world@localhost:5432/world"
@@ -151,7 +156,7 @@ def _keyset(pagination: Pagination | None, default_order: str, default_limit: in
     return ("id < %s" if order == "desc" else "id > %s"), order, [p.cursor], limit
 
 
-def _page(rows: list[Any], limit: int, key) -> Page[Any]:
+def _page(rows: list[Any], limit: int, key: Callable[[Any], str]) -> Page[Any]:
     has_more = len(rows) > limit
     rows = rows[:limit]
     return Page(data=rows, cursor=key(rows[-1]) if has_more and rows else None, has_more=has_more)
@@ -162,12 +167,24 @@ class PostgresWorld:
     peer_service = "world-postgres"
     accepts_post_completion_writes = True
 
-    def __init__(self, url: str | None = None, *, retries: int = 5, backoff: float = 0.2) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        retries: int = 5,
+        backoff: float = 0.2,
+        feed_window: float = 5.0,
+        feed_max_lookback: float = 600.0,
+    ) -> None:
+        """``feed_window``: seconds the change feed looks back behind the server's clock, for ids
+        minted before their transaction started writing and for writers whose clock runs behind
+        the database's. ``feed_max_lookback``: the longest a still-open transaction holds it."""
         self.url = url or os.environ.get("WORKFLOW_POSTGRES_URL") or DEFAULT_URL
         self.retries = retries
         self.backoff = backoff
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
+        self.feed = _Feed(self, feed_window, feed_max_lookback)
         self.runs = _Runs(self)
         self.steps = _Steps(self)
         self.events = _Events(self)
@@ -178,23 +195,34 @@ class PostgresWorld:
     def __repr__(self) -> str:
         return f"PostgresWorld({_redact(self.url)!r})"
 
-    async def query(self, sql: str, params: Sequence[Any] = (), *, fetch: bool = True) -> list[dict[str, Any]]:
+    async def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), *, fetch: bool = True
+    ) -> list[dict[str, Any]]:
         """Run one statement, reconnecting with backoff when the connection is lost."""
         async with self._lock:
             for attempt in range(self.retries + 1):
                 try:
                     if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            self.url, autocommit=True, row_factory=dict_row
-                        )
+                        self._conn = await self._connect()
+                        # small keyset queries only: JIT would compile for ~0.5 s per statement when
+                        # the planner overestimates a range (the change feed's, at 10^6 events)
+                        await self._conn.execute("SET jit = off")
                     async with self._conn.cursor() as cursor:
                         await cursor.execute(sql, params)
                         return await cursor.fetchall() if fetch else []
+                except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+                    raise WorkflowWorldError(await self._missing(error), code="NO_SCHEMA") from None
                 except _RETRYABLE as error:
                     await self._drop()
+                    refused = _refusal(error)
+                    if refused is not None:  # wrong password, no such role or database: retrying cannot help
+                        raise WorkflowWorldError(
+                            f"postgres world at {_redact(self.url)} refused the connection: {refused}", code="AUTH"
+                        ) from None
                     if attempt == self.retries:
                         raise WorkflowWorldError(
-                            f"postgres world unreachable at {_redact(self.url)}: {str(error).strip()}", code="TRANSPORT"
+                            f"postgres world unreachable at {_redact(self.url)}: {' '.join(str(error).split())}",
+                            code="TRANSPORT",
                         ) from error
                     delay = min(self.backoff * 2**attempt, 5.0)
                     log.warning(
@@ -207,6 +235,35 @@ class PostgresWorld:
                     await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        try:
+            return await psycopg.AsyncConnection.connect(self.url, autocommit=True, row_factory=dict_row)
+        except psycopg.ProgrammingError:  # psycopg's words quote the URL, which may hold the password
+            raise WorkflowWorldError(
+                f"not a PostgreSQL URL: {_redact(self.url)} (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                code="BAD_URL",
+            ) from None
+
+    async def _missing(self, error: psycopg.Error) -> str:
+        """What a statement naming a missing relation says about the database: no ``workflow``
+        schema at all (the world was never set up there), or one older than this reader."""
+        what = (error.diag.message_primary or str(error)).strip()
+        fix = "run `npx --package=@workflow/world-postgres bootstrap` against it (the world's migrations)"
+        try:
+            assert self._conn is not None
+            async with self._conn.cursor() as cursor:
+                await cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'workflow'")
+                schema = await cursor.fetchone() is not None
+        except psycopg.Error:
+            schema = True  # cannot tell: say what failed
+        if not schema:
+            return (
+                f"postgres database at {_redact(self.url)} has no `workflow` schema: not a world-postgres database"
+                f" (wrong database in the URL?), or {fix}"
+            )
+        where = f"postgres database at {_redact(self.url)}"
+        return f"{where}: {what}: its `workflow` schema is older than this reader; {fix}"
+
     async def _drop(self) -> None:
         if self._conn is not None:
             try:
@@ -216,18 +273,231 @@ class PostgresWorld:
         self._conn = None
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._drop()
+        """Close the connection. Safe from any event loop and while a query runs elsewhere (a
+        service stopping a tailer that runs in its own thread): closing does not take the lock."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # already broken
+                pass
+
+
+def redact_url(url: str) -> str:
+    """A world-postgres URL as it may be shown: without its password."""
+    return _redact(url)
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password, for logs and errors (also ``password=`` in a query string
+    or a ``key=value`` connection string)."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+
+
+_PASSWORD_PARAM = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
+
+#: What a server that answered says when it will not let us in: the same on every retry.
+_REFUSALS = (
+    ("password authentication failed", "wrong user or password (fix them in the URL)"),
+    ("no password supplied", "the server wants a password (put one in the URL: postgres://USER:PASSWORD@HOST/DB)"),
+    ("does not exist", None),  # role or database: the server's own words name which
+    ("no pg_hba.conf entry", "the server does not accept this user, database or address (its pg_hba.conf)"),
+)
+
+
+def _refusal(error: Exception) -> str | None:
+    """Why the server refused the connection for good (credentials, role, database), or None for
+    a failure that may pass (unreachable, connection lost)."""
+    text = " ".join(str(error).split())
+    for needle, meaning in _REFUSALS:
+        if needle in text:
+            fatal = text.split("FATAL:", 1)[-1].strip()
+            return f"{fatal}: fix the URL" if meaning is None else f"{meaning}; the server said: {fatal}"
+    return None
+
+
+_ULID_TOP = "Z" * 26  # above every ULID (Crockford base32; "Z" is its greatest digit)
+_KEEP_MARGIN_MS = 5000  # our clock against the server's, for what a grouped pass remembers
+
+#: Prefixes of the event ids (``wevt_``, ``evnt_``…), found with one index probe each, and the
+#: events above a time floor under each prefix (an index range scan each), with the snapshot and
+#: the server's clock, all under one statement's snapshot. ``%(grouped)s``: one row per run (its
+#: smallest new id) instead of one per event, plus the events from ``%(keep)s`` on, one by one:
+#: what a pass without a remembered window (a restart after downtime) needs, in memory bounded by
+#: the runs rather than by the backlog of events.
+_WINDOW_SQL = """
+WITH RECURSIVE prefixes(pre) AS (
+    SELECT left(min(id), -26) FROM workflow.workflow_events
+  UNION ALL
+    SELECT (SELECT left(min(e.id), -26) FROM workflow.workflow_events e WHERE e.id > p.pre || %(top)s)
+    FROM prefixes p WHERE p.pre IS NOT NULL
+), scan AS MATERIALIZED (
+    SELECT e.id, e.run_id, e.created_at FROM prefixes p
+    JOIN LATERAL (
+        SELECT id, run_id, created_at FROM workflow.workflow_events
+        WHERE id >= p.pre || %(floor)s AND id <= p.pre || %(top)s
+    ) e ON true
+    WHERE p.pre IS NOT NULL
+)
+SELECT pg_current_snapshot()::text AS snap,
+       (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS now_ms,
+       w.id, w.run_id, (extract(epoch FROM w.created_at) * 1000)::bigint AS created_ms
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT id, run_id, created_at FROM scan WHERE NOT %(grouped)s OR right(id, 26) >= %(keep)s
+  UNION ALL
+    SELECT min(id), run_id, NULL FROM scan WHERE %(grouped)s GROUP BY run_id
+) w ON true
+"""
+
+_ALL_SQL = """
+SELECT pg_current_snapshot()::text AS snap,
+       (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS now_ms, r.run_id
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT DISTINCT run_id FROM workflow.workflow_events) r ON true
+"""
+
+
+def _ulid_at(ms: int) -> str:
+    """The smallest ULID of millisecond ``ms``."""
+    return str(ULID.from_int(max(0, ms) << 80))
+
+
+def _ulid_ms(event_id: str) -> int | None:
+    try:
+        return ULID.from_str(event_id[-26:]).milliseconds
+    except ValueError:
+        return None
+
+
+def _running(snapshot: str) -> list[int]:
+    """The in-progress transaction ids of a ``pg_snapshot`` (``xmin:xmax:xip,…``)."""
+    parts = snapshot.split(":")
+    return [int(x) for x in parts[2].split(",") if x] if len(parts) == 3 else []
+
+
+@dataclass
+class _FeedToken:
+    at_ms: int  # the server's time at the pass that handed the token out
+    pins: dict[int, int]  # transaction id still running then → time floor (ms) it holds the window at
+
+    def floor(self, window_ms: int, max_ms: int) -> int:
+        floor = min([self.at_ms - window_ms, *self.pins.values()])
+        return max(floor, self.at_ms - max_ms)
+
+    def dump(self) -> str:
+        return json.dumps({"v": 1, "at": self.at_ms, "pins": {str(k): v for k, v in self.pins.items()}})
+
+    @classmethod
+    def load(cls, token: str) -> _FeedToken | None:
+        try:
+            data = json.loads(token)
+            if data.get("v") != 1:
+                return None
+            return cls(int(data["at"]), {int(k): int(v) for k, v in data.get("pins", {}).items()})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+class _Feed:
+    """The change feed of world-postgres: new events found from a watermark, not by aggregating.
+
+    Event ids are ULIDs minted by the SDK processes, and ``created_at`` is each transaction's
+    start: neither is commit order, and there is no index on ``created_at``. So a pass scans the
+    primary key from a *time floor* (under each id prefix) and reports the ids it had not seen:
+
+    * Concurrent writers: a transaction still running at a pass (in the snapshot's ``xip``) pins
+      the floor where it was when the transaction was first seen running, until it ends; so an
+      event it commits late, with an id below ids already reported, is still in the next scan.
+      (Pins older than ``max_lookback`` are let go, with a warning: the scan stays bounded.)
+    * Transactions that start after a pass mint ids from then on: the next floor is the server
+      time of the pass less ``window``, which also absorbs writers' clocks running behind the
+      database's by up to ``window`` (a writer seen further behind is reported once).
+    * Ids under the floor already reported are remembered for the token they were handed out
+      with, so a pass reports each event's run once; a caller retrying with an older token (a
+      failed delivery, a restart) gets every run with events in the window again.
+
+    The token is ``{"v": 1, "at": <server ms>, "pins": {xid: floor ms}}``; a pass costs the
+    events of the last ``window`` seconds (none when idle), whatever the history.
+    """
+
+    def __init__(self, world: PostgresWorld, window: float, max_lookback: float) -> None:
+        self.w = world
+        self.window_ms = int(window * 1000)
+        self.max_ms = int(max_lookback * 1000)
+        self._memo: tuple[str, set[str]] | None = None
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    async def changes(self, token: str | None) -> Changes:
+        state = _FeedToken.load(token) if token is not None else None
+        if token is not None and state is None:
+            self._warn_once("token", "postgres world: change token %.40r is not ours; starting from every run", token)
+        if state is None:
+            rows = await self.w.query(_ALL_SQL)
+            now = int(rows[0]["now_ms"])
+            unknown = dict.fromkeys(_running(rows[0]["snap"]), now - self.max_ms)  # their start is unknown
+            fresh = _FeedToken(now, unknown).dump()
+            self._memo = None
+            return Changes(runs=sorted({r["run_id"] for r in rows if r["run_id"] is not None}), token=fresh)
+        floor = state.floor(self.window_ms, self.max_ms)
+        remembered = self._memo is not None and self._memo[0] == token
+        seen = self._memo[1] if self._memo is not None and remembered else set()
+        # with nothing remembered (a restart, a retried token) every run in the window is new: one
+        # row per run, plus the events of about the next window, to remember for the next pass
+        keep = max(floor, int(time.time() * 1000) - self.window_ms - _KEEP_MARGIN_MS)
+        rows = await self.w.query(
+            _WINDOW_SQL,
+            {"floor": _ulid_at(floor), "top": _ULID_TOP, "grouped": not remembered, "keep": _ulid_at(keep)},
+        )
+        now = int(rows[0]["now_ms"])
+        since: dict[str, str] = {}
+        lag = 0
+        for row in rows:
+            event_id = row["id"]
+            if event_id is None:
+                continue
+            minted = _ulid_ms(event_id)
+            if minted is not None and row["created_ms"] is not None:
+                lag = max(lag, int(row["created_ms"]) - minted)
+            if event_id not in seen:
+                run_id = row["run_id"]
+                if run_id not in since or event_id < since[run_id]:
+                    since[run_id] = event_id
+        if lag * 2 > self.window_ms:
+            self._warn_once(
+                "skew",
+                "postgres world: an SDK process mints event ids %.1f s behind the database clock; the change"
+                " feed looks back %.1f s, so raise its window if events go missing",
+                lag / 1000,
+                self.window_ms / 1000,
+            )
+        pins: dict[int, int] = {}
+        for xid in _running(rows[0]["snap"]):
+            pin = state.pins.get(xid, floor)
+            if pin < now - self.max_ms:
+                self._warn_once(
+                    f"xid{xid}",
+                    "postgres world: transaction %d has been open over %.0f s; the change feed stops waiting for it",
+                    xid,
+                    self.max_ms / 1000,
+                )
+                pin = now - self.max_ms
+            pins[xid] = pin
+        next_state = _FeedToken(now, pins)
+        fresh = next_state.dump()
+        keep_from = _ulid_at(next_state.floor(self.window_ms, self.max_ms))
+        self._memo = (fresh, {r["id"] for r in rows if r["id"] is not None and r["id"][-26:] >= keep_from})
+        return Changes(runs=sorted(since), token=fresh, since=since)
 
 
 class _Runs:
@@ -241,25 +511,30 @@ class _Runs:
         return records.run_from(_run_record(rows[0]), resolve_data == "all")
 
     async def list(
-        self, *, workflow_name=None, status=None, pagination: Pagination | None = None, resolve_data="all"
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: str | None = None,
+        pagination: Pagination | None = None,
+        resolve_data: str = "all",
     ) -> Page[WorkflowRun]:
-        """Newest first by ``created_at``, keyset-paged on (created_at, id)."""
+        """Newest first, keyset-paged on the run id (the primary key; ids are ULIDs, so this is
+        creation order), as world-postgres itself lists runs: each page is one index range scan."""
         p = pagination or Pagination()
         order = "asc" if p.sort_order == "asc" else "desc"
         limit = p.limit or 20
         where, params = "true", []
         if p.cursor:
-            stamp, run_id = p.cursor.split("|", 1)
-            where = f"(created_at, id) {'<' if order == 'desc' else '>'} (%s::timestamptz AT TIME ZONE 'UTC', %s)"
-            params = [stamp, run_id]
+            where = f"id {'<' if order == 'desc' else '>'} %s"
+            params = [p.cursor.rsplit("|", 1)[-1]]  # also an older "<createdAt>|<id>" cursor
         rows = await self.w.query(
             f"SELECT {_RUN_COLUMNS} FROM workflow.workflow_runs WHERE {where}"
             " AND (%s::text IS NULL OR name = %s) AND (%s::text IS NULL OR status::text = %s)"
-            f" ORDER BY created_at {order}, id {order} LIMIT %s",
+            f" ORDER BY id {order} LIMIT %s",
             [*params, workflow_name, workflow_name, status, status, limit + 1],
         )
         runs = [records.run_from(_run_record(r), resolve_data == "all") for r in rows]
-        return _page(runs, limit, records.run_cursor)
+        return _page(runs, limit, lambda run: run.run_id)
 
 
 class _Steps:
@@ -276,7 +551,8 @@ class _Steps:
         where, order, params, limit = _keyset(pagination, "desc", 20)
         where = where.replace("id", "step_id")
         rows = await self.w.query(
-            f"SELECT {_STEP_COLUMNS} FROM workflow.workflow_steps WHERE run_id = %s AND {where} ORDER BY step_id {order} LIMIT %s",
+            f"SELECT {_STEP_COLUMNS} FROM workflow.workflow_steps WHERE run_id = %s AND {where}"
+            f" ORDER BY step_id {order} LIMIT %s",
             [run_id, *params, limit + 1],
         )
         return _page(
@@ -285,6 +561,7 @@ class _Steps:
 
 
 _EVENT_COLUMNS = "id, type, correlation_id, created_at, run_id, payload, payload_cbor, spec_version"
+_EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
 
 
 class _Events:
@@ -292,9 +569,18 @@ class _Events:
         self.w = world
 
     async def counts_by_run(self) -> dict[str, int]:
-        """Events stored per run: what a tailer polls (an index-only scan on run_id)."""
+        """Events stored per run (a scan of every event: for tools, never per tailer pass)."""
         rows = await self.w.query("SELECT run_id, count(*) AS n FROM workflow.workflow_events GROUP BY run_id")
         return {r["run_id"]: int(r["n"]) for r in rows}
+
+    async def changes(self, token: str | None) -> Changes:
+        """Runs whose log grew since ``token`` (``None``: every run with events).
+
+        Cost is the events of the last ``window`` seconds, not the history: one statement takes
+        PostgreSQL's snapshot, the server time and the event ids above a watermark, an index range
+        scan of the primary key per id prefix. See ``_Feed`` for why nothing committed late is lost.
+        """
+        return await self.w.feed.changes(token)
 
     async def get(self, run_id: str, event_id: str, *, resolve_data: str = "all") -> Event:
         rows = await self.w.query(
@@ -309,15 +595,55 @@ class _Events:
     ) -> Page[Event]:
         where, order, params, limit = _keyset(pagination, "asc", 1000)
         rows = await self.w.query(
-            f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE run_id = %s AND {where} ORDER BY id {order} LIMIT %s",
+            f"SELECT {_EVENT_COLUMNS} FROM workflow.workflow_events WHERE run_id = %s AND {where}"
+            f" ORDER BY id {order} LIMIT %s",
             [run_id, *params, limit + 1],
         )
         return _page(
             [records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id
         )
 
+    async def logs(
+        self, after: Mapping[str, str | None], *, resolve_data: str = "all", page_size: int = 5000
+    ) -> AsyncIterator[tuple[str, builtins.list[Event]]]:
+        """Many runs' logs at once: each run of ``after`` (in run-id order) with its events after
+        the id given (the whole log for ``None``), oldest first.
+
+        A follower catching up on many runs, or a pass over every run that changed, reads them
+        with one statement per ``page_size`` events (an index probe per run, keyset over
+        (run id, event id)) instead of one per run: the round trips were most of its cost."""
+        cursors = dict(after)
+        pending = sorted(cursors)
+        held: dict[str, builtins.list[Event]] = {}
+        while pending:
+            rows = await self.w.query(
+                f"SELECT {_EVENT_COLUMNS_E} FROM unnest(%s::text[], %s::text[]) AS c(run_id, after)"
+                " CROSS JOIN LATERAL (SELECT * FROM workflow.workflow_events e"
+                " WHERE e.run_id = c.run_id AND (c.after IS NULL OR e.id > c.after)) e"
+                ' ORDER BY e.run_id COLLATE "C", e.id LIMIT %s',  # run ids in the order Python compares them
+                [pending, [cursors[r] for r in pending], page_size + 1],
+            )
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            for row in rows:
+                held.setdefault(row["run_id"], []).append(records.event_from(_event_record(row), resolve_data == "all"))
+            if more:  # the last run of the page may go on: resume inside it
+                last = rows[-1]
+                cursors[last["run_id"]] = last["id"]
+                done = [r for r in pending if r < last["run_id"]]
+                pending = pending[len(done) :]
+            else:
+                done, pending = pending, []
+            for run_id in done:
+                yield run_id, held.pop(run_id, [])
+
     async def list_by_correlation_id(
-        self, *, correlation_id: str, run_id: str | None = None, pagination=None, resolve_data="all"
+        self,
+        *,
+        correlation_id: str,
+        run_id: str | None = None,
+        pagination: Pagination | None = None,
+        resolve_data: str = "all",
     ) -> Page[Event]:
         where, order, params, limit = _keyset(pagination, "asc", 1000)
         rows = await self.w.query(
@@ -329,21 +655,16 @@ class _Events:
             [records.event_from(_event_record(r), resolve_data == "all") for r in rows], limit, lambda e: e.event_id
         )
 
-    async def changed_runs(self, since_event_id: str | None, limit: int = 1000) -> list[tuple[str, str]]:
-        """(event id, run id) of events after ``since_event_id``, oldest first: what a tailer polls."""
-        rows = await self.w.query(
-            "SELECT id, run_id FROM workflow.workflow_events WHERE (%s::text IS NULL OR id > %s) ORDER BY id LIMIT %s",
-            [since_event_id, since_event_id, limit],
-        )
-        return [(r["id"], r["run_id"]) for r in rows]
-
     async def create(self, run_id: str | None, event: EventRequest) -> EventResult:
         raise WorkflowWorldError(
             "PostgresWorld reads the event log; creating events is the SDK's job", code="UNSUPPORTED"
         )
 
 
-_HOOK_COLUMNS = "run_id, hook_id, token, owner_id, project_id, environment, created_at, metadata, metadata_cbor, spec_version, is_webhook"
+_HOOK_COLUMNS = (
+    "run_id, hook_id, token, owner_id, project_id, environment, created_at, metadata, metadata_cbor, spec_version,"
+    " is_webhook"
+)
 
 
 class _Hooks:
@@ -379,8 +700,8 @@ class _Waits:
 
     async def list(self, *, run_id: str | None = None) -> list[Wait]:
         rows = await self.w.query(
-            "SELECT wait_id, run_id, status, resume_at, completed_at, created_at, updated_at FROM workflow.workflow_waits"
-            " WHERE (%s::text IS NULL OR run_id = %s) ORDER BY wait_id",
+            "SELECT wait_id, run_id, status, resume_at, completed_at, created_at, updated_at"
+            " FROM workflow.workflow_waits WHERE (%s::text IS NULL OR run_id = %s) ORDER BY wait_id",
             [run_id, run_id],
         )
         return [
@@ -406,7 +727,8 @@ class _Streams:
     async def _insert(self, name: str, run_id: str, data: bytes, eof: bool) -> None:
         chunk_id = f"chnk_{ULID()}"
         await self.w.query(
-            "INSERT INTO workflow.workflow_stream_chunks (id, stream_id, run_id, data, created_at, eof) VALUES (%s, %s, %s, %s, now(), %s)",
+            "INSERT INTO workflow.workflow_stream_chunks (id, stream_id, run_id, data, created_at, eof)"
+            " VALUES (%s, %s, %s, %s, now(), %s)",
             [chunk_id, name, run_id, data, eof],
             fetch=False,
         )
@@ -431,12 +753,12 @@ class _Streams:
         )
         return [r["stream_id"] for r in rows]
 
-    async def read_all(self, name: str) -> tuple[list[bytes], bool, int]:
+    async def read_all(self, name: str) -> tuple[builtins.list[bytes], bool, int]:
         """(chunks before the first EOF, whether EOF was seen, rows stored after EOF)."""
         rows = await self.w.query(
             "SELECT data, eof FROM workflow.workflow_stream_chunks WHERE stream_id = %s ORDER BY id", [name]
         )
-        chunks: list[bytes] = []
+        chunks: builtins.list[bytes] = []
         for position, row in enumerate(rows):
             if row["eof"]:
                 return chunks, True, len(rows) - position - 1

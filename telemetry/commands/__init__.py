@@ -11,11 +11,11 @@ import argparse
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from . import export, follow, runs, sentry, trace_id
+from . import export, follow, reconcile, runs, sentry, trace_id
+from .common import Handler
 
-__all__ = ["Command", "COMMANDS", "all_commands"]
+__all__ = ["Command", "COMMANDS", "Handler", "all_commands"]
 
-Handler = Callable[[argparse.Namespace], int]
 #: (name, help, configure(parser) -> handler) for a subcommand.
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], Handler]]
 
@@ -29,6 +29,11 @@ COMMANDS: list[Command] = [
         trace_id.configure,
     ),
     ("follow", "tail a world and export spans as steps finish (resumes from a checkpoint)", follow.configure),
+    (
+        "reconcile",
+        "list runs whose event log and the app's spans disagree (steps or attempts without spans); exit 1 if any",
+        reconcile.configure,
+    ),
 ]
 
 

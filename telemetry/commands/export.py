@@ -1,4 +1,16 @@
-"""``wft export``: backfill every run of a world to an OTLP collector."""
+"""``wft export``: backfill every run of a world to an OTLP collector.
+
+A run whose records cannot be read is skipped, named, and counted, never fatal to the others:
+the export ends with a one-line summary of what it skipped and exits 1 if it skipped anything.
+So is a run whose record says it ran but whose event log reads empty (``reading.empty_log``):
+exported, it would be a run with no spans, which looks like success and is not.
+A world-local record still being written (a copy in progress) is retried at the end, until it
+reads or its grace period runs out.
+
+``--run``, ``--workflow``, ``--status``, ``--since``/``--until`` export only some runs: the world is
+read through a ``reading.RunSelection`` (one process or many alike); ``--run`` ids are looked up
+first, so a mistyped one is an error before anything is sent.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +18,89 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
+from ..backends import backend_config
+from ..backends.records import UnreadableRun
+from ..errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, run_resource
-from ..reading import all_runs, run_trace
-from .common import CliError, add_world_options, run_async, world_from
+from ..reading import RunSelection, all_runs, count_runs, empty_log, event_log, selected, stalled_runs
+from ..runtrace import build_run_trace
+from ..world import WorkflowRun
+from .common import RUNTIME, CliError, Handler, add_world_options, otlp_endpoint, parse_moment, run_async, world_from
+from .export_parallel import PARALLEL_KINDS, default_jobs, export_in_processes
+
+__all__ = ["Progress", "configure"]
+
+#: Seconds between retries of runs whose log ends at a record still being written.
+RETRY_INTERVAL = 0.5
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
-    """A one-line progress bar on a terminal; nothing on a pipe (the summary still prints)."""
+    """One self-rewriting line on a terminal (runs done/total, events/s, ETA); nothing on a
+    pipe or file, where only the final summary is printed. Redrawn at most 5 times a second."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, *, label: str = "exporting") -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.label = label
+        self.total: int | None = None
+        self.started = time.monotonic()
+        self._drawn = 0.0
+        self._width = 0
 
-    def update(self, runs: int, spans: int) -> None:
-        if self.tty:
-            self.stream.write(f"\rexporting: {runs} runs, {spans} spans")
-            self.stream.flush()
+    def update(self, runs: int, events: int, *, force: bool = False) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.2:
+            return
+        self._drawn = now
+        elapsed = max(now - self.started, 1e-6)
+        line = f"{self.label}: {runs}" + (f"/{self.total}" if self.total is not None else "") + " runs"
+        line += f", {events / elapsed:,.0f} events/s"
+        if self.total and runs:
+            line += f", ETA {_clock(elapsed / runs * max(self.total - runs, 0))}"
+        self.stream.write("\r" + line.ljust(self._width))
+        self._width = len(line)
+        self.stream.flush()
 
     def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
 
 
-def configure(parser: argparse.ArgumentParser):
+@dataclass
+class _Totals:
+    runs: int = 0
+    spans: int = 0
+    events: int = 0
+    errors: int = 0
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, path, reason)
+
+    def skip(self, run_id: str, path: str, reason: str) -> None:
+        """The world has already logged the record once, with its path; this keeps the tally."""
+        self.skipped.append((run_id, path, reason))
+
+    def summary(self) -> str | None:
+        if not self.skipped:
+            return None
+        run_id, path, reason = self.skipped[0]
+        plural = "s" if len(self.skipped) != 1 else ""
+        return (
+            f"skipped {len(self.skipped)} run{plural} with unreadable records (first: run {run_id}, {path}: {reason})"
+        )
+
+
+def configure(parser: argparse.ArgumentParser) -> Handler:
     add_world_options(parser)
     parser.add_argument(
         "--otlp",
@@ -42,30 +113,174 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes"
     )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="world-local: how long (by mtime) a record may stay unparseable, being written, before its run "
+        "is skipped as unreadable (default 30)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        metavar="N",
+        help="world-local/world-postgres: worker processes reading and encoding runs; 1 exports in this process "
+        "(default: the CPUs available, %(default)s)",
+    )
+
+    chosen = parser.add_argument_group("which runs (all given must hold; default: every run)")
+    chosen.add_argument("--run", action="append", default=[], metavar="RUN_ID", help="only this run (repeat for more)")
+    chosen.add_argument(
+        "--workflow",
+        metavar="NAME",
+        help="only runs of this workflow: the function (processOrder), the file (src/workflows/order) or the"
+        " full id (workflow//./src/workflows/order//processOrder)",
+    )
+    chosen.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
+    chosen.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only runs created at or after TIME: ISO-8601 (UTC unless it says), epoch ms, or ago (2h, 7d)",
+    )
+    chosen.add_argument("--until", metavar="TIME", help="only runs created before TIME (same forms as --since)")
+
+    def selection(args: argparse.Namespace) -> RunSelection:
+        if args.workflow is not None and not args.workflow.strip():
+            raise CliError("--workflow: empty; give a function name, a file or a full workflow id")
+        since = parse_moment(args.since, "--since") if args.since else None
+        until = parse_moment(args.until, "--until") if args.until else None
+        if since is not None and until is not None and since >= until:
+            raise CliError(f"--since {args.since} is not before --until {args.until}: no run can match")
+        runs = tuple(dict.fromkeys(r.strip() for r in args.run))
+        if any(not r for r in runs):
+            raise CliError("--run: empty run id")
+        return RunSelection(run_ids=runs, workflow=args.workflow, status=args.status, since=since, until=until)
 
     def handle(args: argparse.Namespace) -> int:
+        if args.timeout <= 0:
+            raise CliError(f"--timeout: expected a positive number of seconds, got {args.timeout:g}")
+        if args.jobs < 1:
+            raise CliError(f"--jobs: expected 1 or more, got {args.jobs}")
+        if args.grace is not None and args.grace < 0:
+            raise CliError(f"--grace: expected 0 or more seconds, got {args.grace:g}")
+        chosen = selection(args)
+        endpoint = otlp_endpoint(args.otlp)
         world = world_from(args)
-        sink = OtlpSink(args.otlp, timeout=args.timeout)
+        if args.grace is not None and hasattr(world, "grace"):
+            world.grace = max(0.0, args.grace)
+        listing = selected(world, chosen)
+        sink = OtlpSink(endpoint, timeout=args.timeout)
         resource = run_resource(args.world or "local")
         progress = Progress()
         started = time.monotonic()
-        totals = {"runs": 0, "spans": 0, "errors": 0}
+        totals = _Totals()
+
+        async def export_run(run: WorkflowRun) -> bool:
+            """Export one run; False when its log ends at a record still being written."""
+            if isinstance(run, UnreadableRun):
+                if run.run_id in stalled_runs(world):  # its run file is being written: later
+                    return False
+                totals.skip(run.run_id, run.path, run.reason)
+                return True
+            try:
+                events = await event_log(world, run.run_id)
+            except UnreadableEventsError as error:
+                totals.skip(run.run_id, error.path, error.reason)
+                return True
+            if run.run_id in stalled_runs(world):
+                return False
+            empty = None if events else await empty_log(world, run)
+            if empty is not None:
+                where, reason = empty
+                totals.skip(run.run_id, where, reason)
+                print(f"wft export: run {run.run_id}: {reason} ({where})", file=sys.stderr)
+                return True
+            trace = build_run_trace(run.run_id, events, run, resource=resource, include_payloads=not args.no_payloads)
+            try:
+                await asyncio.to_thread(sink.send_data, trace.data, resource)
+            except ExportError as error:
+                totals.errors += 1
+                print(f"wft export: run {run.run_id}: {error}", file=sys.stderr)
+                if totals.runs == 0 and totals.errors >= 3:
+                    raise CliError(f"giving up: {error}", status=RUNTIME) from None
+                return True
+            totals.runs += 1
+            totals.spans += len(trace.data)
+            totals.events += len(events)
+            return True
+
+        async def retry(waiting: list[WorkflowRun]) -> None:
+            """Runs whose log ended at a record being written: read again until each reads
+            through or the reader gives up on the record (its grace period, by mtime)."""
+            grace = float(getattr(world, "grace", 30.0))
+            deadline = time.monotonic() + grace + 5 * RETRY_INTERVAL
+            while waiting:
+                await asyncio.sleep(RETRY_INTERVAL)
+                still: list[WorkflowRun] = []
+                for run in waiting:
+                    try:
+                        fresh: Any = await world.runs.get(run.run_id, resolve_data="all")
+                    except WorkflowWorldError:
+                        fresh = run
+                    if not await export_run(fresh):
+                        still.append(fresh)
+                    progress.update(totals.runs + len(totals.skipped), totals.events)
+                waiting = still
+                if waiting and time.monotonic() > deadline:  # a record rewritten for ever, never whole
+                    for run in waiting:
+                        path = stalled_runs(world).get(run.run_id, "?")
+                        totals.skip(run.run_id, path, "still not readable (being written?)")
+                        print(f"wft export: run {run.run_id}: {path} is still not readable", file=sys.stderr)
+                    return
+
+        async def named_runs() -> None:
+            """``--run`` ids not in the world: an error before anything is sent."""
+            missing = []
+            for run_id in chosen.run_ids:
+                try:
+                    await world.runs.get(run_id, resolve_data="none")
+                except WorkflowRunNotFoundError:
+                    missing.append(run_id)
+                except WorkflowWorldError:  # there, but unreadable: skipped and counted like any other
+                    pass
+            if missing:
+                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                raise CliError(f"--run: no run {shown} in this world (check the id and --dir/--url)", status=RUNTIME)
 
         async def backfill() -> None:
             try:
-                async for run in all_runs(world):
-                    trace = await run_trace(world, run, resource=resource, include_payloads=not args.no_payloads)
+                if chosen.run_ids:
+                    await named_runs()
+                if progress.tty:
+                    progress.total = len(chosen.run_ids) if chosen.run_ids else await count_runs(listing)
+                waiting: list[WorkflowRun] = []
+                config = backend_config(args.world, data_dir=args.dir, url=args.url)
+                if args.jobs > 1 and config is not None and config.kind in PARALLEL_KINDS:
                     try:
-                        await asyncio.to_thread(sink.send, trace.spans)
-                    except ExportError as error:
-                        totals["errors"] += 1
-                        print(f"wft export: run {run.run_id}: {error}", file=sys.stderr)
-                        if totals["runs"] == 0 and totals["errors"] >= 3:
-                            raise CliError(f"giving up: {error}") from None
-                        continue
-                    totals["runs"] += 1
-                    totals["spans"] += len(trace.spans)
-                    progress.update(totals["runs"], totals["spans"])
+                        waiting = await export_in_processes(
+                            listing,
+                            config,
+                            sink,
+                            resource,
+                            totals,
+                            jobs=args.jobs,
+                            include_payloads=not args.no_payloads,
+                            on_progress=lambda: progress.update(totals.runs + len(totals.skipped), totals.events),
+                        )
+                    except WorkflowWorldError:
+                        if config.kind == "local":  # a worker's error arrives as words: the layout's is its own kind
+                            from ..backends.local_layout import detect_layout
+
+                            detect_layout(Path(config.data_dir or "."), thorough=True)
+                        raise
+                else:
+                    async for run in all_runs(listing):
+                        if not await export_run(run):
+                            waiting.append(run)
+                        progress.update(totals.runs + len(totals.skipped), totals.events)
+                await retry(waiting)
+                progress.update(totals.runs + len(totals.skipped), totals.events, force=True)
             finally:
                 await world.close()
 
@@ -76,9 +291,13 @@ def configure(parser: argparse.ArgumentParser):
             sink.close()
         seconds = time.monotonic() - started
         print(
-            f"exported {totals['runs']} runs, {totals['spans']} spans, {totals['errors']} errors in {seconds:.2f}s to {sink.endpoint}",
+            f"exported {totals.runs} runs, {totals.spans} spans, {totals.errors} errors in {seconds:.2f}s "
+            f"({totals.events / max(seconds, 1e-6):,.0f} events/s) to {sink.endpoint}",
             file=sys.stderr,
         )
-        return 1 if totals["errors"] else 0
+        skipped = totals.summary()
+        if skipped:
+            print(f"wft export: {skipped}", file=sys.stderr)
+        return 1 if totals.errors or totals.skipped else 0
 
     return handle

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..sentry import RULES, classify
 from ..sentry_envelope import BadEnvelope, parse_envelope
-from .common import CliError
+from .common import CliError, Handler
 
 
 def _events(text: bytes) -> Iterator[dict[str, Any]]:
@@ -27,15 +27,22 @@ def _events(text: bytes) -> Iterator[dict[str, Any]]:
                 _, items = parse_envelope(text)
             except BadEnvelope as error:
                 raise CliError(f"not a Sentry envelope: {error}") from None
-            for item in items:
+            for number, item in enumerate(items, 1):
                 if item.type == "event":
-                    yield json.loads(item.payload)
+                    try:
+                        event = json.loads(item.payload)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        raise CliError(f"envelope item {number}: event is not JSON") from None
+                    if isinstance(event, dict):
+                        yield event
             return
     for number, line in enumerate(lines, 1):
         try:
             event = json.loads(line)
         except json.JSONDecodeError as error:
             raise CliError(f"line {number}: not JSON ({error.msg})") from None
+        except UnicodeDecodeError:
+            raise CliError(f"line {number}: not UTF-8") from None
         if isinstance(event, dict):
             yield event
 
@@ -50,7 +57,7 @@ def _describe(event: dict[str, Any]) -> str:
     return text.replace("\n", " ")[:120]
 
 
-def configure(parser: argparse.ArgumentParser):
+def configure(parser: argparse.ArgumentParser) -> Handler:
     sub = parser.add_subparsers(dest="sentry_command", metavar="COMMAND", required=True)
     dry = sub.add_parser("dry-run", help="print kept/dropped and the rule for each event in FILE, then totals")
     dry.add_argument("file", help="JSON lines of Sentry events, or raw envelopes ('-' for stdin)")
@@ -58,8 +65,8 @@ def configure(parser: argparse.ArgumentParser):
 
     def handle(args: argparse.Namespace) -> int:
         if args.sentry_command == "rules":
-            for rule in RULES:
-                print(f"{rule.id:26} {rule.reason}")
+            for listed in RULES:
+                print(f"{listed.id:26} {listed.reason}")
             return 0
         try:
             data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()

@@ -7,7 +7,7 @@ decoded Python values once a concrete world has read them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
@@ -163,3 +163,19 @@ class Changes:
 
     runs: list[str]
     token: str | None
+    #: per run, the smallest new event id the feed saw, when it knows it (world-postgres). Events
+    #: can commit out of id order (concurrent writers): a reader resumes just before this id
+    #: instead of after the last id it read, so an event committed late is not skipped.
+    since: dict[str, str] = field(default_factory=dict)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ns(moment: datetime) -> int:
+    """Nanoseconds since the Unix epoch, exactly: integer arithmetic, because
+    ``int(moment.timestamp() * 1e9)`` drifts by up to ±64 ns off the milliseconds the world wrote.
+    A naive datetime is taken as UTC (world records are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000

@@ -92,10 +92,22 @@ class Streams(Protocol):
 @runtime_checkable
 class World(Protocol):
     """Storage and streams of a world. Worlds that store writes to a finished run without
-    complaint (local, postgres) say so with ``accepts_post_completion_writes = True``."""
+    complaint (local, postgres) say so with ``accepts_post_completion_writes = True``.
 
-    runs: Runs
-    steps: Steps
-    events: Events
-    hooks: Hooks
-    streams: Streams
+    The namespaces are read-only properties so a world may declare its own narrower types
+    for them (``runs: LocalRuns``); a plain attribute member would demand exactly ``Runs``."""
+
+    @property
+    def runs(self) -> Runs: ...
+
+    @property
+    def steps(self) -> Steps: ...
+
+    @property
+    def events(self) -> Events: ...
+
+    @property
+    def hooks(self) -> Hooks: ...
+
+    @property
+    def streams(self) -> Streams: ...

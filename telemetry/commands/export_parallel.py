@@ -1,0 +1,296 @@
+"""``wft export`` on every core: runs shared out among worker processes, each reading, building
+and encoding its share, while this process lists the runs and sends.
+
+Reading a log (files or rows, JSON, payload decoding) and turning it into OTLP is Python work
+that holds the GIL, and runs are independent of each other, so N processes go about N times as
+fast. Each worker opens its own reader of the world from the same ``BackendConfig`` (on
+world-postgres, its own connection) and answers a chunk of runs with gzipped OTLP request bodies
+(``otlp_encode``; small runs share a request), each tagged with the runs whose spans it holds.
+The parent posts them, so a failed POST counts against exactly those runs, and every span is sent
+once (as in the one-process path, the order of runs is not kept). Runs whose log ends at a record
+still being written come back to the caller, to be read again later.
+
+Memory stays bounded: at most two chunks per worker are in flight, and a worker answers early,
+handing back the runs it did not reach, once a chunk holds ``CHUNK_SPANS`` spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.util
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from opentelemetry.sdk.resources import Resource
+
+from ..backends import BackendConfig, open_backend
+from ..backends.records import UnreadableRun
+from ..errors import UnreadableEventsError, WorkflowWorldError
+from ..export import ExportError, OtlpSink, gzip_body
+from ..otlp_encode import OtlpEncoder, RequestBatcher
+from ..reading import all_runs, empty_log, event_log, stalled_runs
+from ..runtrace import RunTraceBuilder
+from ..world import WorkflowRun
+from .common import RUNTIME, CliError
+
+__all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "Tally", "default_jobs", "export_in_processes"]
+
+#: runs per task handed to a worker: enough to amortize the hand-over, few enough to share evenly
+CHUNK_RUNS = 32
+#: spans after which a worker answers with what it has (bounds the memory of a chunk of big runs)
+CHUNK_SPANS = 20_000
+#: worlds whose readers can be opened again in another process from their ``BackendConfig``
+PARALLEL_KINDS = frozenset({"local", "postgres"})
+
+
+def default_jobs() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Tally(Protocol):
+    """Where the counts go (the export command's totals)."""
+
+    runs: int
+    spans: int
+    events: int
+    errors: int
+
+    def skip(self, run_id: str, path: str, reason: str) -> None: ...
+
+
+# -- in a worker process ---------------------------------------------------------------------------
+@dataclass
+class _Answer:
+    """A worker's answer for one chunk of runs."""
+
+    bodies: list[tuple[bytes, int, list[str]]] = field(default_factory=list)  # gzipped, spans, run ids
+    done: list[tuple[str, int, int]] = field(default_factory=list)  # run id, spans, events
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # run id, path, reason
+    notes: list[str] = field(default_factory=list)  # lines for stderr
+    waiting: list[str] = field(default_factory=list)  # run ids: a record still being written
+    rest: list[WorkflowRun] = field(default_factory=list)  # not reached: the chunk was full
+    fatal: str | None = None  # a world error that ends the export (as it would in one process)
+
+
+class _Worker:
+    def __init__(
+        self,
+        config: BackendConfig,
+        resource: tuple[dict[str, Any], str | None],
+        include_payloads: bool,
+        grace: float | None,
+        batch_size: int,
+    ) -> None:
+        self.world: Any = open_backend(config)
+        if grace is not None and hasattr(self.world, "grace"):
+            self.world.grace = grace
+        self.resource = Resource(resource[0], resource[1])
+        self.encoder = OtlpEncoder(self.resource)
+        self.include_payloads = include_payloads
+        self.batch_size = batch_size
+        self.loop = asyncio.new_event_loop()
+        # open the reader now, while the parent lists the first runs (world-local indexes its event
+        # files, world-postgres connects): a log nobody has is the cheapest read that does it
+        self.loop.run_until_complete(event_log(self.world, "wrun_warm-up"))
+
+    def close(self) -> None:
+        """On the worker's way out: its reader closed (world-postgres: the connection ended cleanly)."""
+        try:
+            self.loop.run_until_complete(self.world.close())
+        finally:
+            self.loop.close()
+
+    async def chunk(self, runs: list[WorkflowRun]) -> _Answer:
+        out = _Answer()
+        world = self.world
+        batcher = RequestBatcher(self.encoder, self.batch_size)
+        holding: list[str] = []  # runs with spans in the request being filled
+        spans = 0
+        for at, run in enumerate(runs):
+            if spans >= CHUNK_SPANS:
+                out.rest = runs[at:]
+                break
+            try:
+                events = await event_log(world, run.run_id)
+            except UnreadableEventsError as error:
+                out.skipped.append((run.run_id, error.path, error.reason))
+                continue
+            if run.run_id in stalled_runs(world):
+                out.waiting.append(run.run_id)
+                continue
+            empty = None if events else await empty_log(world, run)
+            if empty is not None:
+                where, reason = empty
+                out.skipped.append((run.run_id, where, reason))
+                out.notes.append(f"run {run.run_id}: {reason} ({where})")
+                continue
+            builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
+            builder.feed(events)
+            data = builder.trace().data
+            if batcher.count and batcher.count + len(data) > self.batch_size:
+                out.bodies.append(self._body(batcher.flush(), holding))
+                holding = []
+            holding = [*holding, run.run_id]
+            for full in batcher.add(data):
+                out.bodies.append(self._body(full, holding))
+                holding = [run.run_id]
+            if not batcher.count:
+                holding = []
+            out.done.append((run.run_id, len(data), len(events)))
+            spans += len(data)
+        last = batcher.flush()
+        if last is not None:
+            out.bodies.append(self._body(last, holding))
+        return out
+
+    @staticmethod
+    def _body(request: tuple[bytes, int] | None, runs: list[str]) -> tuple[bytes, int, list[str]]:
+        assert request is not None
+        return gzip_body(request[0]), request[1], runs
+
+
+_worker: _Worker | None = None
+
+
+def _start_worker(*args: Any) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops handing out work
+    _worker = _Worker(*args)
+    multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
+
+
+def _ready() -> None:
+    """A task that only makes the pool start its workers."""
+
+
+def _export_chunk(runs: list[WorkflowRun]) -> _Answer:
+    worker = _worker
+    assert worker is not None, "the pool's initializer starts the worker"
+    try:
+        return worker.loop.run_until_complete(worker.chunk(runs))
+    except WorkflowWorldError as error:  # its class may not survive pickling; its words do
+        return _Answer(fatal=str(error))
+
+
+# -- in the parent ---------------------------------------------------------------------------------
+def _context() -> Any:
+    """``fork`` where it is safe (Linux): workers start at once, with the code already loaded."""
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+async def export_in_processes(
+    world: Any,
+    config: BackendConfig,
+    sink: OtlpSink,
+    resource: Resource,
+    tally: Tally,
+    *,
+    jobs: int,
+    include_payloads: bool = True,
+    on_progress: Callable[[], None] | None = None,
+) -> list[WorkflowRun]:
+    """Export every run of ``world`` with ``jobs`` worker processes; the runs whose log ends at a
+    record still being written are returned, for the caller to read again later.
+
+    ``world`` (already open in this process) only lists the runs; ``config`` opens the workers'
+    own readers. Counts go to ``tally`` as in the one-process export: a run is counted once every
+    request holding its spans was acknowledged, an error when one was not.
+    """
+    grace = getattr(world, "grace", None)
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=_context(),
+        initializer=_start_worker,
+        initargs=(config, (dict(resource.attributes), resource.schema_url), include_payloads, grace, sink.batch_size),
+    )
+    in_flight: dict[asyncio.Future[_Answer], list[WorkflowRun]] = {}
+    waiting: list[WorkflowRun] = []
+    failures = 0
+    listed: dict[str, int] = {}  # run id → its place in the listing
+    skipped: list[tuple[int, str, str, str]] = []  # tallied at the end, in listing order (as one process would)
+
+    pool.submit(_ready)  # start the workers (and their readers) before the listing, not after its first page
+
+    def submit(runs: list[WorkflowRun]) -> None:
+        future: Future[_Answer] = pool.submit(_export_chunk, runs)
+        in_flight[asyncio.wrap_future(future)] = runs
+
+    async def settle(limit: int) -> None:
+        nonlocal failures
+        while len(in_flight) > limit:
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for future in finished:
+                runs = in_flight.pop(future)
+                try:
+                    answer = future.result()
+                except BrokenProcessPool as error:
+                    raise CliError(
+                        f"an export worker process died ({error or 'killed'}); {tally.runs} runs were exported, "
+                        "run the export again to send the rest (span ids are the same, so nothing is duplicated)",
+                        status=RUNTIME,
+                    ) from None
+                if answer.fatal is not None:
+                    raise WorkflowWorldError(answer.fatal)
+                if answer.rest:
+                    submit(answer.rest)
+                failed: set[str] = set()
+                for body, spans, holders in answer.bodies:
+                    try:
+                        await asyncio.to_thread(sink.post, body, spans, gzipped=True)
+                    except ExportError as error:
+                        failures += 1
+                        failed.update(holders)
+                        first = f"run {holders[0]}" if len(holders) == 1 else f"{len(holders)} runs from {holders[0]}"
+                        print(f"wft export: {first}: {error}", file=sys.stderr)
+                        if tally.runs == 0 and failures >= 3:
+                            raise CliError(f"giving up: {error}", status=RUNTIME) from None
+                for run_id, spans, events in answer.done:
+                    if run_id in failed:
+                        tally.errors += 1
+                        continue
+                    tally.runs += 1
+                    tally.spans += spans
+                    tally.events += events
+                skipped.extend((listed.get(run_id, 0), run_id, path, reason) for run_id, path, reason in answer.skipped)
+                for note in answer.notes:
+                    print(f"wft export: {note}", file=sys.stderr)
+                if answer.waiting:
+                    stalled = set(answer.waiting)
+                    waiting.extend(run for run in runs if run.run_id in stalled)
+                if on_progress is not None:
+                    on_progress()
+
+    try:
+        chunk: list[WorkflowRun] = []
+        async for run in all_runs(world, page_size=500, resolve_data="none"):
+            listed[run.run_id] = len(listed)
+            if isinstance(run, UnreadableRun):
+                if run.run_id in stalled_runs(world):  # its run file is being written: later
+                    waiting.append(run)
+                else:
+                    skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
+                continue
+            chunk.append(run)
+            if len(chunk) >= CHUNK_RUNS:
+                submit(chunk)
+                chunk = []
+                await settle(2 * jobs)
+        if chunk:
+            submit(chunk)
+        await settle(0)
+    finally:
+        pool.shutdown(wait=not in_flight, cancel_futures=True)
+        for _, run_id, path, reason in sorted(skipped):
+            tally.skip(run_id, path, reason)
+    return waiting

@@ -1,0 +1,186 @@
+"""Real seed bodies for the fuzzer, captured from the real clients as they send them.
+
+- OTLP protobuf from the real OpenTelemetry SDK exporter (``OTLPSpanExporter``) and from
+  ``wft export`` of the TS SDK harness's world-local data, each captured by a loopback receiver;
+- OTLP-JSON: the same requests in the OTLP-JSON mapping (hex ids), as JSON exporters send them;
+- Sentry envelopes from the real ``sentry-sdk`` client (exceptions benign and real, messages, a
+  transaction, an attachment, tags, contexts, breadcrumbs), captured the same way.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sentry_sdk
+from aiohttp import web
+from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from ..sdk_spans import RUN, make_sdk_spans
+from ..test_sentry import DIAG, SEED
+from ..threaded_server import serve_in_thread
+
+
+@dataclass
+class Capture:
+    """A loopback server that keeps every body it is sent (decompressed) and answers success."""
+
+    url: str = ""
+    bodies: list[tuple[str, bytes]] = field(default_factory=list)  # (path, body)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (path and query, headers)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> Capture:
+        async def receive(request: web.Request) -> web.Response:
+            raw = await request.read()
+            encoding = request.headers.get("Content-Encoding", "")
+            body = (
+                gzip.decompress(raw) if encoding == "gzip" else zlib.decompress(raw) if encoding == "deflate" else raw
+            )
+            with self.lock:
+                self.bodies.append((request.path, body))
+                self.requests.append((request.path_qs, dict(request.headers)))
+            if request.path.endswith("/v1/traces"):
+                return web.Response(
+                    body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+                )
+            return web.json_response({"id": "0" * 32})
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", receive)
+        app.router.add_post("/api/{project}/envelope/", receive)
+        app.router.add_post("/api/{project}/store/", receive)
+        self.url, self._stop = serve_in_thread(app, auto_decompress=False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop()
+
+
+def _varied_sdk_spans() -> Any:
+    """Real SDK spans with every kind, links, events, an error and attributes of each type."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "fuzz-seed", "deployment.environment": "ci"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("seed-scope", "1.0")
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER, attributes={"workflow.run.id": RUN}) as root:
+        context = root.get_span_context()
+        for kind in (SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.INTERNAL):
+            with tracer.start_as_current_span(
+                f"child {kind.name}",
+                kind=kind,
+                links=[Link(context, {"link.why": "follows"})],
+                attributes={"s": "x", "i": -7, "f": 0.25, "b": False, "ints": [1, 2], "strs": ["p", "q"]},
+            ) as child:
+                child.add_event("checkpoint", {"at": 3, "what": "half", "ratio": 0.5})
+        with tracer.start_as_current_span(
+            "http PUT", attributes={"http.request.method": "PUT", "url.full": f"https://x/v2/runs/{RUN}/stream/s"}
+        ) as failing:
+            failing.set_attribute("http.response.status_code", 409)
+            failing.record_exception(ValueError(DIAG))
+            failing.set_status(Status(StatusCode.ERROR, DIAG))
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
+def sdk_protobuf_bodies() -> list[bytes]:
+    """What the real ``OTLPSpanExporter`` sends for a few real batches."""
+    with Capture() as capture:
+        exporter = OTLPSpanExporter(endpoint=f"{capture.url}/v1/traces", timeout=10)
+        for batch in (make_sdk_spans(1), make_sdk_spans(4, service="shop"), _varied_sdk_spans()):
+            assert exporter.export(batch).name == "SUCCESS"
+        exporter.shutdown()
+    return [body for _, body in capture.bodies]
+
+
+def export_protobuf_bodies(local_data: Path) -> list[bytes]:
+    """What ``wft export`` sends for the harness's world-local runs (one request per run)."""
+    with Capture() as capture:
+        result = subprocess.run(
+            [sys.executable, "-m", "telemetry", "export", "--world", "local", "--dir", str(local_data)]
+            + ["--otlp", capture.url],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OTEL_SDK_DISABLED": "true"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    bodies = [body for _, body in capture.bodies]
+    assert bodies, "wft export sent nothing"
+    return bodies
+
+
+def otlp_json(body: bytes) -> bytes:
+    """A protobuf request in the OTLP-JSON mapping (hex ids, camelCase), as JSON exporters send it."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    document = json_format.MessageToDict(request)
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for holder in [span, *span.get("links", [])]:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if key in holder:
+                            holder[key] = _b64_to_hex(holder[key])
+    return json.dumps(document).encode()
+
+
+def _b64_to_hex(value: str) -> str:
+    import base64
+
+    return base64.b64decode(value).hex()
+
+
+def sentry_bodies(token: str) -> list[tuple[str, bytes]]:
+    """(path, body) of what the real sentry-sdk sends: envelopes and what they carry."""
+    with Capture() as capture:
+        host = capture.url.split("://", 1)[1]
+        sentry_sdk.init(
+            dsn=f"http://{token}@{host}/42",
+            default_integrations=False,
+            traces_sample_rate=1.0,
+            release="fuzz@1.0",
+            environment="ci",
+        )
+        try:
+            sentry_sdk.set_tag("workflow.run.id", RUN)
+            sentry_sdk.set_context("workflow", {"run_id": RUN, "nested": {"a": [1, 2, {"b": None}]}})
+            sentry_sdk.add_breadcrumb(category="step", message="step started", data={"attempt": 2})
+            for error in (Exception(DIAG), Exception(SEED), RuntimeError("a real failure"), KeyError("missing")):
+                try:
+                    raise error
+                except Exception:
+                    sentry_sdk.capture_exception()
+            sentry_sdk.capture_message("a plain message with a run id " + RUN)
+            with sentry_sdk.new_scope() as scope:
+                scope.add_attachment(bytes=b"attached bytes\n\x00\x01", filename="a.bin")
+                scope.set_extra("deep", {"x": [[["y"]]]})
+                sentry_sdk.capture_message("with an attachment", level="warning")
+            with sentry_sdk.start_transaction(name="fuzz transaction", op="task"):
+                with sentry_sdk.start_span(op="step", name="inner"):
+                    pass
+            sentry_sdk.flush(10)
+        finally:
+            sentry_sdk.get_client().close()
+            sentry_sdk.init()
+    bodies = list(capture.bodies)
+    assert len(bodies) >= 6, bodies
+    return bodies
