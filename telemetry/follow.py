@@ -6,6 +6,14 @@ id read) and feeds them to the ``RunTraceBuilder`` kept for each unfinished run;
 closed since the last delivery go out. A live run of 10,000 steps is read once, not once per
 change. After a restart a run's builder is rebuilt once, from its full log, when it next changes.
 
+**Cost per run, not per round trip.** Where the world reads many runs' logs in one statement
+(``events.logs``, world-postgres) a pass reads its runs a chunk at a time. With ``deliver_many``
+the runs of a pass go out in batches (one request, one checkpoint transaction per batch, not per
+run). A first pass over a big history can go to a ``ParallelCatchUp``: worker processes read,
+build, encode and send the finished runs as ``wft export --jobs N`` does, and the follower keeps
+builders only for the runs still going. Between passes, a world that says it is being written
+(``events.wait``: world-postgres's queue notifications) is read at once, not at the next poll.
+
 **Events that commit out of id order.** Event ids are ULIDs minted by the writers, so a writer
 can commit an event whose id is below one already read (concurrent step handlers, clock skew).
 When the feed knows the smallest new id of a run (``Changes.since``, world-postgres) the run is
@@ -16,14 +24,15 @@ run's builder rebuild from the full log, so the spans are exactly those of a one
 **Checkpoint** (SQLite in WAL mode, stdlib ``sqlite3``): per run the events fed, the last event
 id, whether the run finished and the span ids sent while it is unfinished (a finished run keeps
 no ids), plus the feed's token and the runs to retry. Each acknowledged delivery is one small
-transaction (O(changed), never a rewrite of the whole file). A JSON checkpoint of the previous
-format is migrated on first open.
+transaction (O(changed), never a rewrite of the whole file): one per run, or one per batch.
+A JSON checkpoint of the previous format is migrated on first open.
 
 * ``kill -9`` safety: SQLite's WAL commit is atomic, so a restart sees the checkpoint as of the
   last committed delivery, never a torn one. ``synchronous=NORMAL``: a power loss (not a process
   crash) may roll back the last commits, which only sends their spans again.
-* At-least-once: the checkpoint advances only after ``deliver`` returned (the sink acknowledged)
-  and the feed's token only after every run it named was delivered or queued for retry. A batch
+* At-least-once: the checkpoint advances only after ``deliver`` (``deliver_many``, the catch-up's
+  ``post``) returned (the sink acknowledged) and the feed's token only after every run it named
+  was delivered or queued for retry. A batch
   acknowledged just before a crash whose commit was lost is sent again: the same spans with the
   same deterministic ids, which id-keyed stores collapse.
 
@@ -34,25 +43,35 @@ unreadable; the follower logs it once, lists it in ``problems`` and goes on with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import sqlite3
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.resources import Resource
 from ulid import ULID
 
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
-from .reading import empty_log
+from .otlp_encode import OtlpEncoder, RequestBatcher
+from .reading import empty_log, stalled_runs
 from .runtrace import RunTraceBuilder, SpanData, readable_span
 from .world import Event, Pagination, WorkflowRun
 
-__all__ = ["Checkpoint", "Follower", "RunState"]
+if TYPE_CHECKING:
+    from .backends import BackendConfig
+
+__all__ = ["Checkpoint", "Delivery", "Follower", "ParallelCatchUp", "RunState"]
 
 log = logging.getLogger("telemetry.follow")
 
@@ -88,6 +107,20 @@ def _resume_before(event_id: str, seconds: float) -> str:
     except ValueError:
         return event_id
     return prefix + str(ULID.from_int(max(0, ms - int(seconds * 1000)) << 80))
+
+
+async def _read_log(world: Any, run_id: str, after: str | None) -> list[Event]:
+    """A run's events after ``after`` (all when ``None``), oldest first, a page at a time."""
+    events: list[Event] = []
+    cursor = after
+    while True:
+        page = await world.events.list(
+            run_id=run_id, pagination=Pagination(limit=1000, cursor=cursor, sort_order="asc")
+        )
+        events.extend(page.data)
+        if not page.has_more or not page.cursor:
+            return events
+        cursor = page.cursor
 
 
 @dataclass
@@ -333,6 +366,7 @@ class Follower:
         deliver_many: DeliverMany | None = None,
         batch_spans: int = 512,
         batch_events: int = 5000,
+        catch_up: ParallelCatchUp | None = None,
     ) -> None:
         """``deliver(run, events, new_spans)`` is called for every run with new events or spans:
         ``events`` are the events read since its last delivery, ``new_spans`` the spans not sent
@@ -344,7 +378,12 @@ class Follower:
         ``deliver_many(deliveries)`` instead of ``deliver``: the runs of a pass go out in batches
         of about ``batch_spans`` spans (or ``batch_events`` events), each in one call, and the
         checkpoint takes each acknowledged batch in one transaction. A catch-up over many small
-        runs then costs a request and a commit per batch, not per run."""
+        runs then costs a request and a commit per batch, not per run.
+
+        ``catch_up``: a pass that meets at least ``catch_up.min_runs`` runs the checkpoint has
+        never seen (a first pass over a big history) hands the finished ones to it (worker
+        processes that read, build, encode and send them as ``wft export`` does); the rest (and
+        every later pass) goes the usual way."""
         if (deliver is None) == (deliver_many is None):
             raise TypeError("Follower: give exactly one of deliver and deliver_many")
         self.world = world
@@ -359,6 +398,7 @@ class Follower:
         self.span_data = span_data
         self.batch_spans = max(1, batch_spans)
         self.batch_events = max(1, batch_events)
+        self.catch_up = catch_up
         #: runs whose log holds a record that stays unreadable: run id → the reason (with its path)
         self.problems: dict[str, str] = {}
         self.events_read = 0
@@ -384,19 +424,31 @@ class Follower:
         sent = 0
         done = 0
         self._staged, self._staged_spans, self._staged_events = [], 0, 0
-        async for chunk in self._chunks(runs):
-            logs = await self._prefetch(chunk, since)
-            for run_id, record in chunk:
-                done += 1
-                if run_id not in self.problems:
-                    try:
-                        sent += await self._follow(run_id, since.get(run_id), record, logs.get(run_id))
-                    except (WorkflowRunNotFoundError, _NotYet):
-                        todo.append(run_id)  # its run record is not there (or readable) yet: next pass
-                    except UnreadableEventsError as error:
-                        self._unreadable(run_id, error)
-                if self.progress is not None:
-                    self.progress(done, len(runs), self.events_read)
+        rest = runs
+        if self.catch_up is not None and len(runs) >= self.catch_up.min_runs:
+            rest, sent = await self._catch_up(self.catch_up, runs)
+            done = len(runs) - len(rest)
+        try:
+            async for chunk in self._chunks(rest):
+                logs = await self._prefetch(chunk, since)
+                for run_id, record in chunk:
+                    done += 1
+                    if run_id not in self.problems:
+                        try:
+                            sent += await self._follow(run_id, since.get(run_id), record, logs.get(run_id))
+                        except (WorkflowRunNotFoundError, _NotYet):
+                            todo.append(run_id)  # its run record is not there (or readable) yet: next pass
+                        except UnreadableEventsError as error:
+                            self._unreadable(run_id, error)
+                    if self.progress is not None:
+                        self.progress(done, len(runs), self.events_read)
+        except Exception:
+            # the world failed us mid-pass: the pass fails (and is retried), but what the runs before
+            # that point staged still goes out, as it would have one run at a time
+            if self._staged:
+                with contextlib.suppress(Exception):  # the collector failing too: the first error is the news
+                    await self._flush()
+            raise
         sent += await self._flush()
         now = time.monotonic()
         if runs or (changes.token != token and now - self._saved > _TOKEN_SAVE_EVERY):
@@ -423,16 +475,7 @@ class Follower:
 
     async def _read(self, run_id: str, after: str | None) -> list[Event]:
         """The run's events after ``after`` (all when ``None``), oldest first."""
-        events: list[Event] = []
-        cursor = after
-        while True:
-            page = await self.world.events.list(
-                run_id=run_id, pagination=Pagination(limit=1000, cursor=cursor, sort_order="asc")
-            )
-            events.extend(page.data)
-            if not page.has_more or not page.cursor:
-                break
-            cursor = page.cursor
+        events = await _read_log(self.world, run_id, after)
         self.events_read += len(events)
         return events
 
@@ -441,10 +484,13 @@ class Follower:
         builder.feed(events)
         return builder
 
-    async def _chunks(self, runs: list[str]) -> AsyncIterator[list[tuple[str, WorkflowRun | None]]]:
+    async def _chunks(
+        self, runs: list[str], *, listing: bool = False
+    ) -> AsyncIterator[list[tuple[str, WorkflowRun | None]]]:
         """The runs of a pass in chunks, with their records when a listing is cheaper than one
-        read each (a catch-up over many runs reads run records a page at a time, as an export does)."""
-        if len(runs) < _LIST_RUNS_AT:
+        read each (a catch-up over many runs reads run records a page at a time, as an export does;
+        ``listing``: whatever the number of runs)."""
+        if len(runs) < _LIST_RUNS_AT and not listing:
             for start in range(0, len(runs), _CHUNK):
                 yield [(run_id, None) for run_id in runs[start : start + _CHUNK]]
             return
@@ -465,6 +511,41 @@ class Follower:
         rest = sorted(wanted)  # not listed (yet): read one by one
         for start in range(0, len(rest), _CHUNK):
             yield [(run_id, None) for run_id in rest[start : start + _CHUNK]]
+
+    async def _catch_up(self, catch_up: ParallelCatchUp, runs: list[str]) -> tuple[list[str], int]:
+        """Runs the checkpoint has never seen, with their records, to ``catch_up``; their states as
+        each chunk is acknowledged. Returns (the runs left for the usual way, spans sent)."""
+        left: list[str] = []
+
+        async def fresh() -> AsyncIterator[list[WorkflowRun]]:
+            async for chunk in self._chunks(runs, listing=True):
+                records = []
+                for run_id, record in chunk:
+                    if (
+                        record is None
+                        or run_id in self._live
+                        or run_id in self.problems
+                        or self.checkpoint.get(run_id) is not None
+                    ):
+                        left.append(run_id)
+                    else:
+                        records.append(record)
+                if records:
+                    yield records
+
+        sent = done = 0
+        async with contextlib.aclosing(
+            catch_up.run(fresh(), self.resource, self.include_payloads, self.batch_spans)
+        ) as answers:
+            async for answer in answers:
+                self.checkpoint.record_many([(run_id, state, ()) for run_id, state in answer.done])
+                left.extend(answer.left)
+                self.events_read += answer.events
+                sent += sum(spans for _, spans in answer.bodies)
+                done += len(answer.done)
+                if self.progress is not None:
+                    self.progress(done, len(runs), self.events_read)
+        return left, sent
 
     def _plan(self, run_id: str, since: str | None) -> _Plan:
         """Where this pass starts reading the run's log."""
@@ -610,19 +691,223 @@ class Follower:
         return await self._send(run_id, run, live)
 
     # -- looping -------------------------------------------------------------------------------
+    async def pause(self, seconds: float, stopped: Callable[[], bool], *, wake: bool = True) -> bool:
+        """Wait before the next pass: ``seconds``, less when the world signals that it is being
+        written (``events.wait``: world-postgres's queue notifications; ``wake=False`` ignores
+        them), and no longer than a tenth of a second once ``stopped()``. True when woken early."""
+        wait = getattr(self.world.events, "wait", None) if wake else None
+        end = time.monotonic() + seconds
+        while not stopped() and (left := end - time.monotonic()) > 0:
+            if wait is None:
+                await asyncio.sleep(min(left, 0.1))
+            elif await wait(min(left, 0.1)):
+                return True
+        return False
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             await self.poll()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
+            await self.pause(self.interval, stop.is_set)
 
     @property
     def following(self) -> Sequence[str]:
         """Unfinished runs with a builder in memory."""
         return list(self._live)
+
+
+#: ``post(gzipped_request, spans)``: one serialized, gzipped ``ExportTraceServiceRequest``; returns
+#: once the collector acknowledged it, raises when it did not
+Post = Callable[[bytes, int], Awaitable[None]]
+
+
+@dataclass
+class _Answer:
+    """A worker's answer for one chunk of runs."""
+
+    bodies: list[tuple[bytes, int]] = field(default_factory=list)  # gzipped requests, spans in each
+    done: list[tuple[str, RunState]] = field(default_factory=list)  # finished runs whose spans the bodies hold
+    left: list[str] = field(default_factory=list)  # runs for the follower itself (unfinished, unreadable…)
+    events: int = 0  # events read for the runs done
+    fatal: str | None = None  # a world error that fails the pass
+
+
+class ParallelCatchUp:
+    """A first pass over a big history on every core, the way ``wft export --jobs N`` does it.
+
+    Reading a log and turning it into OTLP holds the GIL, so one process catches up at a
+    fraction of what an export does with a worker per core. Here ``jobs`` worker processes each
+    open their own reader of the world from ``config`` and take chunks of runs the checkpoint has
+    never seen: each finished run is read, built (the same ``RunTraceBuilder`` and the same
+    spans as an export, and as the follower would send) and encoded into shared requests, which
+    the worker gzips and hands back; this process posts them (``post``) and only then records
+    the runs as finished in the checkpoint. A run that is not finished, reads empty or has an
+    unreadable record goes back to the follower, which reads it itself (and keeps a builder for
+    it). At most two chunks per worker are in flight, so memory stays bounded.
+
+    ``settings``: attributes to set on each worker's reader (``grace``, ``retries``), as on the
+    follower's own. Workers are forked on Linux (they start at once, with the code loaded); they
+    never touch the follower's checkpoint and end with ``os._exit``, so its SQLite connection,
+    inherited, is never closed or written from a child.
+    """
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        post: Post,
+        *,
+        jobs: int,
+        min_runs: int = 500,
+        chunk_runs: int = 64,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.post = post
+        self.jobs = max(1, jobs)
+        self.min_runs = min_runs
+        self.chunk_runs = max(1, chunk_runs)
+        self.settings = dict(settings or {})
+
+    async def run(
+        self,
+        chunks: AsyncIterator[list[WorkflowRun]],
+        resource: Resource | None,
+        include_payloads: bool,
+        batch_spans: int,
+    ) -> AsyncGenerator[_Answer, None]:
+        """Answers for the runs of ``chunks``, each once its requests were acknowledged."""
+        resource = resource or Resource.get_empty()
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        pool = ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=context,
+            initializer=_start_catch_up_worker,
+            initargs=(
+                self.config,
+                (dict(resource.attributes), resource.schema_url),
+                include_payloads,
+                batch_spans,
+                self.settings,
+            ),
+        )
+        in_flight: set[asyncio.Future[_Answer]] = set()
+
+        def submit(runs: list[WorkflowRun]) -> None:
+            future: Future[_Answer] = pool.submit(_catch_up_chunk, runs)
+            in_flight.add(asyncio.wrap_future(future))
+
+        async def next_answer() -> _Answer:
+            """One finished chunk, once the collector acknowledged its requests."""
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            future = next(iter(finished))  # one at a time: each is recorded before the next is posted
+            in_flight.discard(future)
+            try:
+                answer = future.result()
+            except BrokenProcessPool as error:
+                raise WorkflowWorldError(f"a catch-up worker process died ({error or 'killed'})") from None
+            if answer.fatal is not None:
+                raise WorkflowWorldError(answer.fatal)
+            for body, spans in answer.bodies:
+                await self.post(body, spans)
+            return answer
+
+        try:
+            async for records in chunks:
+                for start in range(0, len(records), self.chunk_runs):
+                    submit(records[start : start + self.chunk_runs])
+                    while len(in_flight) > 2 * self.jobs:
+                        yield await next_answer()
+            while in_flight:
+                yield await next_answer()
+        finally:
+            pool.shutdown(wait=not in_flight, cancel_futures=True)
+
+
+class _CatchUpWorker:
+    """One worker process's reader, encoder and event loop."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        resource: tuple[dict[str, Any], str | None],
+        include_payloads: bool,
+        batch_spans: int,
+        settings: dict[str, Any],
+    ) -> None:
+        from .backends import open_backend
+        from .export import gzip_body
+
+        self.world: Any = open_backend(config)
+        for name, value in settings.items():
+            if hasattr(self.world, name):
+                setattr(self.world, name, value)
+        self.resource = Resource(resource[0], resource[1])
+        self.encoder = OtlpEncoder(self.resource)
+        self.include_payloads = include_payloads
+        self.batch_spans = batch_spans
+        self.gzip = gzip_body
+        self.loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.world.close())
+        finally:
+            self.loop.close()
+
+    async def chunk(self, runs: list[WorkflowRun]) -> _Answer:
+        out = _Answer()
+        logs: dict[str, list[Event]] = {}
+        bulk = getattr(self.world.events, "logs", None)
+        if bulk is not None:
+            async for run_id, events in bulk(dict.fromkeys(r.run_id for r in runs)):
+                logs[run_id] = events
+        batcher = RequestBatcher(self.encoder, self.batch_spans)
+        requests: list[tuple[bytes, int]] = []
+        for run in runs:
+            try:
+                events = logs[run.run_id] if run.run_id in logs else await _read_log(self.world, run.run_id, None)
+            except UnreadableEventsError:
+                out.left.append(run.run_id)  # the follower reads it again and reports it, once
+                continue
+            if not events or run.run_id in stalled_runs(self.world):
+                out.left.append(run.run_id)
+                continue
+            builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
+            builder.feed(events)
+            if not builder.complete:
+                out.left.append(run.run_id)
+                continue
+            requests.extend(batcher.add(builder.trace().data))
+            out.done.append((run.run_id, RunState(builder.events, builder.last_event_id, True)))
+            out.events += len(events)
+        last = batcher.flush()
+        if last is not None:
+            requests.append(last)
+        out.bodies = [(self.gzip(body), spans) for body, spans in requests]
+        return out
+
+
+_worker: _CatchUpWorker | None = None
+
+
+def _start_catch_up_worker(*args: Any) -> None:
+    global _worker
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the follower's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the follower's handlers (forked with them)
+    signal.set_wakeup_fd(-1)  # nor its event loop's wake-up pipe
+    _worker = _CatchUpWorker(*args)
+    multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
+
+
+def _catch_up_chunk(runs: list[WorkflowRun]) -> _Answer:
+    worker = _worker
+    assert worker is not None, "the pool's initializer starts the worker"
+    try:
+        return worker.loop.run_until_complete(worker.chunk(runs))
+    except WorkflowWorldError as error:  # its class may not survive pickling; its words do
+        return _Answer(fatal=str(error))
 
 
 async def _settle(result: Awaitable[None] | None) -> None:

@@ -97,25 +97,40 @@ class TimeBreakdown:
         return self.end_ns - self.start_ns
 
     def to_json(self) -> dict[str, Any]:
+        """The API form: nanoseconds exact, milliseconds whole (parts still add up to the duration)."""
+        whole = _whole_ms([self.exclusive_ns[part] for part in Parts.ORDER], self.duration_ns)
         return {
             "startNs": self.start_ns,
             "endNs": self.end_ns,
-            "durationMs": self.duration_ns / 1e6,
+            "durationMs": round(self.duration_ns / 1e6),
             "live": self.live,
             "appSpans": self.app_spans,
             "parts": [
                 {
                     "name": part,
                     "ns": self.exclusive_ns[part],
-                    "ms": self.exclusive_ns[part] / 1e6,
-                    "summedMs": self.summed_ns[part] / 1e6,
+                    "ms": ms,
+                    "summedMs": round(self.summed_ns[part] / 1e6),
                 }
-                for part in Parts.ORDER
+                for part, ms in zip(Parts.ORDER, whole, strict=True)
             ],
             "sdk": None
             if self.queue_overhead_ms is None and self.step_execution_ms is None
-            else {"queueOverheadMs": self.queue_overhead_ms, "stepExecutionMs": self.step_execution_ms},
+            else {
+                "queueOverheadMs": None if self.queue_overhead_ms is None else round(self.queue_overhead_ms),
+                "stepExecutionMs": None if self.step_execution_ms is None else round(self.step_execution_ms),
+            },
         }
+
+
+def _whole_ms(parts_ns: list[int], total_ns: int) -> list[int]:
+    """Whole milliseconds per part that still add up to the rounded total (largest remainder)."""
+    floors = [ns // 1_000_000 for ns in parts_ns]
+    short = round(total_ns / 1e6) - sum(floors)
+    by_remainder = sorted(range(len(parts_ns)), key=lambda i: parts_ns[i] % 1_000_000, reverse=True)
+    for i in by_remainder[: max(short, 0)]:
+        floors[i] += 1
+    return floors
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.trace import ReadableSpan
+from ulid import ULID
 
 from telemetry.backends.local import LocalWorld
 from telemetry.cli import main
@@ -242,3 +244,14 @@ def test_workers_export_only_the_selected_runs(harness_out, otlp_receiver, capsy
     otlp_receiver.clear()
     assert _export(capsys, *where, "--jobs", "1")[0] == 0
     assert _spans(otlp_receiver) == parallel
+
+
+def test_a_world_error_in_a_worker_ends_the_export_as_in_one_process(harness_out, tmp_path, capsys):
+    """The error's class crosses back from the worker: a directory in no layout is the user's to fix (2)."""
+    data = tmp_path / "data"
+    shutil.copytree(harness_out / "local-data", data)
+    (data / "events" / f"wrun_{ULID()}").mkdir()  # a per-run folder beside flat files
+    answers = [_export(capsys, "--dir", str(data), "--otlp", "http://127.0.0.1:9", "--jobs", j) for j in ("2", "1")]
+    assert answers[0] == answers[1]
+    code, err = answers[0]
+    assert code == 2 and "mixes the flat (4.x) and per-run world-local layouts" in err and "Traceback" not in err

@@ -255,3 +255,45 @@ def test_a_run_whose_log_reads_empty_is_a_problem_everywhere(tmp_path, otlp_rece
     assert "event log reads empty" in follower.problems[victim] and folder in follower.problems[victim]
     with urllib.request.urlopen(f"{service.url}/metrics", timeout=10) as response:
         assert "wft_tailer_unreadable_runs 1" in response.read().decode()
+
+
+def test_an_instrumented_python_app_and_its_event_log_make_one_run_view(tmp_path, collector):
+    """The real vercel-workflow app, instrumented with ``VercelWorkflowInstrumentor`` and exporting
+    OTLP to the collector, while the collector follows its data dir: each run's view holds the
+    event-log trace and the app's own spans, in one trace, with no benign conflict as an error."""
+    data = tmp_path / "data"
+    service = collector(world=BackendConfig("local", data_dir=str(data)), tail_interval=0.05)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.pyworkflows.run", str(data), "--otlp", service.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    for name, facts in report.items():
+        deadline = time.monotonic() + 30
+        while True:
+            view = get_json(f"{service.url}/api/runs/{facts['run_id']}")
+            kinds = [s["attributes"].get("workflow.span.kind") for s in view["spans"]]
+            finished = "run" in kinds or facts["status"] not in ("completed", "failed", "cancelled")
+            if (view["run"]["status"] == facts["status"] and finished) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert view["run"]["status"] == facts["status"], name
+        event_log = {s["traceId"] for s in view["spans"] if "workflow.span.kind" in s["attributes"]}
+        assert len(event_log) <= 1, (name, event_log)  # none yet for a run waiting with nothing finished
+        app = [s for s in view["spans"] if "workflow.span.kind" not in s["attributes"]]
+        assert app, f"{name}: the app's own spans did not reach the run view"
+        executions = [s for s in app if s["name"].startswith(("WORKFLOW ", "STEP "))]
+        assert executions, f"{name}: no workflow/step execution spans"
+        # one trace per run: the executions and the event-log spans (a hook resumed from outside
+        # the run starts a trace of its own, as in the TS SDK; it is stitched by run id)
+        if event_log:
+            assert {s["traceId"] for s in executions} == event_log, f"{name}: not one trace"
+        steps = [s for s in view["spans"] if s["attributes"].get("workflow.span.kind") == "step"]
+        assert len(steps) == len(facts["steps"]), name
+        for span in app:  # the local world stores a late stream write; nothing about it is an error
+            if span["name"].startswith("world.streams.") or span["attributes"].get("workflow.conflict") == "benign":
+                assert span["status"]["code"] != 2, (name, span["name"], span["status"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from opentelemetry.trace import StatusCode
 
 from telemetry.payloads import to_jsonable
@@ -173,3 +174,45 @@ def test_rebuilding_gives_identical_ids(real_world):
         (s.context.trace_id, s.context.span_id, s.name) for s in second.spans
     ]
     assert len({s.context.span_id for s in first.spans}) == len(first.spans)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: a retried attempt is sent when it fails and gains step.retry.delay_ms when the next "
+    "attempt starts, so a live-sent attempt span differs from the exported one (same id)",
+)
+def test_a_span_sent_live_is_the_span_export_sends(harness_out):
+    """Every prefix of every real log: each span the builder gives for the prefix is, content
+    included, the span the whole log gives under that id (a follower sends the prefix's spans).
+
+    Today a retried attempt is given as soon as it failed, and gains ``step.retry.delay_ms`` when
+    the next attempt starts, so a re-sent id can carry different content (holding the attempt back
+    until then changes what live pages show; left for a later change)."""
+    from telemetry.backends.local import LocalWorld
+    from telemetry.runtrace import RunTraceBuilder
+
+    def content(span):
+        return (span.name, span.parent_span_id, span.start_time, span.end_time, sorted(span.attributes.items()))
+
+    def built(run, events):
+        builder = RunTraceBuilder(run.run_id, run)
+        builder.feed(events)
+        return builder.span_data()
+
+    async def logs():
+        world = LocalWorld(harness_out / "local-data")
+        out = []
+        page = await world.runs.list()
+        for run in page.data:
+            out.append((run, await event_log(world, run.run_id)))
+        return out
+
+    checked = retried = 0
+    for run, events in asyncio.run(logs()):
+        final = {s.span_id: content(s) for s in built(run, events)}
+        for cut in range(1, len(events)):
+            for span in built(run, events[:cut]):
+                assert content(span) == final[span.span_id], (run.run_id, cut, span.name)
+                checked += 1
+                retried += span.attributes.get("step.attempt.outcome") == "retrying"
+    assert checked > 100 and retried > 0

@@ -98,7 +98,7 @@ def test_our_frames_are_the_sdks_frames_byte_for_byte(sdk):
     assert streams_js(sdk, "frames") == [encode_chunk(v).hex() for v in VALUES]
 
 
-def _random_value(rng: random.Random, depth: int = 0) -> Any:
+def random_value(rng: random.Random, depth: int = 0) -> Any:
     kind = rng.randrange(12 if depth < 3 else 8)
     if kind == 0:
         return rng.choice(["", "a", "<", '"', "\\", "\n\t\b\f\r", "\x00\x1f", "\u2028\u2029", "😀", "日本語", "x" * 40])
@@ -117,11 +117,11 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 7:
         return rng.choice([math.nan, math.inf, -math.inf, -0.0, UNDEFINED])
     if kind in (8, 9):
-        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
     if kind == 10:
         keys = ["a", "b", "0", "10", "2", "01", "-1", "4294967295", "4294967294", "<k>", "ü"]
-        return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
-    return {_random_value(rng, 3) for _ in range(rng.randrange(4))}
+        return {rng.choice(keys): random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+    return {random_value(rng, 3) for _ in range(rng.randrange(4))}
 
 
 def _wire(value: Any) -> Any:
@@ -149,7 +149,7 @@ def test_devalue_stringify_matches_the_sdk_on_awkward_values(sdk):
     """400 random values (escapes, integer-like keys, BigInt, -0, NaN, sets, dates, bytes, nesting)
     serialized by the SDK's own serializer and by ours: the same bytes."""
     rng = random.Random(1949)
-    values = [_random_value(rng) for _ in range(400)]
+    values = [random_value(rng) for _ in range(400)]
     theirs = streams_js(sdk, "frames", "-", stdin=json.dumps([_wire(v) for v in values]))
     ours = [encode_chunk(v).hex() for v in values]
     mismatches = [

@@ -36,7 +36,7 @@ from telemetry.world import World, traced
 
 from .fake_vercel_backend import FakeVercelBackend
 from .test_backends_vercel import tagged
-from .test_stream_format import EXPECTED, VALUES, _random_value, streams_js
+from .test_stream_format import EXPECTED, VALUES, random_value, streams_js
 
 #: the five kinds of value the issue names: string, number, object, Uint8Array, Date
 FIVE: list[Any] = ["hello", 42, {"a": 1, "nested": {"b": [1, 2, "x"]}}, b"\x00\x01\xff", VALUES[5]]
@@ -307,7 +307,7 @@ def test_the_python_form_reads_back_as_vercel_workflows_own_chunks_do():
     rng = random.Random(2026)
     compared = 0
     for _ in range(1000):
-        value = _random_value(rng)
+        value = random_value(rng)
         ours = serialization.hydrate(writer.encode(value)[4:], what="ours")
         try:
             theirs = serialization.hydrate(encode_value(value)[4:], what="theirs")

@@ -64,18 +64,30 @@ def test_serve_stops_within_two_seconds_with_a_fifo_in_the_world_dir(harness_out
     os.mkfifo(world / "events" / f"{run_id}-evnt_01M8PCFRVQJTNTGP647J6JH7ZT.json")  # nobody ever writes it
     os.mkfifo(world / "runs" / "wrun_01M8PCFRVQJTNTGP647J6JH7ZZ.json")
     store = tmp_path / "store.sqlite3"
+    log = tmp_path / "serve.log"  # a file, not a pipe: read whenever the test needs to say what happened
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(store)]
-        + ["--world", "local", "--dir", str(world)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(store)]
+            + ["--world", "local", "--dir", str(world)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+
+    def said() -> str:
+        return log.read_text(errors="replace")[-2000:]
+
     try:
         # every other run is stored (the one with the FIFO in its log may be flagged instead)
         others = _expected_spans(harness_out / "local-data", skip_run=run_id)
-        _wait(lambda: _world_spans(store) >= others, 60)
+
+        deadline = time.monotonic() + 60
+        while _world_spans(store) < others:
+            # died (a port taken meanwhile, a start-up error) or stuck: fail now, saying what it said
+            assert process.poll() is None, f"wft serve exited {process.returncode}:\n{said()}"
+            assert time.monotonic() < deadline, f"{_world_spans(store)}/{others} spans after 60 s:\n{said()}"
+            time.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
             assert response.status == 200  # the service answers while the FIFO sits in the world dir
     finally:
@@ -87,9 +99,8 @@ def test_serve_stops_within_two_seconds_with_a_fifo_in_the_world_dir(harness_out
             process.kill()
             raise
         took = time.monotonic() - started
-    stderr = process.stderr.read()
     assert took < 2.0, f"took {took:.1f}s to stop"
-    assert code == 0 and "Traceback" not in stderr, stderr
+    assert code == 0 and "Traceback" not in said(), said()
 
 
 class _StuckWorld:
@@ -197,3 +208,21 @@ def test_the_json_checkpoint_of_an_earlier_collector_is_migrated(collector, harn
     assert service.metrics.tailer_spans == 0  # everything was sent before the upgrade
     assert not legacy.exists() and Path(str(legacy) + ".migrated").exists()
     assert Path(str(tmp_path / "store.sqlite3") + ".follow.sqlite3").exists()
+
+
+def test_the_tailer_reads_a_postgres_world_as_soon_as_its_queue_says_so(collector, pg_server, harness_out):
+    """world-postgres's queue NOTIFYs for each job the SDK adds (one right after each step ends):
+    the tailer's next pass follows within a fraction of its interval (30 s here)."""
+    import psycopg
+
+    url = pg_server.create_database("tailer_wakeup")
+    pg_server.psql("-f", str(harness_out / "postgres" / "world.sql"), db="tailer_wakeup")
+    service = collector(world=BackendConfig("postgres", url=url), tail_interval=30.0)
+    follower = service.tailer.follower
+    _wait(lambda: follower.passes >= 1 and service.metrics.tailer_spans > 0, 30)
+    passes = follower.passes
+    time.sleep(0.5)
+    assert follower.passes == passes  # idle: it waits out its interval
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT graphile_worker.add_job('workflow_flows', '{}'::json)")  # as the SDK queues a flow
+    _wait(lambda: follower.passes > passes, 5)

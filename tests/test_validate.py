@@ -54,31 +54,31 @@ def _strict(text: str | bytes):
     return json.loads(text, parse_constant=refuse)
 
 
-NOW = time.time_ns()
-
-
 @pytest.mark.parametrize(
     "start, end, reason",
     [
-        (0, NOW, "start time missing"),
-        (2**63 - 1, 2**63 - 1, "start time too far in the future"),
-        (2**63, 2**63, "start time too far in the future"),
-        (2**64 - 1, 2**64 - 1, "start time too far in the future"),
+        (lambda now: 0, lambda now: now, "start time missing"),
+        (lambda now: 2**63 - 1, lambda now: 2**63 - 1, "start time too far in the future"),
+        (lambda now: 2**63, lambda now: 2**63, "start time too far in the future"),
+        (lambda now: 2**64 - 1, lambda now: 2**64 - 1, "start time too far in the future"),
         (
-            NOW + MAX_CLOCK_SKEW_NS + 60 * 10**9,
-            NOW + MAX_CLOCK_SKEW_NS + 61 * 10**9,
+            lambda now: now + MAX_CLOCK_SKEW_NS + 60 * 10**9,
+            lambda now: now + MAX_CLOCK_SKEW_NS + 61 * 10**9,
             "start time too far in the future",
         ),
-        (NOW, NOW - 1, "end time before start time"),
-        (NOW, 0, "end time before start time"),
-        (NOW, 2**63, "end time too far in the future"),
-        (NOW, 2**64 - 1, "end time too far in the future"),
+        (lambda now: now, lambda now: now - 1, "end time before start time"),
+        (lambda now: now, lambda now: 0, "end time before start time"),
+        (lambda now: now, lambda now: 2**63, "end time too far in the future"),
+        (lambda now: now, lambda now: 2**64 - 1, "end time too far in the future"),
     ],
 )
 def test_out_of_range_times_refuse_the_span_not_its_siblings(start, end, reason):
+    """Times relative to the collector's clock are taken when the test runs, not when it is
+    collected: a slow suite must not move a span back inside the skew bound."""
     request = _request()
     spans = _spans(request)
-    spans[1].start_time_unix_nano, spans[1].end_time_unix_nano = start, end
+    now = time.time_ns()
+    spans[1].start_time_unix_nano, spans[1].end_time_unix_nano = start(now), end(now)
     records, rejected, why = _decode(request)
     assert (rejected, why) == (1, reason)
     assert {r.span_id for r in records} == {s.span_id.hex() for i, s in enumerate(spans) if i != 1}
@@ -87,8 +87,9 @@ def test_out_of_range_times_refuse_the_span_not_its_siblings(start, end, reason)
 def test_a_little_clock_skew_is_kept():
     request = _request()
     span = _spans(request)[0]
-    span.start_time_unix_nano = NOW + MAX_CLOCK_SKEW_NS // 2
-    span.end_time_unix_nano = NOW + MAX_CLOCK_SKEW_NS // 2 + 1
+    now = time.time_ns()
+    span.start_time_unix_nano = now + MAX_CLOCK_SKEW_NS // 2
+    span.end_time_unix_nano = now + MAX_CLOCK_SKEW_NS // 2 + 1
     assert _decode(request)[1] == 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource as rusage
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -275,13 +276,22 @@ def _world_rows(label: str, config: BackendConfig, resource: Resource, jobs: int
 
 
 def run(harness_out: Path) -> list[dict[str, str]]:
+    jobs = default_jobs()
+    tmp = Path(tempfile.mkdtemp(prefix="wft-bench-export-"))
+    try:
+        rows = _measure(harness_out, tmp, jobs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[bench] export pace: {os.cpu_count()} CPUs, {jobs} workers", flush=True)
+    return rows
+
+
+def _measure(harness_out: Path, tmp: Path, jobs: int) -> list[dict[str, str]]:
     from synth import scale_local, scale_postgres
 
     from tests.pgserver import destroy, start_pg
 
-    jobs = default_jobs()
     rows: list[dict[str, str]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="wft-bench-export-"))
     scale_local(harness_out / "local-data", tmp / "local", RUNS)
     local = BackendConfig("local", data_dir=str(tmp / "local"))
     resource = run_resource("local")
@@ -324,5 +334,4 @@ def run(harness_out: Path) -> list[dict[str, str]]:
         )
     finally:
         destroy(server)
-    print(f"[bench] export pace: {os.cpu_count()} CPUs, {jobs} workers", flush=True)
     return rows

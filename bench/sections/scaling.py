@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from telemetry.backends import BackendConfig, open_backend
+from telemetry.commands.export_parallel import default_jobs
 from telemetry.export import OtlpSink, run_resource
-from telemetry.follow import Checkpoint, Follower
+from telemetry.follow import Checkpoint, Follower, ParallelCatchUp
 from tests.harness_app import start_workflow
 
 from .common import free_port, psql_runner, start_server, verdict
@@ -213,7 +214,8 @@ class Followed:
 
 async def _follow(config: BackendConfig, receiver: Receiver, checkpoint: str) -> Followed:
     """A Follower's first pass over the whole history (polls until one delivers nothing),
-    delivering to the receiver like ``wft follow``; then its idle passes.
+    delivering to the receiver like ``wft follow`` (best of two when short, as ``_export``); then
+    its idle passes.
 
     The idle pass needs a follower that has seen everything. When the first pass is cut, a
     second Follower resumes from the same checkpoint and finishes without delivering (up to
@@ -229,6 +231,11 @@ async def _follow(config: BackendConfig, receiver: Receiver, checkpoint: str) ->
         if spans and state["send"]:
             await asyncio.to_thread(sink.send_data, spans, resource)
 
+    async def post(body: bytes, spans: int) -> None:  # its first pass over a big history: as `wft export`
+        state["calls"] += 1
+        if state["send"]:
+            await asyncio.to_thread(sink.post, body, spans, gzipped=True)
+
     def follower_on(path: str) -> Follower:
         return Follower(
             world,
@@ -238,6 +245,7 @@ async def _follow(config: BackendConfig, receiver: Receiver, checkpoint: str) ->
             span_data=True,
             deliver_many=deliver,
             batch_spans=sink.batch_size,
+            catch_up=ParallelCatchUp(config, post, jobs=default_jobs()),
         )
 
     follower = follower_on(checkpoint)
@@ -246,6 +254,15 @@ async def _follow(config: BackendConfig, receiver: Receiver, checkpoint: str) ->
         caught_up, cut, worked = await _drain(follower, lambda: state["calls"], CAP)
         after = receiver.stats()
         catch_up = Measure(after["events"] - before["events"], worked, cut)
+        if caught_up and worked <= 15:  # as `_export`: best of two for a short pass (noise only adds time)
+            _close(follower)
+            for suffix in ("", "-wal", "-shm"):
+                Path(checkpoint + suffix).unlink(missing_ok=True)
+            follower = follower_on(checkpoint)
+            before = receiver.stats()
+            caught_up, cut, worked = await _drain(follower, lambda: state["calls"], CAP)
+            after = receiver.stats()
+            catch_up = max(catch_up, Measure(after["events"] - before["events"], worked, cut), key=lambda m: m.rate)
         note = ""
         if not caught_up:
             _log(f"first pass cut at {CAP:.0f} s; finishing it without delivery (up to {FINISH_CAP:.0f} s)")

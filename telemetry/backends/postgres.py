@@ -23,6 +23,7 @@ from typing import Any
 
 import cbor2
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from ulid import ULID
 
@@ -185,6 +186,7 @@ class PostgresWorld:
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         self.feed = _Feed(self, feed_window, feed_max_lookback)
+        self.wakeups = _Wakeups(self)
         self.runs = _Runs(self)
         self.steps = _Steps(self)
         self.events = _Events(self)
@@ -281,6 +283,7 @@ class PostgresWorld:
                 await conn.close()
             except Exception:  # already broken
                 pass
+        await self.wakeups.close()
 
 
 def redact_url(url: str) -> str:
@@ -564,6 +567,70 @@ _EVENT_COLUMNS = "id, type, correlation_id, created_at, run_id, payload, payload
 _EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
 
 
+class _Wakeups:
+    """Notifications that the world is being written, so a follower reads within milliseconds
+    instead of at its next poll.
+
+    world-postgres's queue is graphile-worker, which NOTIFYs ``jobs:insert`` for every job it
+    adds, and the SDK adds one right after each step's ``step_completed`` (the workflow's
+    continuation), at a run's start, after each replay that schedules steps, a sleep or a hook
+    resumption. A dedicated connection LISTENs on it. The notification is only a hint (graphile's
+    channel, not a promise of the world's): a follower still polls the change feed, and without
+    notifications (the connection failed, a queue that does not notify) ``wait`` is a sleep. A
+    failed connection is retried every ``RETRY`` seconds, quietly: the feed's own queries say
+    when the database is down.
+    """
+
+    CHANNELS = ("jobs:insert",)
+    RETRY = 5.0
+
+    def __init__(self, world: PostgresWorld) -> None:
+        self.w = world
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._retry_at = 0.0
+        #: notifications received (each wakes a waiting follower)
+        self.received = 0
+
+    async def _listening(self) -> psycopg.AsyncConnection[Any] | None:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.w.url, autocommit=True)
+            for channel in self.CHANNELS:
+                await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+        except psycopg.Error:  # its words may quote the URL: nothing logged here (queries report the outage)
+            self._retry_at = time.monotonic() + self.RETRY
+            return None
+        self._conn = conn
+        return conn
+
+    async def wait(self, timeout: float) -> bool:
+        conn = await self._listening()
+        if conn is None:
+            await asyncio.sleep(timeout)
+            return False
+        woken = False
+        try:
+            async for _ in conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+                woken = True  # the whole packet is taken: a burst wakes one pass, not one per job
+        except psycopg.Error:
+            await self.close()
+            self._retry_at = time.monotonic() + self.RETRY
+        if woken:
+            self.received += 1
+        return woken
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # already broken
+                pass
+
+
 class _Events:
     def __init__(self, world: PostgresWorld) -> None:
         self.w = world
@@ -581,6 +648,11 @@ class _Events:
         scan of the primary key per id prefix. See ``_Feed`` for why nothing committed late is lost.
         """
         return await self.w.feed.changes(token)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a sign that a log may have grown (``_Wakeups``):
+        True when one came. A follower polls ``changes`` when it does, and anyway between waits."""
+        return await self.w.wakeups.wait(timeout)
 
     async def get(self, run_id: str, event_id: str, *, resolve_data: str = "all") -> Event:
         rows = await self.w.query(

@@ -20,6 +20,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.util
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class _Answer:
     notes: list[str] = field(default_factory=list)  # lines for stderr
     waiting: list[str] = field(default_factory=list)  # run ids: a record still being written
     rest: list[WorkflowRun] = field(default_factory=list)  # not reached: the chunk was full
-    fatal: str | None = None  # a world error that ends the export (as it would in one process)
+    fatal: WorkflowWorldError | None = None  # a world error that ends the export (as it would in one process)
 
 
 class _Worker:
@@ -100,8 +101,10 @@ class _Worker:
         self.include_payloads = include_payloads
         self.batch_size = batch_size
         self.loop = asyncio.new_event_loop()
-        # open the reader now, while the parent lists the first runs (world-local indexes its event
-        # files, world-postgres connects): a log nobody has is the cheapest read that does it
+
+    def warm_up(self) -> None:
+        """Open the reader now, while the parent lists the first runs (world-local indexes its event
+        files, world-postgres connects): a log nobody has is the cheapest read that does it."""
         self.loop.run_until_complete(event_log(self.world, "wrun_warm-up"))
 
     def close(self) -> None:
@@ -161,13 +164,27 @@ class _Worker:
 
 
 _worker: _Worker | None = None
+_setup: tuple[Any, ...] = ()
 
 
 def _start_worker(*args: Any) -> None:
-    global _worker
+    """The pool's initializer. Whatever fails here fails again in the first chunk, which reports it
+    the way the one-process export would (an initializer that raises would break the pool)."""
+    global _setup
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops handing out work
-    _worker = _Worker(*args)
-    multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
+    _setup = args
+    try:
+        _the_worker().warm_up()
+    except Exception:  # the first chunk meets it again and reports it
+        pass
+
+
+def _the_worker() -> _Worker:
+    global _worker
+    if _worker is None:
+        _worker = _Worker(*_setup)
+        multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
+    return _worker
 
 
 def _ready() -> None:
@@ -175,12 +192,21 @@ def _ready() -> None:
 
 
 def _export_chunk(runs: list[WorkflowRun]) -> _Answer:
-    worker = _worker
-    assert worker is not None, "the pool's initializer starts the worker"
     try:
+        worker = _the_worker()
         return worker.loop.run_until_complete(worker.chunk(runs))
-    except WorkflowWorldError as error:  # its class may not survive pickling; its words do
-        return _Answer(fatal=str(error))
+    except WorkflowWorldError as error:
+        return _Answer(fatal=_portable(error))
+
+
+def _portable(error: WorkflowWorldError) -> WorkflowWorldError:
+    """``error`` as it can cross to the parent: itself when it survives pickling (its class decides
+    the exit status), else its words in a plain ``WorkflowWorldError``."""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+    except Exception:  # a constructor pickle cannot call back: keep the message
+        return WorkflowWorldError(str(error))
+    return error if type(copy) is type(error) and str(copy) == str(error) else WorkflowWorldError(str(error))
 
 
 # -- in the parent ---------------------------------------------------------------------------------
@@ -222,8 +248,18 @@ async def export_in_processes(
 
     pool.submit(_ready)  # start the workers (and their readers) before the listing, not after its first page
 
+    def died(error: BrokenProcessPool) -> CliError:
+        return CliError(
+            f"an export worker process died ({error or 'killed'}); {tally.runs} runs were exported, "
+            "run the export again to send the rest (span ids are the same, so nothing is duplicated)",
+            status=RUNTIME,
+        )
+
     def submit(runs: list[WorkflowRun]) -> None:
-        future: Future[_Answer] = pool.submit(_export_chunk, runs)
+        try:  # a pool whose worker died refuses new work at once: the same one-line error
+            future: Future[_Answer] = pool.submit(_export_chunk, runs)
+        except BrokenProcessPool as error:
+            raise died(error) from None
         in_flight[asyncio.wrap_future(future)] = runs
 
     async def settle(limit: int) -> None:
@@ -235,13 +271,9 @@ async def export_in_processes(
                 try:
                     answer = future.result()
                 except BrokenProcessPool as error:
-                    raise CliError(
-                        f"an export worker process died ({error or 'killed'}); {tally.runs} runs were exported, "
-                        "run the export again to send the rest (span ids are the same, so nothing is duplicated)",
-                        status=RUNTIME,
-                    ) from None
+                    raise died(error) from None
                 if answer.fatal is not None:
-                    raise WorkflowWorldError(answer.fatal)
+                    raise answer.fatal
                 if answer.rest:
                     submit(answer.rest)
                 failed: set[str] = set()

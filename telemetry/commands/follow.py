@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..backends import backend_config
 from ..errors import WorkflowWorldError
 from ..export import ExportError, OtlpSink, run_resource
-from ..follow import Checkpoint, Delivery, Follower
+from ..follow import Checkpoint, Delivery, Follower, ParallelCatchUp
 from .common import CliError, Handler, add_world_options, otlp_endpoint, world_from
 
 log = logging.getLogger("telemetry.follow")
@@ -62,11 +63,21 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     )
     parser.add_argument("--once", action="store_true", help="do one pass and exit (for cron)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="world-local/world-postgres: worker processes for a first pass over a big history, as `wft export"
+        " --jobs`; 1 reads it in this process (default: the CPUs available)",
+    )
+    parser.add_argument(
         "--no-payloads", action="store_true", help="leave decoded inputs/outputs out of span attributes"
     )
 
     def handle(args: argparse.Namespace) -> int:
         otlp_endpoint(args.otlp)  # a typo in --otlp or the OTel variables fails now, not in every pass
+        if args.jobs is not None and args.jobs < 1:
+            raise CliError(f"--jobs: expected 1 or more, got {args.jobs}")
         if args.interval <= 0 or args.max_backoff <= 0 or args.timeout <= 0:
             raise CliError("--interval, --max-backoff and --timeout must be positive")
         from ..backends.postgres import PostgresWorld  # here: psycopg loads only for this command
@@ -162,6 +173,7 @@ class _Daemon:
             span_data=True,  # encoded straight to OTLP (otlp_encode), no SDK span objects
             deliver_many=self._deliver,  # many runs per request and per checkpoint commit
             batch_spans=self.sink.batch_size,
+            catch_up=self._catch_up(args, world),
         )
         self.state = "ok"
         self.tty = sys.stderr.isatty()
@@ -175,6 +187,21 @@ class _Daemon:
         if spans:
             self.reason.reason = None
             await _in_daemon_thread(lambda: self.sink.send_data(spans, self.resource))
+
+    async def _post(self, body: bytes, spans: int) -> None:
+        self.reason.reason = None
+        await _in_daemon_thread(lambda: self.sink.post(body, spans, gzipped=True))
+
+    def _catch_up(self, args: argparse.Namespace, world: Any) -> ParallelCatchUp | None:
+        """A first pass over a big history on every core, as `wft export` reads one."""
+        from .export_parallel import PARALLEL_KINDS, default_jobs
+
+        jobs = default_jobs() if args.jobs is None else args.jobs
+        config = backend_config(args.world, data_dir=args.dir, url=args.url)
+        if jobs <= 1 or config is None or config.kind not in PARALLEL_KINDS:
+            return None
+        settings = {name: getattr(world, name) for name in ("grace", "retries") if hasattr(world, name)}
+        return ParallelCatchUp(config, self._post, jobs=jobs, settings=settings)
 
     # -- progress of the first pass ------------------------------------------------------------
     def _progress(self, done: int, total: int, events: int) -> None:
@@ -263,10 +290,8 @@ class _Daemon:
                 if self.args.once:
                     return 1 if self.follower.problems else 0
                 delay = self.args.interval
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            # the next pass: after the delay, or as soon as the world says it is being written (world-postgres)
+            await self.follower.pause(delay, stop.is_set, wake=self.state == "ok")
         return 0
 
     async def _main(self) -> int:

@@ -1,7 +1,8 @@
 """Real seed bodies for the fuzzer, captured from the real clients as they send them.
 
 - OTLP protobuf from the real OpenTelemetry SDK exporter (``OTLPSpanExporter``) and from
-  ``wft export`` of the TS SDK harness's world-local data, each captured by a loopback receiver;
+  ``wft export`` of the TS SDK harness's world-local data, each captured by a loopback receiver
+  (an export request is also split per trace, so each run is a seed of its own);
 - OTLP-JSON: the same requests in the OTLP-JSON mapping (hex ids), as JSON exporters send them;
 - Sentry envelopes from the real ``sentry-sdk`` client (exceptions benign and real, messages, a
   transaction, an attachment, tags, contexts, breadcrumbs), captured the same way.
@@ -125,7 +126,28 @@ def export_protobuf_bodies(local_data: Path) -> list[bytes]:
         assert result.returncode == 0, result.stderr[-2000:]
     bodies = [body for _, body in capture.bodies]
     assert bodies, "wft export sent nothing"
-    return bodies
+    return [part for body in bodies for part in _per_trace(body)]
+
+
+def _per_trace(body: bytes) -> list[bytes]:
+    """The export request and one request per trace (per run) of it, however the exporter batched
+    them: more seeds of different shapes, each still what the exporter wrote."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    traces = sorted({s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans})
+    if len(traces) <= 1:
+        return [body]
+    parts = [body]
+    for trace_id in traces:
+        part = ExportTraceServiceRequest()
+        part.CopyFrom(request)
+        for resource_spans in part.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                kept = [s for s in scope_spans.spans if s.trace_id == trace_id]
+                del scope_spans.spans[:]
+                scope_spans.spans.extend(kept)
+        parts.append(part.SerializeToString())
+    return parts
 
 
 def otlp_json(body: bytes) -> bytes:

@@ -40,6 +40,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("data_dir")
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--spans", help="instrument and dump the finished spans here (JSON lines)")
+    parser.add_argument("--otlp", help="instrument and also export the spans to this OTLP/HTTP base URL")
     parser.add_argument("--sentry-dsn", help="sentry-sdk with telemetry.sentry's filter, sending here")
     parser.add_argument("--sentry-level", default="WARNING", help="log level that becomes a Sentry event")
     return parser.parse_args()
@@ -50,13 +51,17 @@ def main() -> int:
     os.environ["WORKFLOW_LOCAL_DATA_DIR"] = args.data_dir
     os.environ.setdefault("WORKFLOW_TARGET_WORLD", "local")
     exporter = None
-    if args.spans:
-        exporter = _instrument()
+    if args.spans or args.otlp:
+        exporter = _instrument(args.otlp)
     if args.sentry_dsn:
         _sentry(args.sentry_dsn, args.sentry_level)
     report = asyncio.run(_drive(args.only.split(",")))
     if exporter is not None:
-        _dump_spans(exporter, args.spans)
+        from opentelemetry import trace
+
+        trace.get_tracer_provider().shutdown()  # type: ignore[attr-defined]  # the SDK provider: flushes OTLP
+        if args.spans:
+            _dump_spans(exporter, args.spans)
     if args.sentry_dsn:
         import sentry_sdk
 
@@ -65,17 +70,21 @@ def main() -> int:
     return 0
 
 
-def _instrument() -> Any:
+def _instrument(otlp: str | None = None) -> Any:
     from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from telemetry.instrumentation.vercel_workflow import VercelWorkflowInstrumentor
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(resource=Resource.create({"service.name": "pyworkflows"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if otlp:
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{otlp.rstrip('/')}/v1/traces")))
     trace.set_tracer_provider(provider)
     VercelWorkflowInstrumentor().instrument()
     return exporter
