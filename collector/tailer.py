@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from typing import Any
 
 from telemetry.errors import WorkflowWorldError
@@ -42,10 +41,6 @@ __all__ = ["Tailer"]
 log = logging.getLogger("collector.tailer")
 
 Forward = Callable[[bytes], Coroutine[Any, Any, None]]
-
-
-def _ns(moment: datetime) -> int:
-    return epoch_ns(moment)
 
 
 def checkpoint_paths(path: str) -> tuple[str, str | None]:
@@ -112,7 +107,7 @@ class Tailer:
                 e.event_id,
                 e.event_type,
                 e.correlation_id,
-                _ns(e.created_at),
+                epoch_ns(e.created_at),
                 json.dumps(to_jsonable(e.event_data), default=str) if e.event_data else None,
             )
             for delivery in batch
@@ -128,7 +123,7 @@ class Tailer:
             Batch(
                 spans=records,
                 events=rows,
-                runs=[RunInfo(run.run_id, run.workflow_name, run.status, _ns(run.created_at)) for run in runs],
+                runs=[RunInfo(run.run_id, run.workflow_name, run.status, epoch_ns(run.created_at)) for run in runs],
             )
         )
         self.metrics.tailer_spans += len(records)
