@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from sections import dashboard, export_pace, freshness, ingest, pipeline, scaling, traced_overhead  # noqa: E402 (after sys.path)
+from sections import dashboard, export_pace, freshness, ingest, overload, scaling, traced_overhead  # noqa: E402 (after sys.path)
 
 HARNESS = ROOT.parent / "shared" / "sdk-harness"
 RESULTS = HERE / "results.md"
@@ -32,13 +32,13 @@ HEADER = (
 
 #: name → (module, the number its rows start with in the table)
 SECTIONS = {
-    "pipeline": (pipeline, "1"),
     "ingest": (ingest, "2"),
     "traced": (traced_overhead, "3"),
     "freshness": (freshness, "4"),
     "dashboard": (dashboard, "5"),
     "scaling": (scaling, "6"),
     "export": (export_pace, "7"),
+    "overload": (overload, "8"),
 }
 
 

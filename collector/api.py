@@ -22,11 +22,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aiohttp import web
 
-from .metrics import Metrics
+from .metrics import CONTENT_TYPE, Metrics
 from .queries import TRACE_ID, QueryError, list_runs, lookup_run, run_events, run_view, span_detail, trace_spans
 from .run_analysis import GapScan, analyse_run
 from .settings import SettingsError, parse_duration
-from .store import Store
+from .store import Store, paused_gc
 from .waterfall import waterfall
 
 __all__ = ["Api"]
@@ -76,8 +76,14 @@ class Api:
     async def _read(
         self, query: Callable[Concatenate[sqlite3.Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """``query(connection, …)`` in a worker thread, on that thread's read connection."""
-        return await asyncio.to_thread(lambda: query(self.store.reader(), *args, **kwargs))
+        """``query(connection, …)`` in a worker thread, on that thread's read connection (without
+        cyclic garbage collection while it runs: ``store.paused_gc``)."""
+
+        def read() -> R:
+            with paused_gc():
+                return query(self.store.reader(), *args, **kwargs)
+
+        return await asyncio.to_thread(read)
 
     async def runs(self, request: web.Request) -> web.Response:
         q = request.query
@@ -198,10 +204,8 @@ class Api:
     async def prometheus(self, request: web.Request) -> web.Response:
         await self._read(self.gap_scan.scan)
         return web.Response(
-            text=self.metrics.render(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=await asyncio.to_thread(self.metrics.exposition),  # per-workflow series: not on the loop
+            headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
         )
 
     async def health(self, request: web.Request) -> web.Response:

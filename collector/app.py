@@ -24,16 +24,18 @@ from telemetry.backends.postgres import PostgresWorld
 from telemetry.backends.vercel import VercelWorld
 from telemetry.export import traces_endpoint
 
+from .admission import Admission
 from .api import Api
 from .auth import auth_middleware, login_routes
 from .forward import Forwarder
 from .ingest import Ingest
-from .metrics import Metrics
+from .metrics import Metrics, SamplingMetrics
 from .private import FILE_MODE, private_dir, private_file, redact
+from .sampling import Sampler
 from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
 from .settings import Settings, SettingsError
 from .store import Store
-from .tailer import Tailer
+from .tailer import Forward, Tailer
 from .ui import routes as ui_routes
 from .writer import Writer
 
@@ -55,6 +57,7 @@ class Service:
     tailer: Tailer | None = None
     forwarder: Forwarder | None = None
     sentry_forwarder: Forwarder | None = None
+    sampler: Sampler | None = None  # between the store and the forward spool, with --forward-sample
     relay: SentryRelay | None = None
     world: LocalWorld | PostgresWorld | VercelWorld | None = None
 
@@ -78,6 +81,8 @@ class Service:
         if self.world is not None:
             await self.world.close()
         await asyncio.to_thread(self.writer.stop)
+        if self.sampler is not None:
+            self.sampler.close()
 
 
 def open_store(path: Path) -> Store:
@@ -155,19 +160,38 @@ def build(settings: Settings) -> Service:
         client_max_size=settings.max_body_bytes + 1024,
     )
     service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)
-    forward = None
+    forward: Forward | None = None
     if settings.forward_otlp:
+        spool_dir = settings.spool_dir or settings.store.parent / "spool"
         service.forwarder = Forwarder(
             traces_endpoint(settings.forward_otlp),
-            settings.spool_dir or settings.store.parent / "spool",
+            spool_dir,
             metrics,
             headers={"Content-Type": "application/x-protobuf"},
             max_spool_bytes=settings.spool_max_bytes,
         )
         metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
         forward = service.forwarder.enqueue
-    ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward)
+        rates = settings.forward_sample or {}
+        buffer = spool_dir / "sampling.sqlite3"
+        # all at 1: nothing to wait for, unless an earlier start with sampling left runs waiting (drained)
+        if any(rate < 1 for rate in rates.values()) or buffer.exists():
+            try:
+                service.sampler = Sampler(
+                    buffer, rates, forward, max_wait=settings.sample_max_wait, max_bytes=settings.sample_buffer_bytes
+                )
+            except sqlite3.DatabaseError as error:
+                raise SettingsError(f"forward sampling buffer {buffer} is not usable ({error}); move it away") from None
+            forward = service.sampler.offer
+            metrics.register(SamplingMetrics(service.sampler.stats))
+    # one byte budget for every request body (OTLP and Sentry) and the work decoded from it
+    admission = Admission(settings.max_pending_bytes, max_body=settings.max_body_bytes)
+    metrics.gauges["wft_pending_bytes"] = lambda: admission.charged
+    metrics.labelled["wft_admission_refused_total"] = ("reason", lambda: dict(admission.refusals))
+    metrics.labelled["wft_request_body_read_bytes_total"] = ("route", lambda: dict(admission.bytes_read))
+    ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward, admission=admission)
     app.router.add_post("/v1/traces", ingest.handle)
+    app.on_cleanup.append(ingest.cleanup)  # its decode thread
 
     def unreadable() -> dict[str, str]:
         """Runs the world tailer could not read (run id → why), for the API and the pages."""
@@ -184,7 +208,12 @@ def build(settings: Settings) -> Service:
         )  # each batch names its URL
         service.sentry_forwarder = sentry_forwarder
     relay = SentryRelay(
-        writer, sentry_forwarder, settings.sentry_upstream, max_body=settings.max_body_bytes, token=settings.token
+        writer,
+        sentry_forwarder,
+        settings.sentry_upstream,
+        max_body=settings.max_body_bytes,
+        token=settings.token,
+        admission=admission,
     )
     service.relay = relay
     app.router.add_routes(relay.routes())
@@ -212,7 +241,9 @@ def build(settings: Settings) -> Service:
 async def start(settings: Settings) -> Service:
     service = build(settings)
     service.writer.start()
-    service.runner = web.AppRunner(service.app, auto_decompress=False, access_log=None)
+    # lingering_time=0: a request answered without reading its body (refused by the budget, 401, 415)
+    # has its connection closed, not its body read and discarded for up to 10 s (aiohttp's default)
+    service.runner = web.AppRunner(service.app, auto_decompress=False, access_log=None, lingering_time=0)
     try:
         await service.runner.setup()
         site = web.TCPSite(service.runner, settings.host, settings.port)
@@ -228,6 +259,8 @@ async def start(settings: Settings) -> Service:
     for forwarder in (service.forwarder, service.sentry_forwarder):
         if forwarder is not None:
             service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
+    if service.sampler is not None:
+        service.tasks.append(asyncio.create_task(service.sampler.run(service.stop_event)))
     log.info(
         "listening on %s (store %s, %s, token %s)",
         service.url,

@@ -8,6 +8,10 @@ byte bound; past the bound the oldest batches are dropped, counted and logged, n
 A spool file that cannot be read back (cut short by a crash, say) is dropped the same way; it
 never stops the batches behind it. The spool is private (0700, files 0600: they hold upstream
 URLs and the Sentry clients' auth headers), and URLs reach the log only redacted.
+
+The spool's files and their sizes are listed once, when the forwarder starts, then kept in
+memory: a deep spool (a long outage) costs the same per batch as an empty one. With
+``--forward-sample``, ``collector/sampling.py`` sits in front and spools only what it keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import aiohttp
@@ -50,9 +55,13 @@ class Forwarder:
         self.max_backoff = max_backoff
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        #: the spooled batches, oldest first, with their sizes (from the folder once, then kept here)
+        self._files: deque[tuple[Path, int]] = deque((p, _size(p)) for p in sorted(self.spool.glob("*.pb")))
+        self._bytes = sum(size for _, size in self._files)
+        self._trim()
 
     def spool_bytes(self) -> int:
-        return sum(_size(p) for p in self.spool.glob("*.pb"))
+        return self._bytes
 
     async def enqueue(self, payload: bytes, *, url: str | None = None, headers: dict[str, str] | None = None) -> None:
         """Spool one batch; ``url``/``headers`` override the defaults for this batch only."""
@@ -62,37 +71,43 @@ class Forwarder:
         if target is None:
             raise ValueError("no URL for this batch and no default URL")
         meta = json.dumps({"url": target, "headers": headers if headers is not None else self.headers}).encode()
-        write_private(temp, meta + b"\n" + payload)
+        data = meta + b"\n" + payload
+        write_private(temp, data)
         os.replace(temp, self.spool / name)
+        self._files.append((self.spool / name, len(data)))
+        self._bytes += len(data)
         self._trim()
         self._wake.set()
 
     def _trim(self) -> None:
-        files = sorted(self.spool.glob("*.pb"))
-        total = sum(_size(f) for f in files)
-        while files and total > self.max_spool_bytes:
-            oldest = files.pop(0)
-            total -= _size(oldest)
+        while self._files and self._bytes > self.max_spool_bytes:
+            oldest = self._pop()
             oldest.unlink(missing_ok=True)
             self.metrics.forward_dropped_batches += 1
             log.warning("forward spool over %d bytes: dropped the oldest batch %s", self.max_spool_bytes, oldest.name)
+
+    def _pop(self) -> Path:
+        path, size = self._files.popleft()
+        self._bytes -= size
+        return path
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             while not stop.is_set():
-                files = sorted(self.spool.glob("*.pb"))
-                if not files:
+                if not self._files:
                     self._wake.clear()
                     await _wait_any(stop, self._wake, None)
                     continue
-                batch = _read_batch(files[0])
+                first = self._files[0][0]
+                batch = _read_batch(first)
                 if batch is None:
-                    if not files[0].exists():  # trimmed meanwhile
+                    self._pop()
+                    if not first.exists():  # removed behind our back: nothing to count
                         continue
-                    log.error("forward spool file %s cannot be read back; dropping it", files[0].name)
+                    log.error("forward spool file %s cannot be read back; dropping it", first.name)
                     self.metrics.forward_dropped_batches += 1
-                    files[0].unlink(missing_ok=True)
+                    first.unlink(missing_ok=True)
                     continue
                 url, headers, body = batch
                 try:
@@ -110,14 +125,16 @@ class Forwarder:
                         self.metrics.forward_dropped_batches += 1
                     else:
                         self.metrics.forwarded_batches += 1
-                    files[0].unlink(missing_ok=True)
+                    if self._files and self._files[0][0] == first:  # not trimmed while it was being sent
+                        self._pop()
+                    first.unlink(missing_ok=True)
                     backoff = 0.5
                     continue
                 log.warning(
                     "upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs",
                     redact(url),
                     reason,
-                    len(files),
+                    len(self._files),
                     backoff,
                 )
                 await _wait_any(stop, None, backoff)

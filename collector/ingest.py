@@ -1,32 +1,134 @@
-"""``POST /v1/traces``: OTLP/HTTP ingestion with bounded memory.
+"""``POST /v1/traces``: OTLP/HTTP ingestion with memory bounded in bytes.
 
-The body is read in chunks and counted before and after decompression (we decompress
+Each request is admitted against the byte budget (``admission``) before a byte of its body is
+read: from ``Content-Length``, refused at once with 503 + ``Retry-After`` when it cannot be held
+now, 413 when it never could. A refused request's body is not read: the answer says
+``Connection: close`` and the server runs with ``lingering_time=0`` (aiohttp would otherwise read
+and discard up to 10 s of the body to keep the connection alive), so the connection is closed with
+the body unread. Clients get the answer all the same, as the tests and the bench check: urllib3
+(the OTel exporter's ``requests``) reads the answer after its send fails, aiohttp's client has it
+before its send fails (the answer comes right after the headers).
+
+A body is then read in chunks and counted before and after decompression (we decompress
 ourselves, incrementally, with an output cap), so an oversized body or a gzip bomb is refused
-with 413 after at most ``max_body`` bytes, never held whole. Spans are answered 200 only after
-the writer has committed them; a full queue answers 503 with ``Retry-After``, and so does a store
-that cannot be written (disk full, read-only): 503 rather than 507 because OTLP exporters retry
-503 and drop on 507.
+with 413 after at most ``max_body`` bytes, never held whole; a body without ``Content-Length``
+(chunked) is charged to the budget as it arrives and refused when the budget is exceeded. Refused
+halfway, a client is still sending: then the answer goes out first and what still comes is read
+and dropped for a bounded time (``answer_then_drain``), or an asyncio client would fail on its
+next write before reading the answer. The charge is held until the writer has committed the
+spans (or refused them).
+
+A body is decoded (protobuf or JSON → span records, validation, the benign policy, and the
+records made ready to store: blobs encoded, index rows and summary facts computed) on the event
+loop only when it is small (``INLINE_DECODE_BYTES``: a few milliseconds at most). A larger one is
+decoded in a separate process (``DECODE_PROCESSES``), which sends back only what the writer
+stores and the answer needs. Decoding is Python holding the GIL (upb's parse releases little):
+in a thread it would take the GIL from the event loop and the writer for tens of milliseconds a
+request, and unrelated small requests would wait behind it; in its own process it runs on the
+other core, and this process keeps the loop, the writer's SQL and the small requests. A decoder
+process that dies (killed, out of memory) fails only the requests it held, with 503 +
+``Retry-After``, and a new one is started.
+
+Spans are answered 200 only after the writer has committed them; a full queue answers 503 with
+``Retry-After``, and so does a store that cannot be written (disk full, read-only): 503 rather
+than 507 because OTLP exporters retry 503 and drop on 507.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
+import os
+import threading
+import time
 import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from .admission import DEFAULT_MAX_PENDING_BYTES, Admission, Refused, Ticket, client_key
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, records_from, set_attribute
 from .policy import apply_benign_policy
+from .store import PreparedSpans, prepare_spans
 from .validate import LIMITED
 from .writer import Batch, Overloaded, StoreUnavailable, Writer, storage_fault
 
-__all__ = ["Ingest", "TooLarge", "read_limited"]
+__all__ = [
+    "DECODE_PROCESSES",
+    "INLINE_DECODE_BYTES",
+    "Decoded",
+    "Ingest",
+    "TooLarge",
+    "admit",
+    "answer_then_drain",
+    "decode",
+    "read_limited",
+    "refusal",
+]
 
 log = logging.getLogger("collector.ingest")
 _CHUNK = 64 * 1024
+#: bodies up to this size (decompressed) are decoded on the event loop: ~100 real workflow spans,
+#: a couple of milliseconds, less than handing them to a decoder process and back would cost them
+INLINE_DECODE_BYTES = 64 * 1024
+
+
+@dataclass
+class Decoded:
+    """A request's body decoded: the span count, what the store takes (``prepared``), the spans
+    refused (count, first reason), the keys of the spans the benign policy downgraded, how many
+    spans were cut to the limits, and the message itself when decoded here (for forwarding;
+    a decoder process does not send it back: it is parsed again, cheaply, if it is forwarded)."""
+
+    count: int
+    prepared: PreparedSpans
+    rejected: int
+    reason: str
+    downgraded: list[tuple[str, str]]
+    limited: int
+    otlp: ExportTraceServiceRequest | None = None
+
+
+def decode(body: bytes, content_type: str, *, keep_message: bool = True) -> Decoded:
+    """Decode, validate, apply the benign policy and make the records ready to store (the writer is
+    left only the SQL); ``BadPayload`` for a body that does not parse. Needs nothing but its
+    arguments: runs on the loop or in a decoder process alike."""
+    otlp = decode_request(body, content_type)
+    records, rejected, reason = records_from(otlp)
+    downgraded = [(r.trace_id, r.span_id) for r in records if apply_benign_policy(r)]
+    limited = sum(1 for r in records if LIMITED in r.attributes)
+    prepared = prepare_spans(records)
+    return Decoded(len(records), prepared, rejected, reason, downgraded, limited, otlp if keep_message else None)
+
+
+def _decode_elsewhere(body: bytes, content_type: str) -> Decoded:
+    """``decode`` in a decoder process: the message stays there."""
+    return decode(body, content_type, keep_message=False)
+
+
+def _follow_parent(parent: int) -> None:
+    """The decoder process's initializer: exit when the collector is gone (killed, say: a pool shut
+    down cleanly stops its processes, but nothing else tells them; they would wait forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="wft-decoder-parent", daemon=True).start()
+
+
+#: processes decoding large bodies (the collector's own process is the other core's worth of work)
+DECODE_PROCESSES = 1
+#: how long a client waits before retrying a request whose decoder process died
+_DECODER_RETRY_S = 1
 
 
 class TooLarge(Exception):
@@ -70,9 +172,54 @@ class _Inflater:
         self.out += chunk
 
 
-async def read_limited(request: web.Request, limit: int, *, keep_raw: bool = False) -> tuple[bytes, bytes]:
+def admit(request: web.Request, admission: Admission, *, route: str) -> Ticket:
+    """Admit ``request`` by its headers alone (``Refused`` if not): its key for fairness is the peer
+    address plus User-Agent (``client_key``), its size the Content-Length (None when chunked)."""
+    key = client_key(request.remote, request.headers.get("User-Agent"))
+    return admission.admit(key, request.content_length, route=route)
+
+
+def refusal(refused: Refused) -> web.Response:
+    """The answer to a request the budget refused: 503 + ``Retry-After`` or 413, closing the
+    connection so its unread body is never read."""
+    headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after is not None else {}
+    suffix = "; retry later" if refused.status == 503 else ""
+    response = web.Response(status=refused.status, headers=headers, text=f"{refused.reason}{suffix}")
+    response.force_close()
+    return response
+
+
+#: how long a body refused halfway is read and dropped after the answer (see ``answer_then_drain``)
+DRAIN_S = 2.0
+
+
+async def answer_then_drain(request: web.Request, response: web.Response, *, limit: int) -> web.StreamResponse:
+    """Send ``response`` (closing the connection) to a request refused while its body was being read,
+    then read and drop what is still coming, at most ``limit`` bytes and ``DRAIN_S`` seconds. A client
+    that is still sending when the connection closes with its data unread gets a reset, and an
+    asyncio client (aiohttp) then fails on the write before it reads the answer it was sent."""
+    response.force_close()
+    drained = 0
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+        async with asyncio.timeout(DRAIN_S):
+            while drained <= limit:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                drained += len(chunk)
+    except (TimeoutError, OSError, HttpProcessingError):  # slow, gone or garbled: the connection is closed now
+        pass
+    return response
+
+
+async def read_limited(
+    request: web.Request, limit: int, *, keep_raw: bool = False, ticket: Ticket | None = None
+) -> tuple[bytes, bytes]:
     """(body as received if ``keep_raw``, decompressed body), reading to EOF in chunks and refusing
-    (``TooLarge``) past ``limit`` bytes before or after decompression."""
+    (``TooLarge``) past ``limit`` bytes before or after decompression. ``ticket``: charged for the
+    bytes as they arrive (``Refused`` when the budget cannot take them)."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "deflate"):
         raise web.HTTPUnsupportedMediaType(
@@ -90,7 +237,13 @@ async def read_limited(request: web.Request, limit: int, *, keep_raw: bool = Fal
         if keep_raw:
             raw += chunk
         inflater.feed(chunk)
-    return bytes(raw), inflater.finish()
+        if ticket is not None:
+            ticket.read(len(chunk))
+            ticket.grow(max(received, len(inflater.out)))
+    body = inflater.finish()
+    if ticket is not None:
+        ticket.grow(len(body))
+    return bytes(raw), body
 
 
 class Ingest:
@@ -101,49 +254,107 @@ class Ingest:
         *,
         max_body: int,
         forward: Callable[[bytes], Awaitable[None]] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.writer = writer
         self.metrics = metrics
         self.max_body = max_body
         self.forward = forward
+        self.admission = admission or Admission(DEFAULT_MAX_PENDING_BYTES, max_body=max_body)
+        self._decoder: ProcessPoolExecutor | None = None  # started on the first large body
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def _decode(self, body: bytes, content_type: str) -> Decoded:
+        if len(body) <= INLINE_DECODE_BYTES:
+            return decode(body, content_type)
+        if self._decoder is None:  # spawned, not forked: this process runs threads (the writer's)
+            context = multiprocessing.get_context("spawn")
+            self._decoder = ProcessPoolExecutor(
+                DECODE_PROCESSES, mp_context=context, initializer=_follow_parent, initargs=(os.getpid(),)
+            )
+        decoder = self._decoder
+        try:
+            return await asyncio.get_running_loop().run_in_executor(decoder, _decode_elsewhere, body, content_type)
+        except BrokenProcessPool:
+            if self._decoder is decoder:  # the first request to learn of it starts a new one
+                log.error("a decoder process died; its requests are answered 503 and a new one is started")
+                decoder.shutdown(wait=False)
+                self._decoder = None
+            raise
+
+    async def cleanup(self, _app: web.Application) -> None:
+        """``on_cleanup``: stop the decoder processes (decodes under way are abandoned: their
+        requests are not answered anyway once the server is down)."""
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         content_type = request.content_type
         if content_type not in (PROTOBUF, JSON):
             self.metrics.requests_rejected += 1
-            return web.Response(status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}")
+            unsupported = web.Response(
+                status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}"
+            )
+            unsupported.force_close()  # its body is not read
+            return unsupported
         try:
-            _, body = await read_limited(request, self.max_body)
-            otlp = decode_request(body, content_type)
+            ticket = admit(request, self.admission, route="otlp")
+        except Refused as refused:
+            return self._refused(refused)
+        try:  # the charge is held until the writer has committed (or refused) the spans
+            return await self._ingest(request, content_type, ticket)
+        except Refused as refused:  # a body without Content-Length outgrew the budget while read
+            return await answer_then_drain(request, self._refused(refused), limit=self.max_body)
         except TooLarge:
             self.metrics.requests_rejected += 1
-            return web.Response(
+            too_large = web.Response(
                 status=413, text=f"request body over {self.max_body} bytes (before or after decompression)"
             )
+            return await answer_then_drain(request, too_large, limit=self.max_body)
+        finally:
+            ticket.release()
+
+    def _refused(self, refused: Refused) -> web.Response:
+        if refused.status == 503:
+            self.metrics.requests_overloaded += 1
+        else:
+            self.metrics.requests_rejected += 1
+        return refusal(refused)
+
+    async def _ingest(self, request: web.Request, content_type: str, ticket: Ticket) -> web.Response:
+        try:
+            _, body = await read_limited(request, self.max_body, ticket=ticket)
+            decoded = await self._decode(body, content_type)
         except zlib.error as error:
             self.metrics.requests_rejected += 1
             return web.Response(status=400, text=f"bad compressed body: {error}")
         except BadPayload as error:
             self.metrics.requests_rejected += 1
             return web.Response(status=400, text=str(error))
-        records, rejected, reason = records_from(otlp)
-        benign = sum(1 for r in records if apply_benign_policy(r))
+        except BrokenProcessPool:
+            self.metrics.requests_unavailable += 1
+            headers = {"Retry-After": str(_DECODER_RETRY_S)}
+            return web.Response(status=503, headers=headers, text="the decoder process failed; retry later")
+        rejected, reason, downgraded = decoded.rejected, decoded.reason, decoded.downgraded
+        benign = len(downgraded)
         try:
-            await self.writer.submit(Batch(spans=records))
+            await self.writer.submit(Batch(prepared=decoded.prepared))
         except Overloaded:
             self.metrics.requests_overloaded += 1
-            return web.Response(status=503, headers={"Retry-After": "1"}, text="collector is overloaded; retry later")
+            retry = str(self.admission.retry_after())  # jittered like the budget's refusals
+            return web.Response(status=503, headers={"Retry-After": retry}, text="collector is overloaded; retry later")
         except StoreUnavailable as error:
             return self._unavailable(error)
         except Exception as error:  # the store refused this request's spans (the rest of its group is stored)
             self.metrics.requests_rejected += 1
             return web.Response(status=422, text=f"the store refused these spans ({type(error).__name__})")
-        self.metrics.spans_accepted += len(records)
+        self.metrics.spans_accepted += decoded.count
         self.metrics.spans_rejected += rejected
         self.metrics.spans_benign += benign
-        if self.forward is not None and records:
+        if self.forward is not None and decoded.count:
+            otlp = decoded.otlp or decode_request(body, content_type)  # a decoder process kept its own
             if benign:
-                _mark_benign(otlp, {(r.trace_id, r.span_id) for r in records if r.benign})
+                _mark_benign(otlp, set(downgraded))  # not the spans the app marked benign itself
             try:
                 await self.forward(otlp.SerializeToString())
             except OSError as error:  # stored, but not spooled for upstream: the client's retry re-stores (upsert)
@@ -151,7 +362,7 @@ class Ingest:
                 if fault is None:
                     raise
                 return self._unavailable(fault)
-        limited = sum(1 for r in records if LIMITED in r.attributes)
+        limited = decoded.limited
         message = f"{rejected} spans rejected: {reason}" if rejected else ""
         if limited:
             cut = f"{limited} spans cut to the collector's limits (see their {LIMITED} attribute)"

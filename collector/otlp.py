@@ -213,33 +213,39 @@ def _record(span: Any, resource: dict[str, Any], scope: str, now_ns: int) -> Spa
         links = links[:LINK_COUNT_LIMIT]
     attributes = limiter.attributes(span.attributes)
     check_run_id(attributes)
+    text, convert = limiter.text, limiter.attributes
+    status = span.status
     record = SpanRecord(
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         parent_span_id=span.parent_span_id.hex(),
-        name=limiter.text(span.name),
+        name=text(span.name),
         kind=span.kind,
         start_ns=span.start_time_unix_nano,
         end_ns=span.end_time_unix_nano,
-        status_code=span.status.code,
-        status_message=limiter.text(span.status.message),
+        status_code=status.code,
+        status_message=text(status.message),
         attributes=attributes,
         events=[
             {
-                "name": limiter.text(e.name),
+                "name": text(e.name),
                 "time_ns": e.time_unix_nano,
-                "attributes": limiter.attributes(e.attributes, EVENT_ATTRIBUTE_COUNT_LIMIT),
+                "attributes": convert(e.attributes, EVENT_ATTRIBUTE_COUNT_LIMIT),
             }
             for e in events
-        ],
+        ]
+        if events
+        else [],
         links=[
             {
                 "trace_id": link.trace_id.hex(),
                 "span_id": link.span_id.hex(),
-                "attributes": limiter.attributes(link.attributes, LINK_ATTRIBUTE_COUNT_LIMIT),
+                "attributes": convert(link.attributes, LINK_ATTRIBUTE_COUNT_LIMIT),
             }
             for link in links
-        ],
+        ]
+        if links
+        else [],
         resource=resource,
         scope=scope,
     )

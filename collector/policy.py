@@ -62,8 +62,13 @@ def _candidates(span: SpanRecord) -> list[dict[str, Any]]:
 
 
 def apply_benign_policy(span: SpanRecord) -> bool:
-    """Downgrade ``span`` in place when it is a benign post-completion conflict."""
+    """Downgrade ``span`` in place when it is a benign post-completion conflict (True when it did).
+
+    A span the app already recorded benign in-process (``record_benign``: status Unset,
+    ``workflow.conflict="benign"``) is only flagged as such, so its run counts and shows it."""
     if span.status_code != STATUS_ERROR:
+        if span.attributes.get("workflow.conflict") == "benign":
+            span.benign = True
         return False
     operation = operation_of(span)
     if operation is None:

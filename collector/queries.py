@@ -7,14 +7,14 @@ import re
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from telemetry.reading import workflow_needles
 from telemetry.world import TERMINAL_STATUSES, epoch_ns
 
-from .store import decode_waits
+from .store import SPAN_COLUMNS, SpanReader, as_sql_row, decode_waits
 from .summaries import EVENT_LOG_SCOPE, Wait, duration_ms
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "list_runs",
     "lookup_run",
     "run_events",
+    "own_decoded_spans",
     "run_json",
     "run_view",
     "sentry_drops",
@@ -38,11 +39,12 @@ __all__ = [
 
 TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 
-#: A run's stitched spans: every span carrying its run id, plus the rest of its event-log trace (the
-#: app's spans there may not carry the run id). Event-log spans are told by their instrumentation
-#: scope, the same whether the collector's tailer built them or they came over OTLP.
-_STITCHED = (
-    "run_id = :run_id OR trace_id IN (SELECT DISTINCT trace_id FROM spans WHERE run_id = :run_id AND scope = :scope)"
+#: The spans a query read from their blobs are laid out in this per-connection temp table, the
+#: previous layout's ``spans`` columns, so callers keep selecting with SQL (``json_extract`` and all).
+_LAID_OUT = "temp.wft_spans"
+_LAY_OUT = (
+    f"CREATE TEMP TABLE IF NOT EXISTS wft_spans ({', '.join(SPAN_COLUMNS)})",
+    f"DELETE FROM {_LAID_OUT}",
 )
 
 
@@ -108,16 +110,181 @@ def parse_time(value: str | None, name: str) -> int | None:
     return epoch_ns(moment)
 
 
+def _laid_out(
+    conn: sqlite3.Connection, read: Callable[[SpanReader], list[tuple[Any, ...]]], select: str
+) -> list[sqlite3.Row]:
+    """``select`` (over ``_LAID_OUT``) after laying out the spans ``read`` gets from their blobs;
+    one read transaction, so a commit in between cannot show half a write."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        spans = read(SpanReader(conn))
+        for statement in _LAY_OUT:
+            conn.execute(statement)
+        conn.executemany(
+            f"INSERT INTO {_LAID_OUT} VALUES ({','.join('?' * len(SPAN_COLUMNS))})", [as_sql_row(s) for s in spans]
+        )
+        rows = conn.execute(select).fetchall()
+        conn.execute(f"DELETE FROM {_LAID_OUT}")
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")
+    return rows
+
+
+def _stitched(reader: SpanReader, run_id: str) -> list[tuple[Any, ...]]:
+    """Every span carrying the run id, plus the rest of its event-log traces (the app's spans there
+    may not carry the run id). Event-log spans are told by their instrumentation scope, the same
+    whether the collector's tailer built them or they came over OTLP."""
+    spans = reader.run(run_id)
+    scope = SPAN_COLUMNS.index("scope")
+    for trace_id in sorted({s[0] for s in spans if s[scope] == EVENT_LOG_SCOPE}):
+        spans += reader.trace(trace_id, other_than_run=run_id)
+    return spans
+
+
 def stitched_spans(conn: sqlite3.Connection, run_id: str, columns: str = "*") -> list[sqlite3.Row]:
-    """A run's stitched spans (``columns`` of them, plus ``trace_id, span_id, parent_span_id, name``),
-    in start order: every span carrying its run id and the rest of its event-log trace, less the
-    spans of other runs and the polling (see ``own_spans``)."""
-    rows = conn.execute(
-        f"SELECT {columns}, trace_id AS o_trace, span_id AS o_span, parent_span_id AS o_parent, name AS o_name,"
-        f" run_id AS o_run, scope AS o_scope FROM spans WHERE {_STITCHED} ORDER BY start_ns, span_id",
-        {"run_id": run_id, "scope": EVENT_LOG_SCOPE},
-    ).fetchall()
-    return own_spans(rows, run_id)
+    """A run's stitched spans (``columns`` of them, SQL over the previous layout's ``spans`` columns,
+    plus ``o_trace, o_span, o_parent, o_name, o_run, o_scope``), in start order: every span carrying
+    its run id and the rest of its event-log trace, less the spans of other runs and the polling
+    (see ``own_spans``).
+
+    Columns that are plain names or ``json_extract(attributes, '$."name"') AS alias`` (what the run
+    page and the analysis ask for) are taken straight from the decoded spans; anything else is
+    answered by SQLite over the spans laid out in a temp table."""
+    wanted = _wanted(columns)
+    if wanted is None:
+        rows = _laid_out(
+            conn,
+            lambda reader: _stitched(reader, run_id),
+            f"SELECT {columns}, trace_id AS o_trace, span_id AS o_span, parent_span_id AS o_parent, name AS o_name,"
+            f" run_id AS o_run, scope AS o_scope FROM {_LAID_OUT} ORDER BY start_ns, span_id",
+        )
+        return own_spans(rows, run_id)
+    return own_spans(_rows(conn, _stitched_in_order(conn, run_id), *wanted), run_id)
+
+
+def _stitched_in_order(conn: sqlite3.Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """``_stitched`` in start order, read in one snapshot (a commit in between cannot show half a write)."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        spans = _stitched(SpanReader(conn), run_id)
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")
+    spans.sort(key=lambda s: (s[5], s[1]))
+    return spans
+
+
+def _span_dict(s: tuple[Any, ...]) -> dict[str, Any]:
+    """``span_json`` of a decoded span (its JSON values as they are, not through JSON text)."""
+    return {
+        "traceId": s[0],
+        "spanId": s[1],
+        "parentSpanId": s[2] or None,
+        "name": s[3],
+        "kind": s[4],
+        "startTimeUnixNano": s[5],
+        "endTimeUnixNano": s[6],
+        "durationMs": _whole_ms((s[6] - s[5]) / 1e6),
+        "status": {"code": s[7], "message": s[8]},
+        "attributes": s[14],
+        "events": s[15],
+        "links": s[16],
+        "resource": s[17],
+        "scope": s[11],
+        "source": s[12],
+        "benign": bool(s[13]),
+    }
+
+
+#: what ``own_spans`` reads of every row: alias → position in ``SPAN_COLUMNS``
+_ORIGIN = {"o_trace": 0, "o_span": 1, "o_parent": 2, "o_name": 3, "o_run": 9, "o_scope": 11}
+_NAME = re.compile(r"\s*(\w+)\s*")
+_EXTRACT = re.compile(r"""\s*json_extract\(attributes,\s*'\$\."([^"']+)"'\)\s+AS\s+(\w+)\s*""", re.IGNORECASE)
+_JSON_VALUED = frozenset({"attributes", "events", "links", "resource"})
+#: (plain columns, JSON-valued columns, attributes: each a list of (alias, position or attribute name))
+Wanted = tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, str]]]
+
+
+def _wanted(columns: str) -> Wanted | None:
+    """The columns asked for, when each is a plain name or ``json_extract(attributes, '$."name"') AS
+    alias``; None when SQL must answer."""
+    if columns.strip() == "*":
+        parts = list(SPAN_COLUMNS)
+    else:
+        parts, depth, start = [], 0, 0
+        for i, char in enumerate(columns):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                parts.append(columns[start:i])
+                start = i + 1
+        parts.append(columns[start:])
+    plain: list[tuple[str, int]] = []
+    valued: list[tuple[str, int]] = []
+    attributes: list[tuple[str, str]] = []
+    for part in parts:
+        name, extract = _NAME.fullmatch(part), _EXTRACT.fullmatch(part)
+        if name and name.group(1) in SPAN_COLUMNS:
+            column = name.group(1)
+            (valued if column in _JSON_VALUED else plain).append((column, SPAN_COLUMNS.index(column)))
+        elif extract:
+            attributes.append((extract.group(2), extract.group(1)))
+        else:
+            return None
+    return plain, valued, attributes
+
+
+def _rows(
+    conn: sqlite3.Connection,
+    spans: list[tuple[Any, ...]],
+    plain: list[tuple[str, int]],
+    valued: list[tuple[str, int]],
+    attributes: list[tuple[str, str]],
+) -> list[sqlite3.Row]:
+    """The spans as rows of the columns asked for (then ``_ORIGIN``'s), as SQLite would give them:
+    JSON values as JSON text, ``json_extract`` of a scalar as the scalar (true as 1)."""
+    names = [a for a, _ in plain] + [a for a, _ in valued] + [a for a, _ in attributes] + list(_ORIGIN)
+    shape = conn.execute(f"SELECT {', '.join(f'NULL AS {n}' for n in names)}")  # the rows' column names
+    shape.fetchall()
+    positions = [i for _, i in plain] + list(_ORIGIN.values())
+    keys = [k for _, k in attributes]
+    texts: dict[int, str] = {}  # a blob's spans share their resource dict: its JSON once
+    rows = []
+    for s in spans:
+        picked = [s[i] for i in positions]
+        json_values = [_cached_text(s[i], texts) if i == 17 else _json_text(s[i]) for _, i in valued]
+        attrs = s[14]
+        values = [attrs.get(k) for k in keys]
+        if not _SCALARS.issuperset(map(type, values)):
+            values = [_sql_value(v) for v in values]
+        origin = picked[len(plain) :]
+        rows.append(sqlite3.Row(shape, tuple(picked[: len(plain)] + json_values + values + origin)))
+    return rows
+
+
+#: what ``json_extract`` gives back as it is (anything else: true/false as 1/0, objects as JSON text)
+_SCALARS = frozenset({str, int, float, type(None)})
+
+
+def _cached_text(value: Any, texts: dict[int, str]) -> str:
+    text = texts.get(id(value))
+    if text is None:
+        text = texts[id(value)] = _json_text(value)
+    return text
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    return _json_text(value) if isinstance(value, dict | list) else value
+
+
+def _json_text(value: Any) -> str:
+    return "[]" if value == [] else json.dumps(value, separators=(",", ":"), default=str)
 
 
 def own_spans(rows: Sequence[sqlite3.Row], run_id: str) -> list[sqlite3.Row]:
@@ -223,7 +390,8 @@ def _whole_ms(ms: float | None) -> int | None:
     return None if ms is None else round(ms)
 
 
-def span_json(row: sqlite3.Row) -> dict[str, Any]:
+def span_json(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
+    """A span as the API sends it, from its row in the previous layout's ``spans`` columns."""
     return {
         "traceId": row["trace_id"],
         "spanId": row["span_id"],
@@ -273,12 +441,12 @@ def list_runs(
         where.append("status = ?")
         params.append(status)
     since_ns, until_ns = parse_time(since, "since"), parse_time(until, "until")
-    if since_ns is not None:
-        where.append("start_ns >= ?")
-        params.append(since_ns)
+    if since_ns is not None:  # sort_ns is start_ns where that is known: the index serves the range
+        where.append("sort_ns >= ? AND start_ns >= ?")
+        params += [since_ns, since_ns]
     if until_ns is not None:
-        where.append("start_ns < ?")
-        params.append(until_ns)
+        where.append("sort_ns < ? AND start_ns < ?")
+        params += [until_ns, until_ns]
     if stuck_s is not None:
         now = time.time_ns() if now_ns is None else now_ns
         where.append(
@@ -292,15 +460,15 @@ def list_runs(
             start_ns = int(start_text)
         except ValueError:
             raise QueryError(f"cursor: not a cursor this API returned: {cursor!r}") from None
-        where.append("(coalesce(start_ns, 0) < ? OR (coalesce(start_ns, 0) = ? AND run_id < ?))")
-        params += [start_ns, start_ns, run_id]
-    rows = conn.execute(
-        f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY coalesce(start_ns, 0) DESC, run_id DESC LIMIT ?",
+        where.append("(sort_ns, run_id) < (?, ?)")
+        params += [start_ns, run_id]
+    rows = conn.execute(  # sort_ns: the start, 0 while unknown (runs_by_sort serves the order)
+        f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY sort_ns DESC, run_id DESC LIMIT ?",
         [*params, limit + 1],
     ).fetchall()
     has_more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = f"{rows[-1]['start_ns'] or 0}:{rows[-1]['run_id']}" if has_more and rows else None
+    next_cursor = f"{rows[-1]['sort_ns']}:{rows[-1]['run_id']}" if has_more and rows else None
     data = [run_json(r, trace_url_template=trace_url_template, max_waits=_LISTED_WAITS) for r in rows]
     return {"data": data, "cursor": next_cursor, "hasMore": has_more}
 
@@ -311,7 +479,7 @@ def run_view(conn: sqlite3.Connection, run_id: str, *, trace_url_template: str |
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
-    spans = stitched_spans(conn, run_id)
+    spans = [_span_dict(s) for s in own_decoded_spans(conn, run_id)]
     events = conn.execute(
         "SELECT event_id, event_type, correlation_id, created_ns, data FROM run_events WHERE run_id = ?"
         " ORDER BY event_id",
@@ -320,7 +488,7 @@ def run_view(conn: sqlite3.Connection, run_id: str, *, trace_url_template: str |
     return {
         "run": run_json(run, trace_url_template=trace_url_template),
         "sentryDropped": sentry_drops(conn, run_id),
-        "spans": [span_json(s) for s in spans],
+        "spans": spans,
         "events": [
             {
                 "eventId": e["event_id"],
@@ -334,11 +502,23 @@ def run_view(conn: sqlite3.Connection, run_id: str, *, trace_url_template: str |
     }
 
 
+def own_decoded_spans(conn: sqlite3.Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """``stitched_spans``' spans as the store decodes them (tuples in ``SPAN_COLUMNS`` order, JSON
+    values as Python values), in start order: for readers of every span of a long run (the run page),
+    which would otherwise pay for rows and JSON text they read straight back."""
+    decoded = _stitched_in_order(conn, run_id)
+    run, scope = SPAN_COLUMNS.index("run_id"), SPAN_COLUMNS.index("scope")
+    own_traces = {s[0] for s in decoded if s[run] == run_id and s[scope] == EVENT_LOG_SCOPE}
+    if all(s[0] in own_traces and s[run] in (None, run_id) for s in decoded):
+        return decoded  # nothing own_spans would leave out (no other run, no trace but the run's own)
+    rows = _rows(conn, decoded, [], [], [])  # just what own_spans reads
+    kept = {id(row) for row in own_spans(rows, run_id)}
+    return [s for s, row in zip(decoded, rows, strict=True) if id(row) in kept]
+
+
 def trace_spans(conn: sqlite3.Connection, trace_id: str) -> list[dict[str, Any]]:
-    return [
-        span_json(s)
-        for s in conn.execute("SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id.lower(),))
-    ]
+    spans = SpanReader(conn).trace(trace_id.lower())
+    return [_span_dict(s) for s in sorted(spans, key=lambda s: (s[5], s[1]))]
 
 
 def sentry_drops(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -350,10 +530,8 @@ def sentry_drops(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
 
 
 def span_detail(conn: sqlite3.Connection, trace_id: str, span_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT * FROM spans WHERE trace_id = ? AND span_id = ?", (trace_id.lower(), span_id.lower())
-    ).fetchone()
-    return span_json(row) if row else None
+    span = SpanReader(conn).span(trace_id.lower(), span_id.lower())
+    return _span_dict(span) if span else None
 
 
 def lookup_run(conn: sqlite3.Connection, ident: str) -> str | None:
@@ -366,8 +544,8 @@ def lookup_run(conn: sqlite3.Connection, ident: str) -> str | None:
 def run_for_trace(conn: sqlite3.Connection, trace_id: str) -> str | None:
     """The run of a trace, as its event-log spans say (an app span's run id otherwise)."""
     row = conn.execute(
-        "SELECT run_id FROM spans WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY scope = ? DESC LIMIT 1",
-        (trace_id.lower(), EVENT_LOG_SCOPE),
+        "SELECT run_id FROM span_index WHERE trace_id = ? AND run_id IS NOT NULL ORDER BY log DESC LIMIT 1",
+        (trace_id.lower(),),
     ).fetchone()
     return str(row[0]) if row else None
 

@@ -9,7 +9,9 @@ spool holds it and retries with backoff.
 
 Whatever a client sends is answered 2xx or 4xx: a malformed envelope is a 400 with the reason,
 an event of odd shapes is judged on what the rules can read of it (``event_for_rules``) and
-forwarded as it came. When the collector has a token, SDKs authenticate with it as their DSN's
+forwarded as it came. Bodies share OTLP ingest's byte budget (``admission``): past it, a 503 with
+``Retry-After`` before the body is read, as Sentry SDKs expect of a busy relay. When the
+collector has a token, SDKs authenticate with it as their DSN's
 key (``http://<token>@host:port/<project>``); what goes upstream then carries the upstream DSN's
 key instead (in the auth header, the query and the envelope's trace header, where SDKs repeat
 their key), so the token never leaves the collector.
@@ -29,8 +31,9 @@ from aiohttp import web
 from telemetry.sentry import SentryEvent, classify, workflow_ids
 from telemetry.sentry_envelope import BadEnvelope, Item, event_for_rules, parse_envelope
 
+from .admission import DEFAULT_MAX_PENDING_BYTES, Admission, Refused, Ticket
 from .forward import Forwarder
-from .ingest import TooLarge, read_limited
+from .ingest import TooLarge, admit, answer_then_drain, read_limited, refusal
 from .writer import Batch, Overloaded, StoreUnavailable, Writer, storage_fault
 
 __all__ = ["ENVELOPE_ROUTE", "STORE_ROUTE", "SentryRelay", "sentry_key", "upstream_base", "upstream_key"]
@@ -85,6 +88,7 @@ class SentryRelay:
         *,
         max_body: int,
         token: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.writer = writer
         self.forwarder = forwarder
@@ -92,6 +96,8 @@ class SentryRelay:
         self.upstream_key = upstream_key(upstream_dsn) if upstream_dsn else None
         self.token = token
         self.max_body = max_body
+        #: the byte budget shared with OTLP ingest: a body is charged from admission to being spooled
+        self.admission = admission or Admission(DEFAULT_MAX_PENDING_BYTES, max_body=max_body)
         self.dropped: Counter[str] = Counter()
         self.kept = 0
 
@@ -117,7 +123,11 @@ class SentryRelay:
             await self.writer.submit(Batch(sentry_drops=rows))
         except Overloaded:
             raise _Refused(
-                web.Response(status=503, headers={"Retry-After": "1"}, text="collector is overloaded; retry later")
+                web.Response(
+                    status=503,
+                    headers={"Retry-After": str(self.admission.retry_after())},  # jittered like the budget's
+                    text="collector is overloaded; retry later",
+                )
             ) from None
         except StoreUnavailable as error:
             raise _Refused(_unavailable(error)) from None
@@ -176,12 +186,25 @@ class SentryRelay:
             out += json.dumps(item_header).encode().replace(token, key) + b"\n" + payload + b"\n"
         return out
 
-    async def envelope(self, request: web.Request) -> web.Response:
+    async def envelope(self, request: web.Request) -> web.StreamResponse:
         try:
-            raw, body = await read_limited(request, self.max_body, keep_raw=True)
-            header, items = parse_envelope(body)
+            ticket = admit(request, self.admission, route="sentry")
+        except Refused as refused:
+            return refusal(refused)
+        try:
+            return await self._envelope(request, ticket)
+        except Refused as refused:  # a body without Content-Length outgrew the budget while read
+            return await answer_then_drain(request, refusal(refused), limit=self.max_body)
         except TooLarge:
-            return web.Response(status=413, text=f"envelope over {self.max_body} bytes")
+            too_large = web.Response(status=413, text=f"envelope over {self.max_body} bytes")
+            return await answer_then_drain(request, too_large, limit=self.max_body)
+        finally:
+            ticket.release()
+
+    async def _envelope(self, request: web.Request, ticket: Ticket) -> web.Response:
+        try:
+            raw, body = await read_limited(request, self.max_body, keep_raw=True, ticket=ticket)
+            header, items = parse_envelope(body)
         except (BadEnvelope, zlib.error) as error:
             return web.Response(status=400, text=str(error))
         kept: list[Item] = []
@@ -208,11 +231,24 @@ class SentryRelay:
         event_id = _event_id(json.loads(header) if header.strip() else {})
         return web.json_response({"id": event_id} if event_id else {})
 
-    async def store(self, request: web.Request) -> web.Response:
+    async def store(self, request: web.Request) -> web.StreamResponse:
         try:
-            raw, body = await read_limited(request, self.max_body, keep_raw=True)
+            ticket = admit(request, self.admission, route="sentry")
+        except Refused as refused:
+            return refusal(refused)
+        try:
+            return await self._store(request, ticket)
+        except Refused as refused:  # a body without Content-Length outgrew the budget while read
+            return await answer_then_drain(request, refusal(refused), limit=self.max_body)
         except TooLarge:
-            return web.Response(status=413, text=f"event over {self.max_body} bytes")
+            too_large = web.Response(status=413, text=f"event over {self.max_body} bytes")
+            return await answer_then_drain(request, too_large, limit=self.max_body)
+        finally:
+            ticket.release()
+
+    async def _store(self, request: web.Request, ticket: Ticket) -> web.Response:
+        try:
+            raw, body = await read_limited(request, self.max_body, keep_raw=True, ticket=ticket)
         except zlib.error as error:
             return web.Response(status=400, text=str(error))
         try:

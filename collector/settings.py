@@ -25,6 +25,7 @@ class Settings:
     token: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     max_pending_spans: int = 200_000
+    max_pending_bytes: int = 256 * 1024 * 1024  # admission.DEFAULT_MAX_PENDING_BYTES
     retention_age_s: float | None = 7 * 24 * 3600
     retention_bytes: int | None = 1024**3
     world: BackendConfig | None = None  # None: no tailer
@@ -32,6 +33,9 @@ class Settings:
     forward_otlp: str | None = None
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+    forward_sample: dict[str, float] | None = None  # rates by run outcome (``--forward-sample``); None: all
+    sample_max_wait: float = 3600.0  # an undecided run is forwarded after this long (``--sample-max-wait``)
+    sample_buffer_bytes: int = 64 * 1024 * 1024  # bound of the undecided runs' buffer (``--sample-buffer``)
     sentry_upstream: str | None = None  # DSN of the Sentry the relay forwards to
     trace_url_template: str | None = None  # link from run pages to the user's Tempo/Jaeger: "…{trace_id}…"
 
@@ -42,6 +46,10 @@ class Settings:
             )
         if self.token is not None and len(self.token) < 16:
             raise SettingsError("the token must be at least 16 characters")
+        if self.max_pending_bytes < 1024 * 1024:
+            raise SettingsError(
+                f"--max-pending-bytes: {self.max_pending_bytes} bytes is too small to admit anything (at least 1MiB)"
+            )
         if not 0 <= self.port < 65536:  # 0: any free port
             raise SettingsError(f"port {self.port} is out of range")
         if self.trace_url_template is not None:
@@ -64,6 +72,16 @@ class Settings:
                     f"--forward-otlp: not an http:// or https:// URL: {self.forward_otlp!r}"
                     " (example: http://tempo:4318; /v1/traces is appended)"
                 )
+        if self.forward_sample is not None:
+            from .sampling import OUTCOMES
+
+            if self.forward_otlp is None:
+                raise SettingsError("--forward-sample needs --forward-otlp: it samples what is forwarded")
+            bad = {k: v for k, v in self.forward_sample.items() if k not in OUTCOMES or not 0.0 <= v <= 1.0}
+            if bad:
+                raise SettingsError(f"--forward-sample: rates must be {'/'.join(OUTCOMES)}=0..1, not {bad}")
+        if not self.sample_max_wait > 0:
+            raise SettingsError("--sample-max-wait must be longer than 0 s")
         if self.sentry_upstream:
             from .sentry_relay import upstream_base
 

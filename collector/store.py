@@ -1,56 +1,155 @@
-"""The embedded store: one SQLite file (WAL), spans keyed by (trace id, span id).
+"""The embedded store: one SQLite file (WAL), laid out for writing.
 
-Writes happen on one writer thread (see ``writer``); reads use their own connections, which
-WAL lets run beside the writer. Spans are upserted, so a re-sent span (same deterministic id)
-leaves one copy. Each write refreshes the summary row of the runs it touched, which is what
-``/api/runs`` pages through; what goes in that row is ``summaries``' to decide, the store only
-selects the rows it needs and writes the answer back.
+A request's spans are kept as compressed blobs, one per run they carry (``blobs``: zstandard
+over one JSON document), and each span gets one small row in ``span_index`` keyed by (trace id,
+span id): its run, start, end, entity kind, status, and where it lives (blob id, position). A
+write is then one blob insert per run and one short index row per span, instead of a wide row
+of JSON text per span; reading a run decodes its blobs (only that run's spans are in them).
+
+Dedup is on the index row: a span sent again (the same deterministic ids) leaves one copy, and
+the last write wins (the index row points at the newest copy; the old one is a dead slot of its
+blob, and a blob all of whose spans are dead is deleted).
+
+Each write folds the spans it brings into the summary row of their runs (``summaries.RunFacts``
+kept in ``runs.facts``, one ``run_steps`` row per step id), so a commit costs what it brings and
+never re-reads the run. Only a span sent again with different summary facts (another status,
+time, kind or run: rare) makes its runs' totals be rebuilt from their stored spans. ``/api/runs``
+pages through ``runs`` by ``sort_ns`` (the start, 0 while unknown), which an index serves.
+
+A store written by the previous layout (a ``spans`` table of JSON columns) is migrated in place
+when opened, in one transaction, with one log line saying what was done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from telemetry.semconv import STEP_ID, WORKFLOW_NAME, WORKFLOW_SPAN_KIND
+import cbor2
+import zstandard
+
+from telemetry.semconv import SpanKinds
 
 from .otlp import SpanRecord
-from .summaries import RUN_STATUS, SpanFacts, Wait, WorldView, fold_waits, summarize_run
+from .summaries import EVENT_LOG_SCOPE, RunFacts, SpanFacts, StepFacts, Wait, WorldView, fold_waits
 
-__all__ = ["Store", "RunInfo", "EventRow", "decode_waits", "encode_waits"]
+__all__ = [
+    "LAYOUT",
+    "SPAN_COLUMNS",
+    "EventRow",
+    "PreparedSpans",
+    "RunInfo",
+    "SpanReader",
+    "Store",
+    "StoreLayoutError",
+    "as_sql_row",
+    "decode_blob",
+    "decode_waits",
+    "encode_blob",
+    "encode_waits",
+    "paused_gc",
+    "prepare_spans",
+]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS spans (
-  trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT NOT NULL, name TEXT NOT NULL,
-  kind INTEGER NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
-  status_code INTEGER NOT NULL, status_message TEXT NOT NULL, run_id TEXT, service TEXT, scope TEXT,
-  source TEXT NOT NULL, benign INTEGER NOT NULL DEFAULT 0, attributes TEXT NOT NULL, events TEXT NOT NULL,
-  links TEXT NOT NULL, resource TEXT NOT NULL, received_ns INTEGER NOT NULL,
-  PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS spans_by_run ON spans (run_id) WHERE run_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS spans_by_received ON spans (received_ns);
-CREATE TABLE IF NOT EXISTS runs (
-  run_id TEXT PRIMARY KEY, workflow_name TEXT, status TEXT, start_ns INTEGER, end_ns INTEGER,
-  steps INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, benign INTEGER NOT NULL DEFAULT 0,
-  trace_id TEXT, world_status TEXT, updated_ns INTEGER NOT NULL, waiting TEXT, events_cursor TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_ns DESC, run_id DESC);
-CREATE TABLE IF NOT EXISTS run_events (
-  run_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, correlation_id TEXT,
-  created_ns INTEGER NOT NULL, data TEXT, PRIMARY KEY (run_id, event_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sentry_drops (
-  run_id TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL, last_message TEXT, last_ns INTEGER NOT NULL,
-  PRIMARY KEY (run_id, rule)
-) WITHOUT ROWID;
-"""
+log = logging.getLogger("collector.store")
+
+#: the layout this code writes (``PRAGMA user_version``); 0 with a ``spans`` table is the previous one
+LAYOUT: Final = 2
+
+#: the runs list's order: the start, 0 while unknown; computed by SQLite (whoever writes ``start_ns``)
+#: and never NULL, so ``runs_by_sort`` serves ``ORDER BY sort_ns DESC, run_id DESC`` and its cursor
+_SORT_NS: Final = "INTEGER GENERATED ALWAYS AS (coalesce(start_ns, 0)) VIRTUAL"
+
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS blobs (blob_id INTEGER PRIMARY KEY, run_id TEXT, received_ns INTEGER NOT NULL,"
+    " spans INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS blobs_by_run ON blobs (run_id)",
+    "CREATE INDEX IF NOT EXISTS blobs_by_received ON blobs (received_ns)",
+    "CREATE TABLE IF NOT EXISTS span_index (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, run_id TEXT,"
+    " start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, entity TEXT, status_code INTEGER NOT NULL,"
+    " log INTEGER NOT NULL, source TEXT NOT NULL, facts INTEGER NOT NULL, blob_id INTEGER NOT NULL,"
+    " pos INTEGER NOT NULL, PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID",
+    # what readers of the previous layout selected from ``spans`` (ids, times, run, source, received)
+    "CREATE VIEW IF NOT EXISTS spans AS SELECT i.trace_id, i.span_id, i.run_id, i.start_ns, i.end_ns,"
+    " i.entity, i.status_code, i.source, i.blob_id, i.pos, b.received_ns"
+    " FROM span_index i JOIN blobs b ON b.blob_id = i.blob_id",
+    "CREATE TABLE IF NOT EXISTS run_steps (run_id TEXT NOT NULL, step_key TEXT NOT NULL, seen INTEGER NOT NULL,"
+    " seen_any INTEGER NOT NULL, failed_attempts INTEGER NOT NULL, failed_steps INTEGER NOT NULL,"
+    " PRIMARY KEY (run_id, step_key)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, workflow_name TEXT, status TEXT, start_ns INTEGER,"
+    " end_ns INTEGER, steps INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,"
+    " benign INTEGER NOT NULL DEFAULT 0, trace_id TEXT, world_status TEXT, updated_ns INTEGER NOT NULL,"
+    " waiting TEXT, events_cursor TEXT, facts TEXT, world_name TEXT, world_created_ns INTEGER,"
+    f" sort_ns {_SORT_NS})",
+    "CREATE TABLE IF NOT EXISTS run_events (run_id TEXT NOT NULL, event_id TEXT NOT NULL,"
+    " event_type TEXT NOT NULL, correlation_id TEXT, created_ns INTEGER NOT NULL, data TEXT,"
+    " PRIMARY KEY (run_id, event_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS sentry_drops (run_id TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL,"
+    " last_message TEXT, last_ns INTEGER NOT NULL, PRIMARY KEY (run_id, rule)) WITHOUT ROWID",
+)
+
+#: indexes on ``runs``, made after the columns they name exist: the list's order (``sort_ns`` is the
+#: start, 0 while unknown, never NULL: an index serves the order), and the same for the runs that wait
+#: on something (live ones), so "stuck longer than" reads only these however many runs have finished
+_RUN_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS runs_by_sort ON runs (sort_ns DESC, run_id DESC)",
+    "CREATE INDEX IF NOT EXISTS runs_waiting_sorted ON runs (sort_ns DESC, run_id DESC) WHERE waiting IS NOT NULL",
+)
+
+#: columns added to ``runs`` since its first layout: (name, declaration), added on open when missing
+_ADDED_RUN_COLUMNS: Final = (
+    ("waiting", "TEXT"),
+    ("events_cursor", "TEXT"),
+    ("facts", "TEXT"),
+    ("world_name", "TEXT"),
+    ("world_created_ns", "INTEGER"),
+    ("sort_ns", _SORT_NS),
+)
+
+#: a span as the previous layout's ``spans`` row held it, which is what readers get (``SpanReader``);
+#: attributes, events, links and resource are JSON values here (readers that want SQL get JSON text)
+SPAN_COLUMNS: Final = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "start_ns",
+    "end_ns",
+    "status_code",
+    "status_message",
+    "run_id",
+    "service",
+    "scope",
+    "source",
+    "benign",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+    "received_ns",
+)
+_JSON_COLUMNS: Final = frozenset({14, 15, 16, 17})
+
+_INDEX_INSERT: Final = (
+    "INSERT INTO span_index VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"  # NOT NULL still holds
+)
+_CHUNK: Final = 500  # ids per IN (...) list
+_BLOB_SPANS: Final = 2048  # spans per blob when the store rewrites spans itself (migration)
+
+
+class StoreLayoutError(sqlite3.DatabaseError):
+    """The file is a store of a layout this version cannot use (one line says what to do)."""
 
 
 @dataclass
@@ -75,32 +174,8 @@ class EventRow:
     data: str | None
 
 
-#: the runs that wait on something (live ones), in the runs list's order: "stuck longer than" reads
-#: only these, however many finished runs the store holds
-_WAITING_INDEX = (
-    "CREATE INDEX IF NOT EXISTS runs_waiting ON runs (coalesce(start_ns, 0) DESC, run_id DESC)"
-    " WHERE waiting IS NOT NULL"
-)
-
-#: columns added to ``runs`` since its first layout: (name, declaration), added on open when missing
-_ADDED_RUN_COLUMNS = (("waiting", "TEXT"), ("events_cursor", "TEXT"))
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _attribute(name: str) -> str:
-    """SQL for one span attribute (names hold dots, so the JSON path quotes them)."""
-    return f"json_extract(attributes, '$.\"{name}\"')"
-
-
-#: a run's spans, as ``summaries.SpanFacts`` wants them (only the attributes it reads are extracted)
-_RUN_SPAN_FACTS = (
-    "SELECT trace_id, span_id, start_ns, end_ns, status_code, benign,"
-    f" {_attribute(WORKFLOW_SPAN_KIND)}, {_attribute(STEP_ID)}, {_attribute(WORKFLOW_NAME)}, {_attribute(RUN_STATUS)}"
-    " FROM spans WHERE run_id = ?"
-)
 
 
 def encode_waits(waits: Iterable[Wait]) -> str | None:
@@ -113,6 +188,224 @@ def decode_waits(text: str | None) -> tuple[Wait, ...]:
     return tuple(Wait.from_record(r) for r in json.loads(text)) if text else ()
 
 
+# ---- blobs -----------------------------------------------------------------------------------------
+_codecs = threading.local()  # zstandard's (de)compressor objects are not for two threads at once
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c: zstandard.ZstdCompressor | None = getattr(_codecs, "c", None)
+    if c is None:
+        c = _codecs.c = zstandard.ZstdCompressor(level=1)  # fast; JSON of spans still shrinks ~5×
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_codecs, "d", None)
+    if d is None:
+        d = _codecs.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode_blob(spans: Sequence[SpanRecord]) -> bytes:
+    """``spans`` as one blob: zstandard over the CBOR ``[resources, spans]`` (CBOR: a third cheaper
+    to write than JSON, same values), each span a list in ``decode_blob``'s order naming its resource
+    by position (a request's spans share one)."""
+    resources: list[dict[str, Any]] = []
+    seen: dict[int, int] = {}
+    items = []
+    for s in spans:
+        at = seen.get(id(s.resource))
+        if at is None:
+            at = seen[id(s.resource)] = len(resources)
+            resources.append(s.resource)
+        items.append(
+            [
+                s.trace_id,
+                s.span_id,
+                s.parent_span_id,
+                s.name,
+                s.kind,
+                s.start_ns,
+                s.end_ns,
+                s.status_code,
+                s.status_message,
+                s.attributes,
+                s.events,
+                s.links,
+                at,
+                s.scope,
+                s.source,
+                1 if s.benign else 0,
+            ]
+        )
+    return _compressor().compress(cbor2.dumps([resources, items], default=_as_text))
+
+
+def _as_text(encoder: Any, value: Any) -> None:
+    """A value CBOR has no type for is kept as its text (what the JSON columns did before)."""
+    encoder.encode(str(value))
+
+
+def _blob_items(data: bytes) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    resources, items = cbor2.loads(_decompressor().decompress(data))
+    return resources, items
+
+
+def decode_blob(data: bytes, run_id: str | None, received_ns: int) -> list[tuple[Any, ...]]:
+    """A blob's spans, each a tuple in ``SPAN_COLUMNS`` order."""
+    resources, items = _blob_items(data)
+    out = []
+    for t, sp, parent, name, kind, start, end, code, message, attrs, events, links, at, scope, source, benign in items:
+        resource = resources[at]
+        service = resource.get("service.name")
+        out.append(
+            (
+                t,
+                sp,
+                parent,
+                name,
+                kind,
+                start,
+                end,
+                code,
+                message,
+                run_id,
+                service if isinstance(service, str) else None,
+                scope,
+                source,
+                benign,
+                attrs,
+                events,
+                links,
+                resource,
+                received_ns,
+            )
+        )
+    return out
+
+
+def _facts_of(s: SpanRecord) -> SpanFacts:
+    return SpanFacts.from_attributes(s.trace_id, s.span_id, s.start_ns, s.end_ns, s.status_code, s.benign, s.attributes)
+
+
+def _facts_of_row(row: Sequence[Any]) -> SpanFacts:
+    return SpanFacts.from_attributes(row[0], row[1], row[5], row[6], row[7], bool(row[13]), row[14])
+
+
+def _facts_hash(f: SpanFacts) -> int:
+    """The summary facts the index row has no column for, as a number: a span sent again whose
+    facts changed is told from one sent again unchanged without decoding its old copy."""
+    text = f"{int(f.benign)}\x1f{f.step_id or ''}\x1f{f.workflow_name or ''}\x1f{f.run_status or ''}"
+    return zlib.crc32(text.encode())
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # reads under way in ``paused_gc``
+_gc_was_enabled = False  # whether collection was on when the first of them started
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a read decodes many spans. Decoding allocates tens of
+    containers a span, none of them cyclic, and each allocation burst triggers collections that
+    walk the whole heap: a 20k-span run decodes three times faster without them. Counted across
+    threads (collection resumes when the last reader is done); reference counting still frees."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+class SpanReader:
+    """Spans read back from their blobs for one query (each blob decoded once)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._blobs: dict[int, list[tuple[Any, ...]]] = {}
+
+    def _load(self, blob_ids: Iterable[int]) -> None:
+        missing = sorted({b for b in blob_ids if b not in self._blobs})
+        for chunk in _chunks(missing):
+            marks = ",".join("?" * len(chunk))
+            for blob_id, run_id, received, data in self.conn.execute(
+                f"SELECT blob_id, run_id, received_ns, data FROM blobs WHERE blob_id IN ({marks})", chunk
+            ):
+                self._blobs[blob_id] = decode_blob(data, run_id, received)
+
+    def at(self, refs: Iterable[tuple[int, int]]) -> list[tuple[Any, ...]]:
+        """The spans at these (blob id, position)s."""
+        refs = list(refs)
+        self._load(b for b, _ in refs)
+        return [self._blobs[b][p] for b, p in refs if b in self._blobs and p < len(self._blobs[b])]
+
+    def run(self, run_id: str) -> list[tuple[Any, ...]]:
+        """The live spans carrying ``run_id`` (a re-sent span's older copy left out)."""
+        out: list[tuple[Any, ...]] = []
+        for blob_id, received, dead, data in self.conn.execute(
+            "SELECT blob_id, received_ns, dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id", (run_id,)
+        ):
+            spans = self._blobs.get(blob_id)
+            if spans is None:
+                spans = self._blobs[blob_id] = decode_blob(data, run_id, received)
+            out += self._live(blob_id, spans) if dead else spans
+        return out
+
+    def _live(self, blob_id: int, spans: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        live = []
+        for pos, span in enumerate(spans):
+            where = self.conn.execute(
+                "SELECT blob_id, pos FROM span_index WHERE trace_id = ? AND span_id = ?", (span[0], span[1])
+            ).fetchone()
+            if where is not None and (where[0], where[1]) == (blob_id, pos):
+                live.append(span)
+        return live
+
+    def trace(self, trace_id: str, *, other_than_run: str | None = None) -> list[tuple[Any, ...]]:
+        """The spans of a trace (less those carrying ``other_than_run``, when given)."""
+        if other_than_run is None:
+            refs = self.conn.execute("SELECT blob_id, pos FROM span_index WHERE trace_id = ?", (trace_id,))
+        else:
+            refs = self.conn.execute(
+                "SELECT blob_id, pos FROM span_index WHERE trace_id = ? AND run_id IS NOT ?", (trace_id, other_than_run)
+            )
+        return self.at([(r[0], r[1]) for r in refs])
+
+    def span(self, trace_id: str, span_id: str) -> tuple[Any, ...] | None:
+        ref = self.conn.execute(
+            "SELECT blob_id, pos FROM span_index WHERE trace_id = ? AND span_id = ?", (trace_id, span_id)
+        ).fetchone()
+        found = self.at([(ref[0], ref[1])]) if ref else []
+        return found[0] if found else None
+
+
+def as_sql_row(span: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A span with its JSON values as JSON text (the previous layout's ``spans`` row)."""
+    return tuple(_dumps(v) if i in _JSON_COLUMNS else v for i, v in enumerate(span))
+
+
+@dataclass
+class _Stored:
+    """What storing a batch's spans did: the spans new to the store, by run (to fold into their
+    summaries), and the runs whose totals must be rebuilt (a span came again with other facts)."""
+
+    new: dict[str, list[SpanFacts]]
+    rebuild: set[str]
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -120,9 +413,7 @@ class Store:
         self._local = threading.local()
         conn = self.connect()
         try:
-            conn.executescript(SCHEMA)
-            _add_missing_columns(conn)
-            conn.execute(_WAITING_INDEX)  # after the columns it names exist
+            _open_layout(conn, self.path)
         finally:
             conn.close()
 
@@ -131,6 +422,7 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a 200 means the spans survive a crash
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA temp_store=MEMORY")  # readers lay a run's spans out in a temp table
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -145,46 +437,16 @@ class Store:
     @staticmethod
     def write(
         conn: sqlite3.Connection,
-        spans: Iterable[SpanRecord],
+        spans: Iterable[SpanRecord] | PreparedSpans,
         events: Iterable[EventRow] = (),
         runs: Iterable[RunInfo] = (),
     ) -> set[str]:
-        """Insert within the caller's transaction; returns the run ids touched."""
+        """Insert within the caller's transaction and bring the summaries of the runs touched up to
+        date (from this batch alone); returns the run ids touched. ``spans``: records, or the same
+        made ready by ``prepare_spans`` (outside the writer)."""
         now = time.time_ns()
-        touched: set[str] = set()
-        rows = []
-        resources: dict[int, str] = {}  # one request's spans share one resource dict
-        for s in spans:
-            resource = resources.get(id(s.resource))
-            if resource is None:
-                resource = resources[id(s.resource)] = _dumps(s.resource)
-            run_id = s.run_id
-            if run_id:
-                touched.add(run_id)
-            rows.append(
-                (
-                    s.trace_id,
-                    s.span_id,
-                    s.parent_span_id,
-                    s.name,
-                    s.kind,
-                    s.start_ns,
-                    s.end_ns,
-                    s.status_code,
-                    s.status_message,
-                    run_id,
-                    s.resource.get("service.name"),
-                    s.scope,
-                    s.source,
-                    int(s.benign),
-                    _dumps(s.attributes),
-                    _dumps(s.events) if s.events else "[]",
-                    _dumps(s.links) if s.links else "[]",
-                    resource,
-                    now,
-                )
-            )
-        conn.executemany("INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        stored = _store_spans(conn, spans if isinstance(spans, PreparedSpans) else list(spans), now)
+        touched: set[str] = set(stored.new) | stored.rebuild
         event_rows = list(events)
         conn.executemany(
             "INSERT OR IGNORE INTO run_events VALUES (?,?,?,?,?,?)",
@@ -194,17 +456,28 @@ class Store:
         for run in runs:
             touched.add(run.run_id)
             conn.execute(
-                "INSERT INTO runs (run_id, workflow_name, status, start_ns, world_status, updated_ns)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET world_status=excluded.world_status,"
-                " workflow_name=coalesce(runs.workflow_name, excluded.workflow_name),"
-                " start_ns=min(coalesce(runs.start_ns, excluded.start_ns), excluded.start_ns)",
-                (run.run_id, run.workflow_name, run.status, run.created_ns, run.status, now),
+                "INSERT INTO runs (run_id, workflow_name, status, start_ns, world_status, world_name,"
+                " world_created_ns, updated_ns) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET"
+                " world_status=excluded.world_status, world_name=coalesce(runs.world_name, excluded.world_name),"
+                " world_created_ns=min(coalesce(runs.world_created_ns, excluded.world_created_ns),"
+                " excluded.world_created_ns)",
+                (
+                    run.run_id,
+                    run.workflow_name,
+                    run.status,
+                    run.created_ns,
+                    run.status,
+                    run.workflow_name,
+                    run.created_ns,
+                    now,
+                ),
             )
         by_run: dict[str, list[EventRow]] = {}
         for e in event_rows:
             by_run.setdefault(e.run_id, []).append(e)
         for run_id, run_events in by_run.items():
             Store._fold_waits(conn, run_id, run_events, now)
+        _fold_runs(conn, stored.new, stored.rebuild, touched)
         return touched
 
     @staticmethod
@@ -220,35 +493,10 @@ class Store:
 
     @staticmethod
     def refresh_runs(conn: sqlite3.Connection, run_ids: Iterable[str]) -> None:
-        """Recompute the runs-list row of each run (``summaries.summarize_run`` decides what it says)."""
+        """Rebuild the summary totals of each run from its stored spans (a repair, and what migration
+        does; the writer never needs it: ``write`` folds each batch in as it stores it)."""
         for run_id in run_ids:
-            spans = [SpanFacts.create(*row) for row in conn.execute(_RUN_SPAN_FACTS, (run_id,))]
-            current = conn.execute(
-                "SELECT world_status, workflow_name, start_ns, waiting FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            # the row's start so far stands for the world's created time: it only ever moves earlier
-            world = WorldView(current[0], current[1], current[2]) if current else None
-            summary = summarize_run(run_id, spans, world, decode_waits(current[3]) if current else ())
-            conn.execute(
-                "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, steps, errors, benign, trace_id,"
-                " waiting, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET"
-                " workflow_name=excluded.workflow_name, status=excluded.status, start_ns=excluded.start_ns,"
-                " end_ns=excluded.end_ns, steps=excluded.steps, errors=excluded.errors, benign=excluded.benign,"
-                " trace_id=excluded.trace_id, waiting=excluded.waiting, updated_ns=excluded.updated_ns",
-                (
-                    run_id,
-                    summary.workflow_name,
-                    summary.status,
-                    summary.start_ns,
-                    summary.end_ns,
-                    summary.steps,
-                    summary.errors,
-                    summary.benign,
-                    summary.trace_id,
-                    encode_waits(summary.waiting),
-                    time.time_ns(),
-                ),
-            )
+            _rebuild_run(conn, run_id)
 
     @staticmethod
     def record_sentry_drops(conn: sqlite3.Connection, drops: Iterable[tuple[str | None, str, str]]) -> None:
@@ -266,34 +514,28 @@ class Store:
         return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
 
     def enforce_retention(self, conn: sqlite3.Connection, *, max_age_s: float | None, max_bytes: int | None) -> int:
-        """Drop spans older than ``max_age_s`` and the oldest runs while over ``max_bytes``."""
+        """Drop the spans received more than ``max_age_s`` ago, then the oldest while the store is
+        over ``max_bytes``, a whole blob at a time; returns how many spans were dropped. A run with
+        no span left and nothing new since the cutoff goes too (its row, events and step totals)."""
         dropped = 0
         if max_age_s:
             cutoff = time.time_ns() - int(max_age_s * 1e9)
-            dropped += conn.execute("DELETE FROM spans WHERE received_ns < ?", (cutoff,)).rowcount
-            conn.execute(
-                "DELETE FROM run_events WHERE run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)"
-                " AND run_id IN (SELECT run_id FROM runs WHERE updated_ns < ?)",
-                (cutoff,),
+            old = [r[0] for r in conn.execute("SELECT blob_id FROM blobs WHERE received_ns < ?", (cutoff,))]
+            dropped += _drop_blobs(conn, old)
+            gone = (
+                "run_id IN (SELECT run_id FROM runs WHERE updated_ns < ?"
+                " AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.run_id = runs.run_id))"
             )
-            conn.execute(
-                "DELETE FROM runs WHERE updated_ns < ?"
-                " AND run_id NOT IN (SELECT run_id FROM spans WHERE run_id IS NOT NULL)",
-                (cutoff,),
-            )
+            conn.execute(f"DELETE FROM run_events WHERE {gone}", (cutoff,))
+            conn.execute(f"DELETE FROM run_steps WHERE {gone}", (cutoff,))
+            conn.execute(f"DELETE FROM runs WHERE {gone}", (cutoff,))
         while max_bytes and self.used_bytes(conn) > max_bytes:
-            count = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
-            if count == 0:
+            first, last = conn.execute("SELECT min(blob_id), max(blob_id) FROM blobs").fetchone()
+            if first is None:
                 break
-            step = max(50, count // 20)  # 5% at a time: stop close to the bound
-            batch = conn.execute(
-                "DELETE FROM spans WHERE (trace_id, span_id) IN"
-                " (SELECT trace_id, span_id FROM spans ORDER BY received_ns LIMIT ?)",
-                (step,),
-            ).rowcount
-            dropped += batch
-            if batch == 0:
-                break
+            step = max(1, (last - first + 1) // 20)  # 5% at a time: stop close to the bound
+            oldest = [r[0] for r in conn.execute("SELECT blob_id FROM blobs ORDER BY blob_id LIMIT ?", (step,))]
+            dropped += _drop_blobs(conn, oldest)
         return dropped
 
     # ---- reading -------------------------------------------------------------------------------
@@ -306,9 +548,375 @@ class Store:
         return total
 
 
+# ---- writing -----------------------------------------------------------------------------------------
+@dataclass
+class PreparedSpans:
+    """A batch's spans made ready to store (``prepare_spans``): per run they carry, the blob and,
+    per span, its index row less (blob id, position) and its summary facts. Preparing is pure CPU
+    and needs no connection, so ingest does it before the writer: the writer's turn, which every
+    request waits on, is only the SQL."""
+
+    groups: list[tuple[str | None, bytes, list[tuple[Any, ...]], list[SpanFacts]]]
+    count: int
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        """Pickled (from a decoder process) without what the index rows already hold: a span's facts
+        travel as the four values its row lacks, rebuilt on arrival (unpickling facts costs the
+        collector more than the rest of a prepared span)."""
+        groups = [
+            (run_id, data, rows, [(f.benign, f.step_id, f.workflow_name, f.run_status) for f in facts])
+            for run_id, data, rows, facts in self.groups
+        ]
+        return groups, self.count
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        groups, self.count = state
+        self.groups = [
+            (
+                run_id,
+                data,
+                rows,
+                [
+                    SpanFacts(r[0], r[1], r[3], r[4], r[6], f[0], r[5], f[1], f[2], f[3])
+                    for r, f in zip(rows, facts, strict=True)
+                ],
+            )
+            for run_id, data, rows, facts in groups
+        ]
+
+
+def prepare_spans(spans: Sequence[SpanRecord]) -> PreparedSpans:
+    """One blob per run the spans carry; a span sent twice in the same batch is kept once (the last copy)."""
+    latest = {(s.trace_id, s.span_id): s for s in spans}
+    if len(latest) != len(spans):
+        spans = list(latest.values())
+    by_run: dict[str | None, list[SpanRecord]] = {}
+    for s in spans:
+        by_run.setdefault(s.run_id or None, []).append(s)  # "" names no run (as before)
+    groups = []
+    for run_id, group in by_run.items():
+        rows: list[tuple[Any, ...]] = []
+        facts: list[SpanFacts] = []
+        for s in group:
+            f = _facts_of(s)
+            facts.append(f)
+            rows.append(
+                (
+                    s.trace_id,
+                    s.span_id,
+                    run_id,
+                    s.start_ns,
+                    s.end_ns,
+                    f.kind,
+                    s.status_code,
+                    1 if s.scope == EVENT_LOG_SCOPE else 0,
+                    s.source,
+                    _facts_hash(f),
+                )
+            )
+        groups.append((run_id, encode_blob(group), rows, facts))
+    return PreparedSpans(groups, len(spans))
+
+
+def _store_spans(conn: sqlite3.Connection, spans: Sequence[SpanRecord] | PreparedSpans, now: int) -> _Stored:
+    """One blob per run the spans carry, one index row per span; a span already stored is pointed
+    at its new copy (last write wins)."""
+    stored = _Stored({}, set())
+    prepared = spans if isinstance(spans, PreparedSpans) else prepare_spans(spans)
+    if not prepared.count:
+        return stored
+    rows: list[tuple[Any, ...]] = []
+    facts: list[SpanFacts] = []
+    blob_id = conn.execute("SELECT coalesce(max(blob_id), 0) FROM blobs").fetchone()[0]
+    blobs: list[tuple[Any, ...]] = []
+    for run_id, data, group_rows, group_facts in prepared.groups:
+        blob_id += 1
+        blobs.append((blob_id, run_id, now, len(group_rows), data))
+        rows += [(*row, blob_id, pos) for pos, row in enumerate(group_rows)]
+        facts += group_facts
+    conn.executemany("INSERT INTO blobs (blob_id, run_id, received_ns, spans, data) VALUES (?,?,?,?,?)", blobs)
+    new_blobs = {b[0] for b in blobs}
+    before = conn.total_changes
+    conn.executemany(_INDEX_INSERT, rows)
+    again: set[tuple[str, str]] = set()
+    if conn.total_changes - before < len(rows):  # some were stored before: the new copies win
+        again = _replace(conn, rows, new_blobs, stored.rebuild)
+    for row, f in zip(rows, facts, strict=True):
+        if row[2] and (row[0], row[1]) not in again:
+            stored.new.setdefault(row[2], []).append(f)
+    return stored
+
+
+def _replace(
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], new_blobs: set[int], rebuild: set[str]
+) -> set[tuple[str, str]]:
+    """Point the index rows of spans stored before at their new copies; count the old copies dead
+    (a blob left with no live span goes); runs whose summary facts changed go in ``rebuild``.
+    Returns the keys that were stored before."""
+    by_key = {(r[0], r[1]): r for r in rows}
+    by_trace: dict[str, list[str]] = {}
+    for trace_id, span_id in by_key:
+        by_trace.setdefault(trace_id, []).append(span_id)
+    old: list[tuple[Any, ...]] = []
+    for trace_id, span_ids in by_trace.items():
+        for chunk in _chunks(span_ids):
+            old += conn.execute(
+                "SELECT trace_id, span_id, run_id, start_ns, end_ns, entity, status_code, facts, blob_id"
+                f" FROM span_index WHERE trace_id = ? AND span_id IN ({','.join('?' * len(chunk))})",
+                (trace_id, *chunk),
+            ).fetchall()
+    again: set[tuple[str, str]] = set()
+    updates: list[tuple[Any, ...]] = []
+    dead: dict[int, int] = {}
+    for o in old:
+        if o[8] in new_blobs:
+            continue  # stored by this batch
+        key = (o[0], o[1])
+        new = by_key[key]
+        again.add(key)
+        if (o[2], o[3], o[4], o[5], o[6], o[7]) != (new[2], new[3], new[4], new[5], new[6], new[9]):
+            rebuild.update(r for r in (o[2], new[2]) if r)
+        updates.append((*new[2:], o[0], o[1]))
+        dead[o[8]] = dead.get(o[8], 0) + 1
+    conn.executemany(
+        "UPDATE span_index SET run_id=?, start_ns=?, end_ns=?, entity=?, status_code=?, log=?, source=?, facts=?,"
+        " blob_id=?, pos=? WHERE trace_id=? AND span_id=?",
+        updates,
+    )
+    conn.executemany("UPDATE blobs SET dead = dead + ? WHERE blob_id = ?", [(n, b) for b, n in dead.items()])
+    for chunk in _chunks(sorted(dead)):
+        conn.execute(f"DELETE FROM blobs WHERE blob_id IN ({','.join('?' * len(chunk))}) AND dead >= spans", chunk)
+    return again
+
+
+def _load_steps(conn: sqlite3.Connection, run_id: str, keys: Sequence[str]) -> dict[str, StepFacts]:
+    steps: dict[str, StepFacts] = {}
+    for chunk in _chunks(keys):
+        for key, seen, seen_any, attempts, failed in conn.execute(
+            "SELECT step_key, seen, seen_any, failed_attempts, failed_steps FROM run_steps"
+            f" WHERE run_id = ? AND step_key IN ({','.join('?' * len(chunk))})",
+            (run_id, *chunk),
+        ):
+            steps[key] = StepFacts(bool(seen), bool(seen_any), attempts, failed)
+    return steps
+
+
+def _fold_runs(conn: sqlite3.Connection, new: dict[str, list[SpanFacts]], rebuild: set[str], touched: set[str]) -> None:
+    """Bring the rows of the runs touched up to date: fold the spans new to the store into their
+    totals (reading only the step rows they name), or rebuild those in ``rebuild``; a few
+    statements per batch, not per run."""
+    runs: dict[str, tuple[Any, ...]] = {}
+    names = sorted(touched - rebuild)
+    for chunk in _chunks(names):
+        for row in conn.execute(
+            "SELECT run_id, facts, world_status, world_name, world_created_ns, waiting FROM runs"
+            f" WHERE run_id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ):
+            runs[row[0]] = tuple(row)
+    summaries: list[tuple[Any, ...]] = []
+    step_rows: list[tuple[Any, ...]] = []
+    for run_id in names:
+        row = runs.get(run_id)
+        text = row[1] if row else None
+        facts = RunFacts.from_json(text)
+        spans = new.get(run_id, [])
+        if spans:
+            keys = {s.step_id for s in spans if s.step_id}
+            keys.update(s.step_id or "" for s in spans if s.kind in (SpanKinds.STEP, SpanKinds.ATTEMPT))
+            # a run none of whose spans was folded yet has no step rows: nothing to read
+            steps = _load_steps(conn, run_id, sorted(keys)) if text else {}
+            facts.fold(spans, steps)
+            step_rows += _step_rows(run_id, steps)
+        summaries.append(_summary_row(run_id, facts, row[2:] if row else None))
+    conn.executemany(_STEPS_UPSERT, step_rows)
+    conn.executemany(_SUMMARY_UPSERT, summaries)
+    for run_id in sorted(rebuild):
+        _rebuild_run(conn, run_id)
+
+
+_STEPS_UPSERT: Final = "INSERT OR REPLACE INTO run_steps VALUES (?,?,?,?,?,?)"
+_SUMMARY_UPSERT: Final = (
+    "INSERT INTO runs (run_id, workflow_name, status, start_ns, end_ns, steps, errors, benign, trace_id,"
+    " waiting, updated_ns, facts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET"
+    " workflow_name=excluded.workflow_name, status=excluded.status, start_ns=excluded.start_ns,"
+    " end_ns=excluded.end_ns, steps=excluded.steps, errors=excluded.errors, benign=excluded.benign,"
+    " trace_id=excluded.trace_id, waiting=excluded.waiting, updated_ns=excluded.updated_ns,"
+    " facts=excluded.facts"
+)
+
+
+def _step_rows(run_id: str, steps: dict[str, StepFacts]) -> list[tuple[Any, ...]]:
+    return [(run_id, key, int(s.seen), int(s.seen_any), s.failed_attempts, s.failed_steps) for key, s in steps.items()]
+
+
+def _summary_row(run_id: str, facts: RunFacts, world_row: Sequence[Any] | None) -> tuple[Any, ...]:
+    """The runs row of ``facts``; ``world_row``: (world status, world name, world created, waiting)."""
+    world = WorldView(world_row[0], world_row[1], world_row[2]) if world_row else None
+    summary = facts.summary(run_id, world, decode_waits(world_row[3]) if world_row else ())
+    return (
+        run_id,
+        summary.workflow_name,
+        summary.status,
+        summary.start_ns,
+        summary.end_ns,
+        summary.steps,
+        summary.errors,
+        summary.benign,
+        summary.trace_id,
+        encode_waits(summary.waiting),
+        time.time_ns(),
+        facts.to_json(),
+    )
+
+
+def _rebuild_run(conn: sqlite3.Connection, run_id: str) -> None:
+    """The run's totals again from its stored spans (reads the run: only for repairs and the rare
+    span sent again with other facts)."""
+    spans = [_facts_of_row(s) for s in SpanReader(conn).run(run_id)]
+    steps: dict[str, StepFacts] = {}
+    facts = RunFacts()
+    facts.fold(spans, steps)
+    conn.execute("DELETE FROM run_steps WHERE run_id = ?", (run_id,))
+    conn.executemany(_STEPS_UPSERT, _step_rows(run_id, steps))
+    row = conn.execute(
+        "SELECT world_status, world_name, world_created_ns, waiting FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    conn.execute(_SUMMARY_UPSERT, _summary_row(run_id, facts, row))
+
+
+def _drop_blobs(conn: sqlite3.Connection, blob_ids: Sequence[int]) -> int:
+    """Delete these blobs and the index rows still pointing into them; returns how many spans went."""
+    dropped = 0
+    for chunk in _chunks(blob_ids, 64):
+        marks = ",".join("?" * len(chunk))
+        keys: list[tuple[str, str, int]] = []
+        for blob_id, data in conn.execute(f"SELECT blob_id, data FROM blobs WHERE blob_id IN ({marks})", chunk):
+            _, items = _blob_items(data)
+            keys += [(item[0], item[1], blob_id) for item in items]
+        dropped += conn.executemany(
+            "DELETE FROM span_index WHERE trace_id = ? AND span_id = ? AND blob_id = ?", keys
+        ).rowcount
+        conn.execute(f"DELETE FROM blobs WHERE blob_id IN ({marks})", chunk)
+    return dropped
+
+
+# ---- opening and migrating ---------------------------------------------------------------------------
+def _open_layout(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or migrate a store of the previous layout (in one transaction)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > LAYOUT:
+        raise StoreLayoutError(
+            f"store {path} has layout {version}, newer than this wft knows ({LAYOUT}): upgrade wft to open it"
+        )
+    kinds = dict(conn.execute("SELECT name, type FROM sqlite_master WHERE name IN ('spans', 'runs')").fetchall())
+    if kinds.get("spans") == "table":
+        _migrate_v1(conn, path)
+        return
+    if version == LAYOUT:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _create(conn)
+        conn.execute(f"PRAGMA user_version = {LAYOUT}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+    _add_missing_columns(conn)
+    for statement in _RUN_INDEXES:
+        conn.execute(statement)
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """A store written by an earlier version gets the ``runs`` columns added since (NULL: nothing known)."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    present = {row[1] for row in conn.execute("PRAGMA table_xinfo(runs)")}  # xinfo: generated ones too
     for name, declaration in _ADDED_RUN_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+
+
+def _migrate_v1(conn: sqlite3.Connection, path: Path) -> None:
+    """The previous layout (a ``spans`` row of JSON columns per span) to blobs and the span index,
+    and every run's totals rebuilt from its spans: in place, in one transaction (a crash midway
+    leaves the old layout whole), then one log line."""
+    started = time.monotonic()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE spans RENAME TO spans_v1")
+        for index in ("runs_by_start", "runs_waiting"):
+            conn.execute(f"DROP INDEX IF EXISTS {index}")  # replaced by the sort_ns ones
+        _create(conn)
+        # the world's view of a run was its row (start so far, name): keep it as what the world said
+        conn.execute(
+            "UPDATE runs SET world_name = coalesce(world_name, workflow_name),"
+            " world_created_ns = coalesce(world_created_ns, start_ns)"
+        )
+        moved = 0
+        batch: list[SpanRecord] = []
+        received = 0
+        for row in conn.execute(
+            "SELECT trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, status_code, status_message,"
+            " scope, source, benign, attributes, events, links, resource, received_ns FROM spans_v1"
+        ):
+            batch.append(
+                SpanRecord(
+                    trace_id=row[0],
+                    span_id=row[1],
+                    parent_span_id=row[2],
+                    name=row[3],
+                    kind=row[4],
+                    start_ns=row[5],
+                    end_ns=row[6],
+                    status_code=row[7],
+                    status_message=row[8],
+                    attributes=json.loads(row[12]),
+                    events=json.loads(row[13]),
+                    links=json.loads(row[14]),
+                    resource=json.loads(row[15]),
+                    scope=row[9] or "",
+                    source=row[10],
+                    benign=bool(row[11]),
+                )
+            )
+            received = max(received, row[16])
+            if len(batch) >= _BLOB_SPANS:
+                moved += len(batch)
+                _store_spans(conn, batch, received)
+                batch, received = [], 0
+        if batch:
+            moved += len(batch)
+            _store_spans(conn, batch, received)
+        run_ids = [
+            r[0]
+            for r in conn.execute("SELECT run_id FROM runs UNION SELECT run_id FROM blobs WHERE run_id IS NOT NULL")
+        ]
+        for run_id in run_ids:
+            _rebuild_run(conn, run_id)
+        conn.execute("DROP TABLE spans_v1")
+        conn.execute(f"PRAGMA user_version = {LAYOUT}")
+        conn.execute("COMMIT")
+    except Exception as error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreLayoutError(
+            f"store {path}: migrating to layout {LAYOUT} failed ({type(error).__name__}: {error}); the store is"
+            " unchanged (free space, or move it away to start a new one)"
+        ) from error
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    log.warning(
+        "store %s migrated to layout %d (span blobs + index): %d spans, %d runs in %.1f s",
+        path,
+        LAYOUT,
+        moved,
+        len(run_ids),
+        time.monotonic() - started,
+    )

@@ -14,8 +14,8 @@ run has arrived yet.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from telemetry.runtrace import SCOPE
@@ -26,9 +26,12 @@ __all__ = [
     "EVENT_LOG_SCOPE",
     "RUN_STATUS",
     "STEP_STATUS",
+    "Basis",
     "EventLike",
+    "RunFacts",
     "RunSummary",
     "SpanFacts",
+    "StepFacts",
     "Wait",
     "WaitKinds",
     "WorldView",
@@ -232,12 +235,12 @@ def summarize_run(
     entities = [s for s in unique if s.kind is not None]
     basis = entities or unique
     runs = [s for s in entities if s.kind == SpanKinds.RUN]
-    root = max(runs, key=lambda s: (s.end_ns, s.span_id)) if runs else None
+    root = max(runs, key=_last) if runs else None
 
     status = (root.run_status if root else None) or world.status
     if status is None:
-        stated = sorted((s for s in unique if s.run_status), key=lambda s: (s.end_ns, s.span_id))
-        status = stated[-1].run_status if stated else None
+        stated = max((s for s in unique if s.run_status), key=_last, default=None)
+        status = stated.run_status if stated else None
     status = status or "running"
 
     if entities:
@@ -255,10 +258,12 @@ def summarize_run(
         steps = {s.step_id for s in unique if s.step_id}
         errors = sum(1 for s in unique if s.status_code == _ERROR)
 
-    names = [s.workflow_name for s in basis if s.workflow_name]
-    workflow_name = names[0] if names else world.workflow_name
+    # the name the earliest span carrying one gives (all spans of a run normally say the same)
+    named = min((s for s in basis if s.workflow_name), key=_first, default=None)
+    workflow_name = named.workflow_name if named else world.workflow_name
     if workflow_name is None:
-        workflow_name = next((s.workflow_name for s in unique if s.workflow_name), None)
+        named = min((s for s in unique if s.workflow_name), key=_first, default=None)
+        workflow_name = named.workflow_name if named else None
     starts = [s.start_ns for s in basis]
     if world.created_ns is not None:
         starts.append(world.created_ns)
@@ -267,7 +272,7 @@ def summarize_run(
         end_ns: int | None = root.end_ns
     else:
         end_ns = max((s.end_ns for s in basis), default=None) if finished else None
-    first = min(basis, key=lambda s: (s.start_ns, s.span_id), default=None)
+    first = min(basis, key=_first, default=None)
     return RunSummary(
         run_id=run_id,
         workflow_name=workflow_name,
@@ -280,6 +285,180 @@ def summarize_run(
         trace_id=root.trace_id if root else (first.trace_id if first else None),
         waiting=() if finished else tuple(waiting),
     )
+
+
+def _first(s: SpanFacts) -> tuple[int, str, str]:
+    """Order of "earliest": by start, ties broken by ids (so any order of arrival agrees)."""
+    return (s.start_ns, s.span_id, s.trace_id)
+
+
+def _last(s: SpanFacts) -> tuple[int, str, str]:
+    """Order of "latest": by end, ties broken by ids."""
+    return (s.end_ns, s.span_id, s.trace_id)
+
+
+@dataclass(slots=True)
+class StepFacts:
+    """What a run's summary keeps of one step id (the store keeps one row per run and step id, so
+    folding a batch reads only the steps it names). Key ``""`` stands for event-log step and attempt
+    spans without a step id (they can still fail)."""
+
+    seen: bool = False  # an event-log step or attempt span names it (the entities' step count)
+    seen_any: bool = False  # any span names it (the app spans' step count, before the log arrives)
+    failed_attempts: int = 0  # failed attempt spans
+    failed_steps: int = 0  # failed step spans
+
+    @property
+    def errors(self) -> int:
+        """A failure counts once at its finest grain: the failed attempts, else the failed step."""
+        return self.failed_attempts or self.failed_steps
+
+
+#: (start or end ns, span id, trace id, value): the earliest or latest span so far and what it said
+Mark = tuple[int, str, str, str | None]
+
+
+@dataclass(slots=True)
+class Basis:
+    """Running totals over one set of a run's spans (its event-log entities, or all of them)."""
+
+    count: int = 0
+    first: Mark | None = None  # the earliest span (value: None)
+    named: Mark | None = None  # the earliest span naming the workflow (value: the name)
+    last_end: int | None = None
+    steps: int = 0  # distinct step ids
+    errors: int = 0  # entities: failures at their finest grain; all spans: spans with status ERROR
+
+    def add(self, s: SpanFacts) -> None:
+        self.count += 1
+        first: Mark = (s.start_ns, s.span_id, s.trace_id, None)
+        if self.first is None or first < self.first:
+            self.first = first
+        if s.workflow_name:
+            named: Mark = (s.start_ns, s.span_id, s.trace_id, s.workflow_name)
+            if self.named is None or named < self.named:
+                self.named = named
+        if self.last_end is None or s.end_ns > self.last_end:
+            self.last_end = s.end_ns
+
+
+@dataclass(slots=True)
+class RunFacts:
+    """A run's summary as running totals: ``fold`` adds spans to it, ``summary`` reads the row off
+    it, so a commit costs what it brings, never a re-read of the run. Equal to ``summarize_run``
+    over the same spans (the tests hold the two to that), given each span is folded once: the store
+    folds only spans it had not stored, and a span sent again with different facts (rare: the same
+    ids, another status or time) makes it rebuild the run's totals from its stored spans instead."""
+
+    entities: Basis = field(default_factory=Basis)
+    every: Basis = field(default_factory=Basis)
+    root: Mark | None = None  # the latest run span (value: its workflow.run.status)
+    failed_runs: int = 0  # run spans with status ERROR
+    stated: Mark | None = None  # the latest span stating a workflow.run.status (value: it)
+    benign: int = 0
+
+    def fold(self, spans: Iterable[SpanFacts], steps: MutableMapping[str, StepFacts]) -> None:
+        """Add ``spans`` (none folded before); ``steps`` holds the step rows they name (missing ones
+        are added) and is updated in place."""
+        for s in spans:
+            self.every.add(s)
+            if s.status_code == _ERROR:
+                self.every.errors += 1
+            if s.benign:
+                self.benign += 1
+            if s.step_id:
+                step = steps.get(s.step_id) or steps.setdefault(s.step_id, StepFacts())
+                if not step.seen_any:
+                    step.seen_any = True
+                    self.every.steps += 1
+            if s.run_status:
+                stated: Mark = (s.end_ns, s.span_id, s.trace_id, s.run_status)
+                if self.stated is None or stated > self.stated:
+                    self.stated = stated
+            if s.kind is None:
+                continue
+            self.entities.add(s)
+            if s.kind == SpanKinds.RUN:
+                root: Mark = (s.end_ns, s.span_id, s.trace_id, s.run_status)
+                if self.root is None or root > self.root:
+                    self.root = root
+                if s.status_code == _ERROR:
+                    self.failed_runs += 1
+            elif s.kind in (SpanKinds.STEP, SpanKinds.ATTEMPT):
+                key = s.step_id or ""
+                step = steps.get(key) or steps.setdefault(key, StepFacts())
+                before = step.errors
+                if s.step_id and not step.seen:
+                    step.seen = True
+                    self.entities.steps += 1
+                if s.status_code == _ERROR:
+                    if s.kind == SpanKinds.ATTEMPT:
+                        step.failed_attempts += 1
+                    else:
+                        step.failed_steps += 1
+                self.entities.errors += step.errors - before
+
+    def summary(self, run_id: str, world: WorldView | None = None, waiting: Sequence[Wait] = ()) -> RunSummary:
+        """The run's row, as ``summarize_run`` would give it over every span folded."""
+        world = world or WorldView()
+        basis = self.entities if self.entities.count else self.every
+        status = (self.root[3] if self.root else None) or world.status
+        if status is None:
+            status = self.stated[3] if self.stated else None
+        status = status or "running"
+        if self.entities.count:
+            errors = self.entities.errors or (1 if self.failed_runs else 0)
+        else:
+            errors = self.every.errors
+        workflow_name = basis.named[3] if basis.named else world.workflow_name
+        if workflow_name is None and self.every.named:
+            workflow_name = self.every.named[3]
+        starts = [basis.first[0]] if basis.first else []
+        if world.created_ns is not None:
+            starts.append(world.created_ns)
+        finished = status in TERMINAL_STATUSES
+        end_ns = self.root[0] if self.root else (basis.last_end if finished else None)
+        first = self.root or basis.first
+        return RunSummary(
+            run_id=run_id,
+            workflow_name=workflow_name,
+            status=status,
+            start_ns=min(starts) if starts else None,
+            end_ns=end_ns,
+            steps=basis.steps,
+            errors=errors,
+            benign=self.benign,
+            trace_id=first[2] if first else None,
+            waiting=() if finished else tuple(waiting),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [_basis_record(self.entities), _basis_record(self.every), self.root, self.failed_runs, self.stated]
+            + [self.benign],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> RunFacts:
+        """The totals ``to_json`` wrote; fresh ones for None (a run no span of which was folded)."""
+        if not text:
+            return cls()
+        entities, every, root, failed_runs, stated, benign = json.loads(text)
+        return cls(_basis(entities), _basis(every), _mark(root), failed_runs, _mark(stated), benign)
+
+
+def _basis_record(b: Basis) -> list[Any]:
+    return [b.count, b.first, b.named, b.last_end, b.steps, b.errors]
+
+
+def _mark(value: Any) -> Mark | None:
+    return (int(value[0]), str(value[1]), str(value[2]), value[3]) if value else None
+
+
+def _basis(record: Sequence[Any]) -> Basis:
+    count, first, named, last_end, steps, errors = record
+    return Basis(count, _mark(first), _mark(named), last_end, steps, errors)
 
 
 class EventLike(Protocol):

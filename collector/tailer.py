@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -34,6 +35,7 @@ from telemetry.world import epoch_ns
 from .metrics import Metrics
 from .otlp import records_from
 from .store import EventRow, RunInfo
+from .workflow_metrics import WorkflowMetrics, waiting_in_store
 from .writer import Batch, Overloaded, Writer
 
 __all__ = ["Tailer"]
@@ -88,6 +90,9 @@ class Tailer:
         self._worker: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
         metrics.gauges["wft_tailer_unreadable_runs"] = lambda: len(self.follower.problems)
         metrics.gauges["wft_tailer_pass_seconds"] = lambda: self.last_pass_seconds
+        #: per-workflow RED metrics from the events each delivery brings (``workflow_metrics``)
+        self.workflows = WorkflowMetrics()
+        metrics.register(self.workflows)
 
     # -- in the tailer's thread ----------------------------------------------------------------
     async def _submit(self, batch: Batch) -> None:
@@ -133,9 +138,25 @@ class Tailer:
         if self.forward is not None and payload is not None and self._main_loop is not None:
             sent = asyncio.run_coroutine_threadsafe(self.forward(payload.SerializeToString()), self._main_loop)
             await asyncio.wrap_future(sent)
+        # last: a delivery that failed above is offered again and counted then; the checkpoint says
+        # what an earlier delivery (or process) already counted of a run not followed here yet
+        self.workflows.feed_deliveries(batch, self.follower.checkpoint.get)
+
+    def _seed_waiting(self) -> None:
+        """What live runs wait on as the store says, before the first pass: a restart does not forget
+        a hook that waits for days (its run may not change for as long)."""
+        try:
+            conn = self.writer.store.connect()
+            try:
+                self.workflows.seed(waiting_in_store(conn))
+            finally:
+                conn.close()
+        except sqlite3.Error as error:  # the gauges start empty instead; the tailer goes on
+            log.warning("world tailer: could not read what runs wait on from the store: %s", error)
 
     async def _passes(self) -> None:
         failing: str | None = None
+        self._seed_waiting()
         while not self._halt.is_set():
             started = time.perf_counter()
             try:

@@ -143,6 +143,8 @@ class SpanLimiter:
 
     def summary(self) -> str:
         """What was cut, as ``LIMITED``'s value ("" when nothing)."""
+        if not (self.attributes_dropped or self.events_dropped or self.links_dropped or self.values_truncated):
+            return ""
         parts = [
             f"{name}={count}"
             for name, count in (
@@ -166,9 +168,23 @@ class SpanLimiter:
         if len(items) > limit:
             self.attributes_dropped += len(items) - limit
             items = items[:limit]
-        value = self.value
-        text = self.text
-        return {text(kv.key): value(kv.value, 1) for kv in items}
+        # the common values (short strings, ints: nearly all of a workflow span's) inline; the rest,
+        # and anything to cut, through ``value``/``text`` (this loop is most of an ingested span's cost)
+        out: dict[str, Any] = {}
+        for kv in items:
+            key = kv.key
+            if len(key) > MAX_VALUE_LENGTH:
+                key = self.text(key)
+            v = kv.value
+            kind = v.WhichOneof("value")
+            if kind == "string_value":
+                s = v.string_value
+                out[key] = s if len(s) <= MAX_VALUE_LENGTH else self.text(s)
+            elif kind == "int_value":
+                out[key] = v.int_value
+            else:
+                out[key] = self.value(v, 1)
+        return out
 
     def value(self, v: Any, depth: int = 1) -> Any:
         """One ``AnyValue`` at nesting ``depth`` (an attribute's own value is depth 1)."""

@@ -4,7 +4,7 @@ on the same time axis, why a finished run failed, and what a live run waits on. 
 purpose: a 10,000-step run is a few MB, not tens.
 
 Rows are event-log entities, told by ``workflow.span.kind`` (``summaries.entity_kind``); every
-other span of the run (``queries.stitched_spans``: other runs' spans and polling left out) is an
+other span of the run (``queries.own_decoded_spans``: other runs' spans and polling left out) is an
 SDK span, placed at its real time. A live run also gets *open* rows, drawn up to now, for what has
 begun but has no span yet: the run itself, and each thing it waits on (``runs.waiting``) — a hook,
 a sleep, a step queued or running, a step between a failed attempt and its retry.
@@ -12,7 +12,6 @@ a sleep, a step queued or running, a step between a failed attempt and its retry
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -22,8 +21,8 @@ from telemetry.runtrace import short_name
 from telemetry.semconv import ERROR_TYPE, STEP_ATTEMPT, STEP_ID, STEP_NAME, WORKFLOW_SPAN_KIND, SpanKinds
 from telemetry.world import TERMINAL_STATUSES
 
-from .queries import run_json, sentry_drops, stitched_spans, wait_json
-from .store import decode_waits
+from .queries import own_decoded_spans, run_json, sentry_drops, wait_json
+from .store import SPAN_COLUMNS, decode_waits
 from .summaries import STEP_STATUS, Wait, WaitKinds, entity_kind
 
 __all__ = ["waterfall"]
@@ -36,23 +35,36 @@ _ERROR = 2  # OTLP status code ERROR
 _STOPPED = ("failed", "cancelled")
 
 
-def _attribute(name: str, alias: str) -> str:
-    return f"json_extract(attributes, '$.\"{name}\"') AS {alias}"
-
-
-_COLUMNS = ", ".join(
-    [
-        "trace_id, span_id, parent_span_id, name, start_ns, end_ns, status_code, status_message, benign, events",
-        _attribute(WORKFLOW_SPAN_KIND, "span_kind"),
-        _attribute(STEP_ATTEMPT, "attempt"),
-        _attribute(STEP_STATUS, "step_status"),
-        _attribute(STEP_NAME, "step_name"),
-        _attribute(STEP_ID, "step_id"),
-        _attribute(RETRY_DELAY_MS, "retry_delay"),
-        _attribute(ERROR_TYPE, "error_type"),
-        _attribute(CLOSED_BY_RUN_END, "closed_by_end"),
-    ]
+#: what the page reads of a span's attributes: key in the span dicts → attribute name
+_ATTRIBUTES = (
+    ("span_kind", WORKFLOW_SPAN_KIND),
+    ("attempt", STEP_ATTEMPT),
+    ("step_status", STEP_STATUS),
+    ("step_name", STEP_NAME),
+    ("step_id", STEP_ID),
+    ("retry_delay", RETRY_DELAY_MS),
+    ("error_type", ERROR_TYPE),
+    ("closed_by_end", CLOSED_BY_RUN_END),
 )
+_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "start_ns", "end_ns", "status_code", "status_message")
+_AT = tuple(SPAN_COLUMNS.index(f) for f in _FIELDS)
+_BENIGN, _EVENTS, _ATTRS = (SPAN_COLUMNS.index(c) for c in ("benign", "events", "attributes"))
+
+#: one span as ``_failure`` and ``_sdk_rows`` read it: the fields above, ``benign``, ``events`` (a list)
+#: and the attributes ``_ATTRIBUTES`` names
+Span = dict[str, Any]
+_TRACE, _SPAN, _PARENT, _NAME, _START, _END, _STATUS = _AT[:7]
+
+
+def _span(t: tuple[Any, ...]) -> Span:
+    """A decoded span as a small dict of what the page reads (built only for the few spans that need
+    one: the SDK's, and a stopped run's entities when its failure is told)."""
+    span = dict(zip(_FIELDS, [t[i] for i in _AT], strict=True))
+    attributes = t[_ATTRS]
+    span["benign"], span["events"] = t[_BENIGN], t[_EVENTS] or []
+    for key, name in _ATTRIBUTES:
+        span[key] = attributes.get(name)
+    return span
 
 
 def waterfall(
@@ -62,11 +74,11 @@ def waterfall(
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
-    spans = stitched_spans(conn, run_id, _COLUMNS)
+    spans = own_decoded_spans(conn, run_id)  # tuples, read in place: a 20k-span run is read on every view
     live = run["status"] not in TERMINAL_STATUSES
     waits = decode_waits(run["waiting"]) if live else ()
     now = time.time_ns() if now_ns is None else now_ns
-    starts = [s["start_ns"] for s in spans] + [w.since_ns for w in waits]
+    starts = [s[_START] for s in spans] + [w.since_ns for w in waits]
     if run["start_ns"] is not None:
         starts.append(run["start_ns"])
     t0 = min(starts, default=0)
@@ -80,62 +92,67 @@ def waterfall(
     rows: list[dict[str, Any]] = []
     by_id: dict[tuple[str, str], dict[str, Any]] = {}
     by_step: dict[str, dict[str, Any]] = {}  # open step rows by step id
-    attempts: list[sqlite3.Row] = []
-    entities: list[sqlite3.Row] = []
-    app: list[sqlite3.Row] = []
-    for s in spans:
-        kind = entity_kind(s["span_kind"])
+    attempts: list[tuple[Any, ...]] = []
+    entities: list[tuple[Any, ...]] = []
+    app: list[tuple[Any, ...]] = []
+    for t in spans:
+        attributes = t[_ATTRS]
+        kind = entity_kind(attributes.get(WORKFLOW_SPAN_KIND))
         if kind == SpanKinds.ATTEMPT:
-            attempts.append(s)
+            attempts.append(t)
             continue
         if kind is None:
-            app.append(s)
+            app.append(t)
             continue
-        entities.append(s)
+        entities.append(t)
+        start = t[_START]
         row: dict[str, Any] = {
-            "id": s["span_id"],
-            "trace": s["trace_id"],
+            "id": t[_SPAN],
+            "trace": t[_TRACE],
             "kind": kind,
-            "name": s["name"],
-            "s": ms(s["start_ns"]),
-            "d": span_ms(s["start_ns"], s["end_ns"]),
-            "status": s["status_code"],
-            "benign": bool(s["benign"]),
+            "name": t[_NAME],
+            "s": ms(start),
+            "d": span_ms(start, t[_END]),
+            "status": t[_STATUS],
+            "benign": bool(t[_BENIGN]),
             "segments": [],
         }
         if kind == SpanKinds.STEP:
-            row["attempts"] = s["attempt"]
-            row["stepStatus"] = s["step_status"]
+            row["attempts"] = attributes.get(STEP_ATTEMPT)
+            row["stepStatus"] = attributes.get(STEP_STATUS)
         if kind == SpanKinds.HOOK:
             row["marks"] = [
                 {"t": ms(e["time_ns"]), "name": e["name"]}
-                for e in json.loads(s["events"])
-                if e["name"] == "hook_received"
+                for e in t[_EVENTS] or ()
+                if isinstance(e, dict) and e.get("name") == "hook_received"
             ]
         rows.append(row)
-        by_id[(s["trace_id"], s["span_id"])] = row
-    for a in attempts:
-        key = (a["trace_id"], a["parent_span_id"])
+        by_id[(t[_TRACE], t[_SPAN])] = row
+    for t in attempts:
+        attributes = t[_ATTRS]
+        key = (t[_TRACE], t[_PARENT])
         parent = by_id.get(key)
         if parent is None:  # the step is still open (being retried): its row stands in until its span comes
-            parent = by_id[key] = _open_step(a["step_name"], ms(a["start_ns"]), "pending")
-            parent["id"], parent["trace"] = a["span_id"], a["trace_id"]
+            parent = by_id[key] = _open_step(attributes.get(STEP_NAME), ms(t[_START]), "pending")
+            parent["id"], parent["trace"] = t[_SPAN], t[_TRACE]
             rows.append(parent)
-            if isinstance(a["step_id"], str):
-                by_step[a["step_id"]] = parent
+            step_id = attributes.get(STEP_ID)
+            if isinstance(step_id, str):
+                by_step[step_id] = parent
+        number = attributes.get(STEP_ATTEMPT)
         if parent.get("open"):  # an open row spans its attempts, and while live up to now
-            parent["id"] = a["span_id"]  # its label shows the latest attempt
-            parent["attempts"] = max(parent["attempts"] or 0, a["attempt"] or 0)
-            end = max(a["end_ns"], now) if live else a["end_ns"]
+            parent["id"] = t[_SPAN]  # its label shows the latest attempt
+            parent["attempts"] = max(parent["attempts"] or 0, number or 0)
+            end = max(t[_END], now) if live else t[_END]
             parent["d"] = round(max(parent["d"], ms(end) - parent["s"]), 3)
-        delay = a["retry_delay"]
+        delay = attributes.get(RETRY_DELAY_MS)
         parent["segments"].append(
             {
-                "id": a["span_id"],
-                "s": ms(a["start_ns"]),
-                "d": span_ms(a["start_ns"], a["end_ns"]),
-                "status": a["status_code"],
-                "n": a["attempt"],
+                "id": t[_SPAN],
+                "s": ms(t[_START]),
+                "d": span_ms(t[_START], t[_END]),
+                "status": t[_STATUS],
+                "n": number,
                 "retryMs": delay if isinstance(delay, int | float) and not isinstance(delay, bool) else None,
             }
         )
@@ -149,8 +166,10 @@ def waterfall(
         "nowNs": now,
         "now": ms(now) if live else None,
         "rows": rows,
-        "sdk": _sdk_rows(app, ms, span_ms),
-        "failure": _failure(run, entities, attempts, app) if run["status"] in _STOPPED else None,
+        "sdk": _sdk_rows([_span(t) for t in app], ms, span_ms),
+        "failure": _failure(run, *([_span(t) for t in group] for group in (entities, attempts, app)))
+        if run["status"] in _STOPPED
+        else None,
         "eventsCount": events,
         "sentryDropped": sentry_drops(conn, run_id),
     }
@@ -246,14 +265,14 @@ def _open_rows(
 
 
 def _sdk_rows(
-    app: list[sqlite3.Row], ms: Callable[[int], float], span_ms: Callable[[int, int], float]
+    app: list[Span], ms: Callable[[int], float], span_ms: Callable[[int, int], float]
 ) -> list[dict[str, Any]]:
     """The SDK's spans at their real times, as a tree: each after its parent (children by start),
     indented by depth. A span whose parent is not here (an event-log span, a span of the app's
     caller) starts a tree of its own."""
     here = {(s["trace_id"], s["span_id"]) for s in app}
-    children: dict[tuple[str, str], list[sqlite3.Row]] = {}
-    roots: list[sqlite3.Row] = []
+    children: dict[tuple[str, str], list[Span]] = {}
+    roots: list[Span] = []
     for s in app:  # in start order, so every child list is too
         parent = (s["trace_id"], s["parent_span_id"])
         if s["parent_span_id"] and parent in here and parent != (s["trace_id"], s["span_id"]):
@@ -262,7 +281,7 @@ def _sdk_rows(
             roots.append(s)
     out: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
-    stack: list[tuple[sqlite3.Row, int]] = [(r, 0) for r in reversed(roots)]
+    stack: list[tuple[Span, int]] = [(r, 0) for r in reversed(roots)]
     rest = iter(app)  # spans whose parents form a cycle (hostile input) are reached from no root
     while True:
         if not stack:
@@ -291,18 +310,16 @@ def _sdk_rows(
     return out
 
 
-def _exception(span: sqlite3.Row | None) -> dict[str, Any] | None:
+def _exception(span: Span | None) -> dict[str, Any] | None:
     """The attributes of a span's last ``exception`` event."""
     if span is None:
         return None
-    found = [e for e in json.loads(span["events"]) if e.get("name") == "exception"]
+    found = [e for e in span["events"] if isinstance(e, dict) and e.get("name") == "exception"]
     attributes = found[-1].get("attributes") if found else None
     return attributes if isinstance(attributes, dict) else None
 
 
-def _failure(
-    run: sqlite3.Row, entities: list[sqlite3.Row], attempts: list[sqlite3.Row], app: list[sqlite3.Row]
-) -> dict[str, Any]:
+def _failure(run: sqlite3.Row, entities: list[Span], attempts: list[Span], app: list[Span]) -> dict[str, Any]:
     """Why a failed run failed, or where a cancelled one was, for the top of its page: the error
     (type, code, message, stack) and the step and attempt that failed (or were in flight)."""
     runs = [s for s in entities if s["span_kind"] == SpanKinds.RUN]

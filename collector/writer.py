@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from .otlp import SpanRecord
-from .store import EventRow, RunInfo, Store
+from .store import EventRow, PreparedSpans, RunInfo, Store
 
 __all__ = ["Batch", "Overloaded", "StoreUnavailable", "Writer", "storage_fault"]
 
@@ -95,6 +95,8 @@ def storage_fault(error: BaseException) -> StoreUnavailable | None:
 @dataclass
 class Batch:
     spans: list[SpanRecord] = field(default_factory=list)
+    #: ``spans`` made ready to store by the request (``Store.prepare_spans``), leaving the writer only the SQL
+    prepared: PreparedSpans | None = None
     events: list[EventRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
     sentry_drops: list[tuple[str | None, str, str]] = field(default_factory=list)  # (run id, rule, summary)
@@ -102,8 +104,13 @@ class Batch:
     loop: asyncio.AbstractEventLoop | None = None
 
     @property
+    def to_store(self) -> list[SpanRecord] | PreparedSpans:
+        return self.spans if self.prepared is None else self.prepared
+
+    @property
     def size(self) -> int:
-        return len(self.spans) + len(self.events) + len(self.runs) + len(self.sentry_drops) + 1
+        spans = len(self.spans) if self.prepared is None else self.prepared.count
+        return spans + len(self.events) + len(self.runs) + len(self.sentry_drops) + 1
 
 
 class Writer:
@@ -207,11 +214,9 @@ class Writer:
         try:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
-            touched: set[str] = set()
-            for batch in batches:
-                touched |= self.store.write(conn, batch.spans, batch.events, batch.runs)
+            for batch in batches:  # each write folds its spans into their runs' summaries
+                self.store.write(conn, batch.to_store, batch.events, batch.runs)
                 self.store.record_sentry_drops(conn, batch.sentry_drops)
-            self.store.refresh_runs(conn, touched)
             conn.execute("COMMIT")
         except BaseException as error:  # the requests learn of it; the writer keeps going
             if conn is not None:
@@ -236,9 +241,8 @@ class Writer:
             for i, batch in enumerate(batches):
                 conn.execute("SAVEPOINT batch")
                 try:
-                    touched = self.store.write(conn, batch.spans, batch.events, batch.runs)
+                    self.store.write(conn, batch.to_store, batch.events, batch.runs)
                     self.store.record_sentry_drops(conn, batch.sentry_drops)
-                    self.store.refresh_runs(conn, touched)
                 except Exception as error:
                     if storage_fault(error) is not None:
                         raise

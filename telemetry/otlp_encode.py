@@ -1,28 +1,34 @@
-"""Built spans straight into OTLP protobuf messages, without SDK span objects on the way.
+"""Built spans straight into OTLP protobuf bytes, without SDK span objects on the way.
 
 The OTel SDK path (a ``ReadableSpan`` per span, then ``encode_spans``) costs about as much in
 object construction as in encoding, and its encoder builds every ``KeyValue``/``AnyValue`` as a
-message of its own that is then copied into its parent. Here each span is written in place into
-the ``ExportTraceServiceRequest`` being assembled (``repeated.add()`` on the upb backend of
-protobuf), from the plain ``SpanData`` the run-trace builder keeps: a few times less work for the
-same message.
+message of its own that is then copied into its parent. Here each span is written as its wire
+bytes from the plain ``SpanData`` the run-trace builder keeps: the framing (tags, lengths, the
+fixed-width times) of the few message types a span is made of, field by field in field-number
+order as protobuf itself writes them, with the parts that repeat (attribute keys, a run's id
+and name on every span of it, the trace id) encoded once. Only plain ``str``/``int``/``bool``
+values take that path; any other attribute value is written by protobuf (a ``KeyValue``
+message on the upb backend, then its bytes), so the SDK's typing rules stay protobuf's own.
+The resource and scope are protobuf messages too, serialized once per encoder.
 
-The messages are the same as the SDK encoder's for the same spans (the differential test
-``tests/test_otlp_encode.py`` compares them over every harness run): the same span and parent ids,
-flags, kind, status (always present, as the SDK sets it), resource and scope, and attribute values
-typed by the same rules (``bool`` before ``int``; ``None`` an empty value; sequences arrays,
-mappings key-value lists; an attribute whose value cannot be encoded is logged and left out).
+The bytes are the SDK encoder's for the same spans (the differential test
+``tests/test_otlp_encode.py`` compares messages and bytes over every harness run): the same
+span and parent ids, flags, kind, status (always present, as the SDK sets it), resource and
+scope, and attribute values typed by the same rules (``bool`` before ``int``; ``None`` an empty
+value; sequences arrays, mappings key-value lists; an attribute whose value cannot be encoded is
+logged and left out).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags, Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import StatusCode
@@ -33,7 +39,6 @@ __all__ = ["OtlpEncoder", "RequestBatcher", "encode_spans"]
 
 log = logging.getLogger("telemetry.otlp_encode")
 
-_INTERNAL = Span.SpanKind.SPAN_KIND_INTERNAL
 _HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = _HAS_IS_REMOTE | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _STATUS_CODES = {
@@ -41,20 +46,90 @@ _STATUS_CODES = {
     StatusCode.OK: Status.STATUS_CODE_OK,
     StatusCode.ERROR: Status.STATUS_CODE_ERROR,
 }
+_INT64 = (-(1 << 63), 1 << 63)
+
+_pack_fixed64 = struct.Struct("<Q").pack
+
+
+def _tag(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    """A non-negative int as a protobuf base-128 varint."""
+    if n < 128:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 127:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, body: bytes) -> bytes:
+    """A length-delimited field: tag, length, body."""
+    n = len(body)
+    return tag + (_SMALL[n] if n < 128 else _varint(n)) + body
+
+
+# tags (field number << 3 | wire type) of the fields written here, from opentelemetry-proto's trace.proto
+# and common.proto: Span, Span.Event, Status, KeyValue, AnyValue
+_SPAN_TRACE_ID = _tag(1, 2)
+_SPAN_SPAN_ID = _tag(2, 2)
+_SPAN_PARENT_ID = _tag(4, 2)
+_SPAN_NAME = _tag(5, 2)
+_SPAN_KIND_INTERNAL = _tag(6, 0) + _varint(Span.SpanKind.SPAN_KIND_INTERNAL)
+_SPAN_START = _tag(7, 1)
+_SPAN_END = _tag(8, 1)
+_SPAN_ATTRIBUTE = _tag(9, 2)
+_SPAN_EVENT = _tag(11, 2)
+_SPAN_STATUS = _tag(15, 2)
+_SPAN_FLAGS = _tag(16, 5)
+_EVENT_TIME = _tag(1, 1)
+_EVENT_NAME = _tag(2, 2)
+_EVENT_ATTRIBUTE = _tag(3, 2)
+_STATUS_MESSAGE = _tag(2, 2)
+_STATUS_CODE = _tag(3, 0)
+_KV_KEY = _tag(1, 2)
+_KV_VALUE = _tag(2, 2)
+_ANY_STRING = _tag(1, 2)
+_ANY_BOOL = _tag(2, 0)
+_ANY_INT = _tag(3, 0)
+_SPANS_IN_SCOPE = _tag(2, 2)  # ScopeSpans.spans
+_SCOPE_IN_RESOURCE = _tag(2, 2)  # ResourceSpans.scope_spans
+_RESOURCE_IN_REQUEST = _tag(1, 2)  # ExportTraceServiceRequest.resource_spans
+_FLAGS = {False: _SPAN_FLAGS + struct.pack("<I", _HAS_IS_REMOTE), True: _SPAN_FLAGS + struct.pack("<I", _IS_REMOTE)}
+_EMPTY_STATUS = _SPAN_STATUS + b"\x00"
+_BOOLS = {True: _ANY_BOOL + b"\x01", False: _ANY_BOOL + b"\x00"}
+
+#: attributes whose values repeat across a run's spans and a world's runs (identity, kind, state):
+#: their encoded ``KeyValue`` is kept (``_Keys``); payloads, ids of single events and messages are not
+_REPEATING = frozenset(
+    {
+        "workflow.run.id",
+        "workflow.name",
+        "workflow.span.kind",
+        "workflow.run.status",
+        "deployment.id",
+        "step.name",
+        "step.status",
+        "step.attempt.outcome",
+        "event.type",
+        "anomaly.kind",
+        "exception.type",
+        "error.type",
+    }
+)
+_KEPT_VALUES = 4096  # encoded repeating attributes kept at most (then forgotten at once: a cache, not a leak)
 
 
 def _set_value(target: AnyValue, value: Any) -> None:
     """``value`` into ``target``, typed as the SDK's OTLP encoder types it; raises on what it refuses."""
-    kind = value.__class__
-    if kind is str:  # the common cases first, by exact class
-        target.string_value = value
-    elif kind is int:
-        target.int_value = value
-    elif kind is bool:
-        target.bool_value = value
-    elif value is None:
-        target.SetInParent()  # present and empty, as the SDK's ``AnyValue()``
-    elif isinstance(value, bool):
+    if isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, str):
         target.string_value = value
@@ -64,6 +139,8 @@ def _set_value(target: AnyValue, value: Any) -> None:
         target.double_value = value
     elif isinstance(value, bytes):
         target.bytes_value = value
+    elif value is None:
+        target.SetInParent()  # present and empty, as the SDK's ``AnyValue()``
     elif isinstance(value, Sequence):
         values = target.array_value.values
         target.array_value.SetInParent()
@@ -80,90 +157,179 @@ def _set_value(target: AnyValue, value: Any) -> None:
         raise TypeError(f"Invalid type {type(value)} of value {value}")
 
 
-def _add_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
-    """Each attribute as a ``KeyValue`` appended to the repeated field ``target``."""
-    add = target.add
-    for key, value in attributes.items():
-        pair: KeyValue = add()
+def _by_protobuf(key: str, value: Any) -> bytes | None:
+    """One ``KeyValue``'s bytes as protobuf writes it; None (logged) for a value it refuses."""
+    pair = KeyValue()
+    try:
         pair.key = key
+        _set_value(pair.value, value)
+    except Exception as error:  # the SDK logs and drops what it cannot encode; so do we
+        log.error("Failed to encode key %s: %s", key, error)
+        return None
+    encoded: bytes = pair.SerializeToString()
+    return encoded
+
+
+#: ``KeyValue.value`` field and ``AnyValue.string_value`` heads for a string of n < 126 bytes
+_SHORT_STRING = [bytes((_KV_VALUE[0], n + 2, _ANY_STRING[0], n)) for n in range(126)]
+
+
+class _Keys:
+    """Encoded attribute keys, and the encoded ``KeyValue`` of repeating attributes."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+        self.kept: dict[tuple[str, str], bytes] = {}
+
+    def pair(self, key: str, value: Any) -> bytes | None:
+        """``KeyValue`` bytes with their length in front (the tag is the container's)."""
         kind = value.__class__
         if kind is str:
-            pair.value.string_value = value
-            continue
+            repeating = key in _REPEATING
+            if repeating:
+                kept = self.kept.get((key, value))
+                if kept is not None:
+                    return kept
+            prefix = self.keys.get(key)
+            try:
+                text: bytes = value.encode()
+                if prefix is None:
+                    prefix = self._key(key)
+            except UnicodeEncodeError:  # a lone surrogate: protobuf's own words on it
+                return self._framed(_by_protobuf(key, value))
+            n = len(text)
+            size = len(prefix) + n + 4
+            if size < 128:  # every length fits one byte: the common case, in one go
+                framed = _SMALL[size] + prefix + _SHORT_STRING[n] + text
+            else:
+                pair = prefix + _field(_KV_VALUE, _field(_ANY_STRING, text))
+                framed = _varint(len(pair)) + pair
+            if repeating:
+                if len(self.kept) >= _KEPT_VALUES:
+                    self.kept.clear()
+                self.kept[key, value] = framed
+            return framed
+        if kind is int and _INT64[0] <= value < _INT64[1]:
+            body = _ANY_INT + _varint(value if value >= 0 else value + (1 << 64))
+        elif kind is bool:
+            body = _BOOLS[value]
+        else:
+            return self._framed(_by_protobuf(key, value))
+        prefix = self.keys.get(key)
+        if prefix is None:
+            try:
+                prefix = self._key(key)
+            except UnicodeEncodeError:
+                return self._framed(_by_protobuf(key, value))
+        pair = prefix + _field(_KV_VALUE, body)
+        return _varint(len(pair)) + pair
+
+    def _key(self, key: str) -> bytes:
+        prefix = self.keys[key] = _field(_KV_KEY, key.encode()) if key else b""
+        return prefix
+
+    @staticmethod
+    def _framed(pair: bytes | None) -> bytes | None:
+        return None if pair is None else _varint(len(pair)) + pair
+
+
+class OtlpEncoder:
+    """Writes ``SpanData`` of one resource and scope as OTLP bytes: each span's ``Span`` message
+    (``span``), and requests of them (``frame``, ``request``)."""
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope = SCOPE) -> None:
+        self.resource = resource
+        self.scope = scope
+        resource_spans = ResourceSpans()
+        resource_spans.resource.SetInParent()
+        _add_attributes(resource_spans.resource.attributes, resource.attributes)
+        scope_spans = ScopeSpans()
+        scope_spans.scope.SetInParent()
+        scope_spans.scope.name = scope.name
+        scope_spans.scope.version = scope.version or ""
+        _add_attributes(scope_spans.scope.attributes, scope.attributes or {})
+        # the messages around the spans, split where the spans go: ScopeSpans is its scope (field 1),
+        # then the spans (field 2), then its schema url (field 3); ResourceSpans likewise
+        self._scope_head = scope_spans.SerializeToString()
+        scope_spans.Clear()
+        scope_spans.schema_url = scope.schema_url or ""
+        self._scope_tail = scope_spans.SerializeToString()
+        resource_spans_tail = ResourceSpans(schema_url=resource.schema_url or "")
+        self._resource_head = resource_spans.SerializeToString()
+        self._resource_tail = resource_spans_tail.SerializeToString()
+        self._keys = _Keys()
+        self._trace: tuple[int, bytes] = (0, b"")
+
+    def span(self, span: SpanData) -> bytes:
+        """``span``'s ``Span`` message, as the length-delimited field of ``ScopeSpans`` it goes in."""
+        trace_id, trace_field = self._trace
+        if span.trace_id != trace_id:
+            trace_field = _SPAN_TRACE_ID + b"\x10" + span.trace_id.to_bytes(16, "big")
+            self._trace = (span.trace_id, trace_field)
+        parent = span.parent_span_id
+        parts = [trace_field, _SPAN_SPAN_ID + b"\x08" + span.span_id.to_bytes(8, "big")]
+        if parent is not None:
+            parts.append(_SPAN_PARENT_ID + b"\x08" + parent.to_bytes(8, "big"))
+        name = span.name.encode()
+        if name:
+            n = len(name)
+            parts.append(_SPAN_NAME + (_SMALL[n] if n < 128 else _varint(n)) + name)
+        parts.append(_SPAN_KIND_INTERNAL)
+        if span.start_time:
+            parts.append(_SPAN_START + _pack_fixed64(span.start_time))
+        if span.end_time:
+            parts.append(_SPAN_END + _pack_fixed64(span.end_time))
+        pair = self._keys.pair
+        append = parts.append
+        for key, value in span.attributes.items():
+            encoded = pair(key, value)
+            if encoded is not None:
+                append(_SPAN_ATTRIBUTE)
+                append(encoded)
+        for event in span.events:
+            body = _EVENT_TIME + _pack_fixed64(event.timestamp) if event.timestamp else b""
+            name = event.name.encode()
+            n = len(name)
+            if n:
+                body += _EVENT_NAME + (_SMALL[n] if n < 128 else _varint(n)) + name
+            for key, value in event.attributes.items():
+                encoded = pair(key, value)
+                if encoded is not None:
+                    body += _EVENT_ATTRIBUTE + encoded
+            n = len(body)
+            append(_SPAN_EVENT + (_SMALL[n] if n < 128 else _varint(n)) + body)
+        status = span.status
+        if status is None:
+            append(_EMPTY_STATUS)
+        else:
+            code = _STATUS_CODES[status.status_code]
+            message = _field(_STATUS_MESSAGE, status.description.encode()) if status.description else b""
+            append(_field(_SPAN_STATUS, message + (_STATUS_CODE + _varint(code) if code else b"")))
+        append(_FLAGS[parent is not None and bool(span.parent_is_remote)])
+        return _field(_SPANS_IN_SCOPE, b"".join(parts))
+
+    def frame(self, spans: Sequence[bytes]) -> bytes:
+        """A serialized ``ExportTraceServiceRequest`` holding ``spans`` (``span``'s bytes, at least one)."""
+        scope_spans = b"".join([self._scope_head, *spans, self._scope_tail])
+        resource_spans = self._resource_head + _field(_SCOPE_IN_RESOURCE, scope_spans) + self._resource_tail
+        return _field(_RESOURCE_IN_REQUEST, resource_spans)
+
+    def request(self, spans: Iterable[SpanData]) -> ExportTraceServiceRequest:
+        """One request holding ``spans`` (none: an empty request, as the SDK's)."""
+        encoded = [self.span(span) for span in spans]
+        return ExportTraceServiceRequest.FromString(self.frame(encoded)) if encoded else ExportTraceServiceRequest()
+
+
+def _add_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
+    """Each attribute as a ``KeyValue`` appended to the repeated field ``target`` (resource, scope)."""
+    for key, value in attributes.items():
+        pair: KeyValue = target.add()
+        pair.key = key
         try:
             _set_value(pair.value, value)
         except Exception as error:  # the SDK logs and drops what it cannot encode; so do we
             del target[-1]
             log.error("Failed to encode key %s: %s", key, error)
-
-
-class OtlpEncoder:
-    """Writes ``SpanData`` of one resource and scope into ``ExportTraceServiceRequest`` messages."""
-
-    def __init__(self, resource: Resource, scope: InstrumentationScope = SCOPE) -> None:
-        self.resource = resource
-        self.scope = scope
-        template = ExportTraceServiceRequest()
-        resource_spans = template.resource_spans.add()
-        resource_spans.resource.SetInParent()
-        _add_attributes(resource_spans.resource.attributes, resource.attributes)
-        resource_spans.schema_url = resource.schema_url or ""
-        scope_spans = resource_spans.scope_spans.add()
-        scope_spans.scope.SetInParent()
-        scope_spans.scope.name = scope.name
-        scope_spans.scope.version = scope.version or ""
-        _add_attributes(scope_spans.scope.attributes, scope.attributes or {})
-        scope_spans.schema_url = scope.schema_url or ""
-        self._template = template.SerializeToString()
-        self._trace: tuple[int, bytes] = (0, b"")
-
-    def new_request(self) -> tuple[ExportTraceServiceRequest, Any]:
-        """An empty request for this resource and scope, and the repeated field its spans go in."""
-        request = ExportTraceServiceRequest.FromString(self._template)
-        return request, request.resource_spans[0].scope_spans[0].spans
-
-    def add(self, target: Any, span: SpanData) -> Span:
-        """``span`` appended to ``target``, the spans field of ``new_request()``; the message written."""
-        trace_id, trace_bytes = self._trace
-        if span.trace_id != trace_id:
-            trace_bytes = span.trace_id.to_bytes(16, "big")
-            self._trace = (span.trace_id, trace_bytes)
-        out: Span = target.add()
-        out.trace_id = trace_bytes
-        out.span_id = span.span_id.to_bytes(8, "big")
-        if span.parent_span_id is not None:
-            out.parent_span_id = span.parent_span_id.to_bytes(8, "big")
-            out.flags = _IS_REMOTE if span.parent_is_remote else _HAS_IS_REMOTE
-        else:
-            out.flags = _HAS_IS_REMOTE
-        out.name = span.name
-        out.kind = _INTERNAL
-        out.start_time_unix_nano = span.start_time
-        out.end_time_unix_nano = span.end_time
-        _add_attributes(out.attributes, span.attributes)
-        if span.events:
-            add_event = out.events.add
-            for event in span.events:
-                encoded: Span.Event = add_event()
-                encoded.name = event.name
-                encoded.time_unix_nano = event.timestamp
-                if event.attributes:
-                    _add_attributes(encoded.attributes, event.attributes)
-        status = span.status
-        if status is None:
-            out.status.SetInParent()
-        else:
-            out.status.code = _STATUS_CODES[status.status_code]
-            if status.description is not None:
-                out.status.message = status.description
-        return out
-
-    def request(self, spans: Iterable[SpanData]) -> ExportTraceServiceRequest:
-        """One request holding ``spans`` (none: an empty request, as the SDK's)."""
-        request, target = self.new_request()
-        for span in spans:
-            self.add(target, span)
-        return request if len(target) else ExportTraceServiceRequest()
 
 
 def encode_spans(spans: Iterable[SpanData], resource: Resource) -> ExportTraceServiceRequest:
@@ -185,34 +351,36 @@ class RequestBatcher:
         self.encoder = encoder
         self.max_spans = max(1, max_spans)
         self.max_bytes = max_bytes
-        self._request: ExportTraceServiceRequest | None = None
-        self._target: Any = None
-        self.count = 0  # spans in the request being filled
+        self._spans: list[bytes] = []  # the request being filled: its spans' bytes
         self._bytes = 0  # their encoded size
+
+    @property
+    def count(self) -> int:
+        """Spans in the request being filled."""
+        return len(self._spans)
 
     def add(self, spans: Iterable[SpanData]) -> list[tuple[bytes, int]]:
         full: list[tuple[bytes, int]] = []
+        encode = self.encoder.span
+        held = self._spans
         for span in spans:
-            if self._request is None:
-                self._request, self._target = self.encoder.new_request()
-            size = self.encoder.add(self._target, span).ByteSize()
-            if self.count and self._bytes + size > self.max_bytes:  # it goes in the next request
-                del self._target[-1]
+            encoded = encode(span)
+            size = len(encoded)
+            if held and self._bytes + size > self.max_bytes:  # it goes in the next request
                 full.append(self._take())
-                self._request, self._target = self.encoder.new_request()
-                self.encoder.add(self._target, span)
-            self.count += 1
+                held = self._spans
+            held.append(encoded)
             self._bytes += size
-            if self.count >= self.max_spans or self._bytes >= self.max_bytes:
+            if len(held) >= self.max_spans or self._bytes >= self.max_bytes:
                 full.append(self._take())
+                held = self._spans
         return full
 
     def flush(self) -> tuple[bytes, int] | None:
         """The request being filled, if it holds any span."""
-        return self._take() if self.count else None
+        return self._take() if self._spans else None
 
     def _take(self) -> tuple[bytes, int]:
-        assert self._request is not None
-        taken = (self._request.SerializeToString(), self.count)
-        self._request, self._target, self.count, self._bytes = None, None, 0, 0
+        taken = (self.encoder.frame(self._spans), len(self._spans))
+        self._spans, self._bytes = [], 0
         return taken

@@ -241,45 +241,69 @@ def _is_index(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_JSON = json.JSONDecoder()
+_MISSING: Any = object()  # a table entry not hydrated yet
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_table(text: str | bytes) -> Any:
+    """The devalue table: one shared decoder on text (``json.loads`` of bytes first guesses their
+    encoding, which devalue's UTF-8 never needs; a BOM or another encoding still goes that way)."""
+    try:
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = text.decode()
+            except UnicodeDecodeError:
+                return json.loads(text)
+        if text[:1] == "\ufeff":
+            return json.loads(text)
+        return _JSON.decode(text)
+    except RecursionError:
+        raise DevalueError("devalue input nested too deep") from None
+
+
 def devalue_parse(text: str | bytes) -> Any:
     """Parse ``devalue.stringify`` output (with the SDK's custom types) into Python values.
 
     Malformed input raises :class:`DevalueError` (a ``ValueError``), also when it is nested too
     deep or asks for an absurd sparse array: the text comes from the world, not from us.
     """
-    try:
-        parsed = json.loads(text)
-    except RecursionError:
-        raise DevalueError("devalue input nested too deep") from None
-    if _is_index(parsed):
-        if parsed in _SPECIAL:
-            return _SPECIAL[parsed]
+    parsed = _json_table(text)
+    if parsed.__class__ is not list or not parsed:
+        if _is_index(parsed):
+            if parsed in _SPECIAL:
+                return _SPECIAL[parsed]
         raise DevalueError("invalid devalue input")
-    if not isinstance(parsed, list) or not parsed:
-        raise DevalueError("invalid devalue input")
-    values = parsed
-    hydrated: dict[int, Any] = {}
+    values: list[Any] = parsed
+    if len(values) == 1 and isinstance(values[0], _SCALARS):  # ``[5]``, ``["done"]``: most results
+        return values[0]
+    size = len(values)
+    hydrated: list[Any] = [_MISSING] * size
 
     def hydrate(index: Any) -> Any:
-        if not _is_index(index):
+        if index.__class__ is not int:  # a bool is no reference either
             raise DevalueError(f"invalid reference {index!r}")
         if index < 0:
             if index in _SPECIAL:
                 return _SPECIAL[index]
             raise DevalueError(f"invalid reference {index}")
-        if index in hydrated:
-            return hydrated[index]
-        if index >= len(values):
+        if index >= size:
             raise DevalueError(f"reference {index} out of range")
+        done = hydrated[index]
+        if done is not _MISSING:
+            return done
         value = values[index]
-        if not isinstance(value, (list, dict)):
-            hydrated[index] = value
-        elif isinstance(value, dict):
+        kind = value.__class__
+        if kind is dict:
             obj: dict[str, Any] = {}
             hydrated[index] = obj
             for key, ref in value.items():
                 obj[key] = hydrate(ref)
-        elif value and isinstance(value[0], str):
+            return obj
+        if kind is not list:
+            hydrated[index] = value
+            return value
+        if value and isinstance(value[0], str):
             hydrated[index] = _typed_entry(value)
         elif value and value[0] == _SPARSE:
             hydrated[index] = _sparse(value)
@@ -347,9 +371,15 @@ def decode_payload(value: Any, *, max_decompressed: int = MAX_DECOMPRESSED_BYTES
     A ``devl`` body that does not parse raises ``ValueError`` (the record holding it is corrupt);
     compressed bytes that cannot be unpacked come back as :class:`Undecodable`.
     """
-    if not isinstance(value, (bytes, bytearray, memoryview)):
+    kind = value.__class__
+    if kind is bytes:  # what both readers hand over: no copy
+        raw = value
+        if raw[:4] == b"devl":
+            return devalue_parse(raw[4:])
+    elif not isinstance(value, (bytes, bytearray, memoryview)):
         return value
-    raw = bytes(value)
+    else:
+        raw = bytes(value)
     prefix = raw[:4]
     if prefix in (b"zstd", b"gzip"):
         name = prefix.decode()

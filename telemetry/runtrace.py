@@ -28,7 +28,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import __version__
-from .payloads import to_jsonable
+from .payloads import UNDEFINED, to_jsonable
 from .semconv import WORKFLOW_SPAN_KIND, SpanKinds
 from .trace_identity import parse_traceparent, span_id_for, trace_id_for
 from .world import TERMINAL_RUN_EVENT_TYPES, Event, StructuredError, WorkflowRun
@@ -98,6 +98,9 @@ _ANY_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def _payload_attr(value: Any) -> str:
+    if value.__class__ is dict and UNDEFINED in value.values():  # a step's arguments: ``closureVars: undefined``
+        text = _ANY_JSON.encode(to_jsonable(value))
+        return text if len(text) <= MAX_PAYLOAD_CHARS else text[: MAX_PAYLOAD_CHARS - 1] + "…"
     try:  # most payloads are plain JSON already; JS-only values (undefined, Date, NaN…) take the slow path
         text = _PLAIN_JSON.encode(value)
     except (TypeError, ValueError):
@@ -259,15 +262,19 @@ class _Builder:
         return self.run_part
 
     def note(self, part: _Part, event: Event, **attributes: Any) -> None:
-        base = {"event.id": event.event_id}
-        if event.correlation_id:
-            base["event.correlation_id"] = event.correlation_id
+        correlation = event.correlation_id
+        base = (
+            {"event.id": event.event_id, "event.correlation_id": correlation}
+            if correlation
+            else {"event.id": event.event_id}
+        )
         if attributes:
             base.update({k: v for k, v in attributes.items() if v is not None})
         part.events.append(SpanEventData(event.event_type, _ns(event.created_at), base))
 
-    def open(self, key: str, name: str, parent: str, event: Event, **attributes: Any) -> _Part:
-        part = _Part(key, name, parent, _ns(event.created_at), attributes=dict(attributes))
+    def open(self, key: str, name: str, parent: str, event: Event, attributes: dict[str, Any]) -> _Part:
+        """A new part; ``attributes`` becomes its own (the caller made it for it)."""
+        part = _Part(key, name, parent, _ns(event.created_at), attributes=attributes)
         self.parts[key] = part
         return part
 
@@ -350,7 +357,7 @@ class _Builder:
                 f"step {short_name(name)}",
                 "run",
                 event,
-                **{"step.name": name, "step.id": step_id, "step.status": "pending"},
+                {"step.name": name, "step.id": step_id, "step.status": "pending"},
             )
             if self.payloads and "input" in data:
                 step.attributes["step.input"] = _payload_attr(data["input"])
@@ -370,15 +377,17 @@ class _Builder:
                 at = _ns(event.created_at)
                 previous.attributes["step.retry.next_attempt_at"] = _iso(event.created_at)
                 previous.attributes["step.retry.delay_ms"] = (at - (previous.end or at)) // 1_000_000
-            self.attempts[step_id] += 1
-            number = self.attempts[step_id]
-            step.attributes.update({"step.attempt": number, "step.status": "running"})
+            number = self.attempts[step_id] + 1
+            self.attempts[step_id] = number
+            attributes = step.attributes
+            attributes["step.attempt"] = number
+            attributes["step.status"] = "running"
             attempt = self.open(
                 f"attempt:{step_id}:{number}",
                 f"attempt {number}",
                 key,
                 event,
-                **{"step.id": step_id, "step.name": step.attributes.get("step.name", ""), "step.attempt": number},
+                {"step.id": step_id, "step.name": attributes.get("step.name", ""), "step.attempt": number},
             )
             self.open_attempt[step_id] = attempt.key
             return
@@ -439,7 +448,7 @@ class _Builder:
         if part is None:
             if event.event_type != created:
                 self.anomaly("missing_start", event)
-            part = self.open(f"{kind}:{entity_id}", name, "run", event, **{id_attribute: entity_id})
+            part = self.open(f"{kind}:{entity_id}", name, "run", event, {id_attribute: entity_id})
         return part
 
     def wait_event(self, event: Event, data: dict[str, Any]) -> None:
@@ -532,7 +541,7 @@ class RunTraceBuilder:
         """The finished parts as a one-shot build would close them, without changing the state:
         at the run's end, parts still open close with it."""
         state = self._state
-        anomalies = Counter(state.anomalies)
+        anomalies = state.anomalies.copy()
         run = state.run_part
         run_extra: dict[str, Any] = {}
         if run is not None and not state.created_seen:
@@ -567,8 +576,8 @@ class RunTraceBuilder:
             "workflow.run.id": self.run_id,
             "workflow.name": workflow_name,
             WORKFLOW_SPAN_KIND: _KIND_OF_KEY[part.key.partition(":")[0]],
+            **part.attributes,
         }
-        attributes.update(part.attributes)
         if extra:
             attributes.update(extra)
         if part is state.run_part:
@@ -625,11 +634,12 @@ class RunTraceBuilder:
         """Everything finished so far, as ``build_run_trace`` would give it for the events fed."""
         view, anomalies = self._view()
         spans = [self._span(part, end, extra, anomalies) for part, end, extra in view]
-        fresh = anomalies - self._reported
-        if fresh:
-            with _anomalies_lock:
-                _anomalies.update(fresh)
-            self._reported |= anomalies
+        if anomalies:  # most logs have none: no Counter arithmetic for them
+            fresh = anomalies - self._reported
+            if fresh:
+                with _anomalies_lock:
+                    _anomalies.update(fresh)
+                self._reported |= anomalies
         return RunTrace(
             run_id=self.run_id,
             trace_id=self.trace_id,

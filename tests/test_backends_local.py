@@ -21,6 +21,7 @@ from telemetry.backends import local
 from telemetry.backends.local import LocalWorld
 from telemetry.backends.records import UnreadableRun
 from telemetry.errors import UnreadableEventsError, WorkflowWorldError
+from telemetry.follow import Checkpoint, Follower
 from telemetry.reading import all_runs, event_log, stalled_runs
 from telemetry.world import Pagination
 
@@ -238,6 +239,45 @@ def test_changes_resume_from_another_processes_token(data, runs):
     assert target in asyncio.run(everything.events.changes(token)).runs
 
 
+def behind(event_id: str) -> str:
+    """The event id just before ``event_id``: what a writer whose clock runs behind mints."""
+    return f"evnt_{ULID.from_int(int(ULID.from_str(event_id.removeprefix('evnt_'))) - 1)}"
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["inotify", "mtime-scan"])
+def test_changes_name_the_smallest_new_id_so_an_event_published_behind_is_read(data, runs, notify):
+    """Event ids are ULIDs the writers mint: one can be published behind ids a reader already
+    read (concurrent writers, clock skew). The feed hands out each run's smallest new id
+    (``since``), and a follower re-reads a finished run from there instead of skipping it."""
+    world = LocalWorld(data, notify=notify)
+    sent: dict[str, list[str]] = {}
+    follower = Follower(
+        world,
+        lambda run, events, spans: sent.setdefault(run.run_id, []).extend(e.event_id for e in events),
+        Checkpoint(None),
+    )
+    asyncio.run(follower.poll())
+    target = runs["retry"]
+    files = event_files(data, target)
+    last = files[-1].stem.split("-", 1)[1]
+    assert sent[target][-1] == last and follower.checkpoint.get(target).complete
+    token = asyncio.run(world.events.changes(None)).token
+    late = behind(last)
+    record = json.loads(files[-2].read_text()) | {"eventId": late}
+    (data / "events" / f"{target}-{late}.json").write_text(json.dumps(record))
+    appended = copy_event(data, files[0], target).stem.split("-", 1)[1]
+    other = runs["sequential"]
+    copy_event(data, event_files(data, other)[0], other)
+    changes = asyncio.run(world.events.changes(token))
+    assert changes.runs == sorted([target, other])
+    assert changes.since[target] == late and changes.since[other] > late
+    assert asyncio.run(world.events.changes(changes.token)).since == {}
+    sent.clear()
+    asyncio.run(follower.poll())
+    assert late in sent[target] and appended in sent[target]  # before: read after the last id, never seen
+    asyncio.run(world.close())
+
+
 def test_a_change_within_the_mtime_granularity_is_not_missed(data, runs):
     """A directory listed while its mtime is fresh is listed again: a second change in the same
     timestamp tick (coarse clocks, 1 s filesystems) leaves the mtime where it was."""
@@ -413,3 +453,52 @@ def test_a_file_that_vanishes_while_read_is_skipped_with_its_path(data, runs, ha
     messages = [r.getMessage() for r in caplog.records]
     assert any(str(doomed_event) in m and "vanished" in m for m in messages)
     assert not any(str(doomed_hook) in m for m in messages)  # hooks are deleted as they complete: routine
+
+
+def test_a_first_listing_reads_each_run_file_once_and_a_changed_one_again(data, runs, reads):
+    """Placing the runs in ``createdAt`` order reads every run file; the page that returns a run
+    without payloads uses that read while the file is unchanged (by mtime, ctime, size, inode)."""
+    world = LocalWorld(data)
+    first = asyncio.run(world.runs.list(pagination=Pagination(limit=1), resolve_data="none")).data
+    assert len(first) == 1 and reads["runs"] == 11  # placing them all; the page's own run was read then
+    changed = next(r for r in runs.values() if r != first[0].run_id)
+    run_file = data / "runs" / f"{changed}.json"
+    record = json.loads(run_file.read_text())
+    record["status"] = "cancelled"
+    old = run_file.stat().st_mtime_ns
+    run_file.write_text(json.dumps(record))
+    os.utime(run_file, ns=(old, old))  # the same mtime: its ctime (and size) still tell
+    reads.clear()
+    listed = asyncio.run(world.runs.list(pagination=Pagination(limit=50), resolve_data="none")).data
+    assert len(listed) == 11
+    assert next(r for r in listed if r.run_id == changed).status == "cancelled"
+    assert reads["runs"] == 2  # the changed file, and the one the first page took (kept for one page only)
+    reads.clear()
+    again = asyncio.run(world.runs.list(pagination=Pagination(limit=50), resolve_data="none")).data
+    assert again == listed and reads["runs"] == 11  # placed already: each page reads its own runs
+
+
+def test_known_ids_hand_another_reader_the_flat_index_and_a_fifo_is_never_opened(data, runs):
+    """``wft export``'s parent lists the flat events folder once and hands each worker the ids;
+    a name the listing did not see as a regular file is read the careful way (``stat`` first)."""
+    lister, reader = LocalWorld(data), LocalWorld(data)
+    target, other = runs["sleep"], runs["sequential"]
+    fifo = data / "events" / f"{target}-evnt_{ULID()}.json"
+    os.mkfifo(fifo)
+    known = lister.events.known_ids([target, other, "wrun_none"])
+    assert known is not None
+    ids, listed = known[other]
+    assert ids == lister.events.ids(other) and listed  # every file seen as a regular file: no stat each
+    assert known[target][1] is False and known["wrun_none"][0] == []
+    expected = asyncio.run(event_log(reader, other))
+    assert reader.events.read_log(other, ids, True, listed=True) == expected
+    with pytest.raises(UnreadableEventsError) as raised:
+        in_thread(lambda: reader.events.read_log(target, known[target][0], True, listed=known[target][1]))
+    assert raised.value.path == str(fifo) and "FIFO" in raised.value.reason
+    # a regular file swapped for a FIFO after the listing: opened without blocking, and reported
+    swapped = Path(reader.events.index.path(other, ids[-1]))
+    swapped.unlink()
+    os.mkfifo(swapped)
+    with pytest.raises(UnreadableEventsError) as raised:
+        in_thread(lambda: reader.events.read_log(other, ids, True, listed=True))
+    assert raised.value.path == str(swapped) and "FIFO" in raised.value.reason

@@ -15,7 +15,7 @@ from ulid import ULID
 
 from telemetry.backends.postgres import PostgresWorld
 from telemetry.follow import Checkpoint, Follower
-from telemetry.reading import all_runs, event_log, run_trace
+from telemetry.reading import all_runs, event_log, run_logs, run_trace
 from telemetry.runtrace import build_run_trace
 from telemetry.world import Pagination
 
@@ -101,6 +101,34 @@ def test_event_pages_are_keyset_on_the_primary_key(harness_pg_url):
 
 
 # -- the change feed -----------------------------------------------------------------------------
+def test_run_logs_reads_many_runs_logs_in_one_statement(harness_pg_url):
+    """What the export workers read a chunk of runs with: each run's whole log, the same events as
+    reading the runs one by one, in one statement instead of one per run."""
+
+    async def go() -> tuple[dict[str, list], dict[str, list], int]:
+        world = PostgresWorld(harness_pg_url)
+        try:
+            runs = [run async for run in all_runs(world)]
+            one_by_one = {run.run_id: await event_log(world, run.run_id) for run in runs}
+            query, statements = world.query, 0
+
+            async def counted(*args, **kwargs):
+                nonlocal statements
+                statements += 1
+                return await query(*args, **kwargs)
+
+            world.query = counted  # type: ignore[method-assign]  # counting the statements sent
+            together = {run.run_id: log async for run, log in run_logs(world, runs)}
+            return one_by_one, together, statements
+        finally:
+            await world.close()
+
+    one_by_one, together, statements = asyncio.run(go())
+    assert len(together) == 11 and sum(map(len, together.values())) > 100
+    assert together == one_by_one
+    assert statements == 1
+
+
 def test_change_feed_reports_each_new_event_once_and_an_idle_pass_nothing(pg_world_url):
     world = PostgresWorld(pg_world_url)
     writer = _Writer(pg_world_url)

@@ -155,5 +155,5 @@ def test_full_queue_answers_503_with_retry_after(collector):
     service = collector(max_pending_spans=1)
     body = encode_spans(make_sdk_spans(1)).SerializeToString()
     status, headers, _ = http("POST", f"{service.url}/v1/traces", body, {"Content-Type": "application/x-protobuf"})
-    assert status == 503 and headers["Retry-After"] == "1"
+    assert status == 503 and 1 <= int(headers["Retry-After"]) <= 30
     assert service.metrics.requests_overloaded == 1

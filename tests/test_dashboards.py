@@ -1,10 +1,12 @@
 """The Grafana dashboards against what we actually emit: the Tempo one checked structurally
-against real runtrace spans, the collector-health one evaluated by a real Prometheus (Debian's
-``prometheus`` package) scraping a real ``wft serve`` on loopback."""
+against real runtrace spans; the collector-health and workflows ones evaluated by a real Prometheus
+(Debian's ``prometheus`` package) scraping a real ``wft serve`` on loopback that tails real harness
+data (for the workflows dashboard: the mid-run snapshot, then the world growing to its final state)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -23,11 +25,13 @@ from telemetry.reading import all_runs, run_trace
 from .conftest import http, wft
 from .pgserver import free_port
 from .sdk_spans import make_sdk_spans
+from .test_workflow_metrics import grow_local_world
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "dashboards" / "grafana"
 DASHBOARD = json.loads((GRAFANA / "workflow-runs.json").read_text())
 HEALTH = json.loads((GRAFANA / "collector-health.json").read_text())
+WORKFLOWS = json.loads((GRAFANA / "workflows.json").read_text())
 CUT = Path(__file__).parent / "fixtures" / "local-cut"
 
 
@@ -51,10 +55,12 @@ def test_valid_json_with_uid_and_panels():
     assert DASHBOARD["uid"] == "workflow-runs" and DASHBOARD["panels"]
     assert {p["type"] for p in DASHBOARD["panels"]} >= {"table", "traces"}
     assert HEALTH["uid"] == "workflow-telemetry-collector" and HEALTH["panels"]
-    assert {p["type"] for p in HEALTH["panels"]} >= {"stat", "timeseries"}
-    for dashboard in (DASHBOARD, HEALTH):
+    assert WORKFLOWS["uid"] == "workflow-telemetry-workflows" and WORKFLOWS["panels"]
+    for dashboard in (HEALTH, WORKFLOWS):
+        assert {p["type"] for p in dashboard["panels"]} >= {"stat", "timeseries"}
+    for dashboard in (DASHBOARD, HEALTH, WORKFLOWS):
         assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
-    assert DASHBOARD["uid"] != HEALTH["uid"]
+    assert len({DASHBOARD["uid"], HEALTH["uid"], WORKFLOWS["uid"]}) == 3
 
 
 def test_every_datasource_uid_is_provisioned_beside_the_dashboards():
@@ -66,7 +72,7 @@ def test_every_datasource_uid_is_provisioned_beside_the_dashboards():
         ):
             provisioned[uid] = kind
     assert provisioned == {"tempo": "tempo", "prometheus": "prometheus"}
-    for dashboard, kind in ((DASHBOARD, "tempo"), (HEALTH, "prometheus")):
+    for dashboard, kind in ((DASHBOARD, "tempo"), (HEALTH, "prometheus"), (WORKFLOWS, "prometheus")):
         for panel in dashboard["panels"]:
             for ref in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
                 assert ref == {"type": kind, "uid": kind}, panel["title"]
@@ -76,7 +82,9 @@ def test_every_datasource_uid_is_provisioned_beside_the_dashboards():
     assert "./dashboards/grafana:/var/lib/grafana/dashboards/workflow-telemetry" in (GRAFANA / "README.md").read_text()
 
 
-@pytest.mark.parametrize("dashboard", [DASHBOARD, HEALTH], ids=["workflow-runs", "collector-health"])
+@pytest.mark.parametrize(
+    "dashboard", [DASHBOARD, HEALTH, WORKFLOWS], ids=["workflow-runs", "collector-health", "workflows"]
+)
 def test_every_variable_used_exists(dashboard):
     defined = {v["name"] for v in dashboard["templating"]["list"]}
     text = json.dumps(dashboard["panels"])
@@ -131,8 +139,9 @@ def _get(url: str, timeout: float = 10) -> dict:
         return json.loads(response.read())
 
 
-def _promql(base: str, expr: str) -> dict:
-    return _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+def _promql(base: str, expr: str, at: float | None = None) -> dict:
+    query = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    return _get(f"{base}/api/v1/query?" + urllib.parse.urlencode(query))
 
 
 def _answers(url: str) -> bool:
@@ -150,10 +159,10 @@ def _wait(what: str, check, timeout: float = 60) -> None:
         time.sleep(0.25)
 
 
-@pytest.fixture
-def wft_serve(tmp_path, harness_out):
-    """A real ``wft serve`` on loopback following the harness's world, forwarding to an upstream that
-    is down (so its spool fills), as a subprocess of the real CLI."""
+@contextlib.contextmanager
+def _serving(tmp_path: Path, world: Path):
+    """A real ``wft serve`` on loopback following the world-local dir ``world``, forwarding to an
+    upstream that is down (so its spool fills), as a subprocess of the real CLI; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -168,7 +177,7 @@ def wft_serve(tmp_path, harness_out):
             "--world",
             "local",
             "--dir",
-            str(harness_out / "local-data"),
+            str(world),
             "--forward-otlp",
             f"http://127.0.0.1:{free_port()}",  # nothing listens there
         ],
@@ -189,13 +198,14 @@ def wft_serve(tmp_path, harness_out):
         process.wait(15)
 
 
-@pytest.fixture
-def prometheus(tmp_path, wft_serve):
-    """Debian's Prometheus, scraping the collector every second."""
+@contextlib.contextmanager
+def _prometheus(tmp_path: Path, collector_url: str):
+    """Debian's Prometheus, scraping the collector every second with the job the README ships;
+    yields (its URL, the collector's instance label)."""
     binary, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if not binary or not promtool:
         pytest.fail("Prometheus is not installed: apt-get install -y --no-install-recommends prometheus")
-    target = urllib.parse.urlsplit(wft_serve).netloc
+    target = urllib.parse.urlsplit(collector_url).netloc
     config = tmp_path / "prometheus.yml"
     scrape = (ROOT / "dashboards" / "prometheus" / "scrape.yml").read_text()  # the job the README ships
     config.write_text(
@@ -224,6 +234,29 @@ def prometheus(tmp_path, wft_serve):
         process.wait(15)
 
 
+@pytest.fixture
+def wft_serve(tmp_path, harness_out):
+    with _serving(tmp_path, harness_out / "local-data") as url:
+        yield url
+
+
+@pytest.fixture
+def prometheus(tmp_path, wft_serve):
+    with _prometheus(tmp_path, wft_serve) as answer:
+        yield answer
+
+
+def _lint(body: bytes) -> None:
+    """``promtool check metrics``: /metrics is what Prometheus expects, lint-clean."""
+    lint = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=body, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _scraped(base: str, instance: str, times: int) -> bool:
+    found = _promql(base, f'count_over_time(up{{instance="{instance}"}}[10m])')["data"]["result"]
+    return bool(found) and float(found[0]["value"][1]) >= times
+
+
 def test_every_health_panel_returns_data_from_a_real_prometheus(wft_serve, prometheus):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
@@ -236,14 +269,8 @@ def test_every_health_panel_returns_data_from_a_real_prometheus(wft_serve, prome
     assert http("POST", f"{wft_serve}/v1/traces", b"{}", {"Content-Type": "text/plain"})[0] == 415
     status, _, body = http("GET", f"{wft_serve}/metrics")
     assert status == 200
-    lint = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=body, capture_output=True)
-    assert lint.returncode == 0, lint.stdout + lint.stderr  # /metrics is what Prometheus expects, lint-clean
-
-    def scraped_enough() -> bool:  # rate() needs two samples in its window: take a few
-        found = _promql(base, f'count_over_time(up{{instance="{instance}"}}[1m])')["data"]["result"]
-        return bool(found) and float(found[0]["value"][1]) >= 4
-
-    _wait("four scrapes", scraped_enough)
+    _lint(body)
+    _wait("four scrapes", lambda: _scraped(base, instance, 4))  # rate() needs two samples in its window
     assert _promql(base, f'up{{instance="{instance}"}}')["data"]["result"][0]["value"][1] == "1"
     (variable,) = HEALTH["templating"]["list"]  # Grafana's label_values(metric, label), as Prometheus answers it
     metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"]).groups()
@@ -257,3 +284,133 @@ def test_every_health_panel_returns_data_from_a_real_prometheus(wft_serve, prome
         answer = _promql(base, query)
         assert answer["status"] == "success", (title, query, answer)
         assert answer["data"]["result"], f"{title}: no data for {query}"
+
+
+# ---- the workflows dashboard, through a real Prometheus, on a world that goes on ---------------------
+
+
+def _workflow_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target of the workflows dashboard."""
+    return [(p["title"], t["expr"]) for p in WORKFLOWS["panels"] for t in p["targets"]]
+
+
+def test_the_workflows_dashboard_covers_what_a_workflow_team_asks():
+    queries = " ".join(expr for _, expr in _workflow_queries())
+    for title in ("Runs by outcome", "Failure ratio", "Run duration p50 / p95", "Step attempts by outcome"):
+        assert any(title == p["title"] for p in WORKFLOWS["panels"]), title
+    for needed in (
+        "rate(wft_workflow_runs_finished_total",
+        'status="failed"',
+        "histogram_quantile(0.5, sum by (workflow, le) (rate(wft_workflow_run_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (workflow, le) (rate(wft_workflow_run_duration_seconds_bucket",
+        "wft_workflow_step_attempts_total",
+        "wft_workflow_step_retries_total",
+        "histogram_quantile(0.95, sum by (workflow, le) (rate(wft_workflow_step_queue_delay_seconds_bucket",
+        "wft_workflow_hooks_waiting",
+        "wft_workflow_sleeps_waiting",
+        "wft_workflow_hook_oldest_wait_seconds",
+        "wft_workflow_sleep_oldest_wait_seconds",
+    ):
+        assert needed in queries, needed
+    # every query is filtered by the two variables, and its selectors use only labels we emit
+    for title, expr in _workflow_queries():
+        assert 'instance=~"$instance"' in expr and 'workflow=~"$workflow"' in expr, title
+        for label in re.findall(r"([a-z_]+)\s*(?:=~|!=|=)\s*\"", expr):
+            assert label in {"instance", "workflow", "status", "outcome"}, (title, label)
+
+
+def _expand(expr: str, instance: str) -> str:
+    """A panel's PromQL as Grafana sends it: its variables and intervals filled in."""
+    query = (
+        expr.replace("$__rate_interval", "3m")
+        .replace("$__range", "1h")
+        .replace("$instance", instance)
+        .replace("$workflow", ".*")
+    )
+    assert "$" not in query, query
+    return query
+
+
+@pytest.fixture
+def live_world(tmp_path, harness_out):
+    """A world-local dir holding the harness's mid-run snapshot (runs waiting on a hook and a sleep)."""
+    world = tmp_path / "world"
+    shutil.copytree(harness_out / "local-data-midrun", world)
+    return world
+
+
+def test_every_workflows_panel_returns_data_from_a_real_prometheus(tmp_path, harness_out, live_world):
+    final = _logs(harness_out / "local-data")
+    attempts = sum(1 for events in final.values() for e in events if e.event_type == "step_started")
+    with _serving(tmp_path, live_world) as url, _prometheus(tmp_path, url) as (base, instance):
+        selector = f'{{instance="{instance}"}}'
+
+        def total(metric: str, at: float | None = None) -> float | None:
+            found = _promql(base, f"sum(last_over_time({metric}{selector}[1m]))", at)["data"]["result"]
+            return float(found[0]["value"][1]) if found else None
+
+        # the mid-run snapshot: 7 runs ended, a hook and a sleep waiting
+        _wait("the mid-run world in Prometheus", lambda: total("wft_workflow_runs_finished_total") == 7, 60)
+        _wait("four scrapes", lambda: _scraped(base, instance, 4))
+        midrun_at = time.time()
+        status, _, body = http("GET", f"{url}/metrics")
+        assert status == 200
+        _lint(body)
+        assert total("wft_workflow_hooks_waiting", midrun_at) == 1
+        assert total("wft_workflow_sleeps_waiting", midrun_at) == 1
+
+        # the runs go on and finish while Prometheus scrapes
+        grow_local_world(harness_out / "local-data", live_world)
+        _wait("the final world in Prometheus", lambda: total("wft_workflow_runs_finished_total") == len(final), 60)
+        scrapes = _count_scrapes(base, instance)
+        _wait("two more scrapes", lambda: _scraped(base, instance, scrapes + 2))
+        done_at = time.time()
+        # each event counted once, through the tailer, /metrics and Prometheus
+        assert total("wft_workflow_runs_started_total") == len(final)
+        assert total("wft_workflow_step_attempts_total") == attempts
+        assert total("wft_workflow_hooks_waiting") == 0 and total("wft_workflow_sleeps_waiting") == 0
+
+        # the variables, as Grafana's label_values() asks Prometheus
+        instances, workflows = WORKFLOWS["templating"]["list"]
+        metric = re.fullmatch(r"label_values\((\w+),\s*instance\)", instances["definition"]).group(1)
+        found = _get(f"{base}/api/v1/label/instance/values?" + urllib.parse.urlencode({"match[]": metric}))
+        assert instance in found["data"]
+        match = re.fullmatch(r"label_values\((.+),\s*workflow\)", workflows["definition"]).group(1)
+        match = match.replace("$instance", instance)
+        found = _get(f"{base}/api/v1/label/workflow/values?" + urllib.parse.urlencode({"match[]": match}))
+        assert set(found["data"]) == {e.event_data["workflowName"].rsplit("//", 1)[-1] for e in _creations(final)}
+
+        for title, expr in _workflow_queries():
+            query = _expand(expr, instance)
+            # what waits has data while something waits (mid-run); everything else has it once the runs ended
+            at = midrun_at if "oldest_wait" in expr else done_at
+            answer = _promql(base, query, at)
+            assert answer["status"] == "success", (title, query, answer)
+            assert answer["data"]["result"], f"{title}: no data for {query}"
+        # and the numbers say what happened between the two snapshots
+        by_outcome = next(expr for title, expr in _workflow_queries() if title == "Runs by outcome")
+        rates = _promql(base, _expand(by_outcome, instance), done_at)["data"]["result"]
+        finishing = {(r["metric"]["workflow"], r["metric"]["status"]) for r in rates if float(r["value"][1]) > 0}
+        assert ("hookWorkflow", "completed") in finishing and ("sleepWorkflow", "completed") in finishing
+        oldest = _promql(base, _expand('max(wft_workflow_hook_oldest_wait_seconds{instance=~"$instance"})', instance))
+        assert not oldest["data"]["result"]  # nothing waits any more: no age
+
+
+def _count_scrapes(base: str, instance: str) -> int:
+    found = _promql(base, f'count_over_time(up{{instance="{instance}"}}[10m])')["data"]["result"]
+    return int(float(found[0]["value"][1])) if found else 0
+
+
+def _logs(world: Path) -> dict:
+    reader = LocalWorld(world)
+
+    async def go():
+        from telemetry.reading import event_log
+
+        return {run.run_id: await event_log(reader, run.run_id) async for run in all_runs(reader)}
+
+    return asyncio.run(go())
+
+
+def _creations(logs: dict) -> list:
+    return [e for events in logs.values() for e in events if e.event_type == "run_created"]

@@ -191,6 +191,28 @@ def test_workers_send_every_span_once_the_same_as_one_process(
     assert _spans(otlp_receiver) == parallel
 
 
+@pytest.mark.parametrize("world", ["local", "postgres"])
+def test_a_full_chunk_answers_early_and_its_other_runs_are_sent_once(
+    world, request, harness_out, otlp_receiver, capsys, monkeypatch
+):
+    """A worker stops a chunk once it holds ``CHUNK_SPANS`` spans and hands back the runs it did not
+    reach; on world-postgres those are runs whose logs were being read in one statement."""
+    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 6)
+    where = (
+        ["--dir", str(harness_out / "local-data")]
+        if world == "local"
+        else ["--world", "postgres", "--url", request.getfixturevalue("harness_pg_url")]
+    )
+    assert _export(capsys, *where, "--otlp", otlp_receiver.url, "--jobs", "2")[0] == 0
+    whole = _spans(otlp_receiver)
+    otlp_receiver.clear()
+    monkeypatch.setattr(export_parallel, "CHUNK_SPANS", 1)  # every chunk answers after its first run
+    code, err = _export(capsys, *where, "--otlp", otlp_receiver.url, "--jobs", "2")
+    assert code == 0, err
+    assert f"exported 11 runs, {len(whole)} spans, 0 errors" in err
+    assert len(otlp_receiver.spans) == len(whole) and _spans(otlp_receiver) == whole  # each span once
+
+
 def test_the_export_path_makes_no_sdk_span_objects(harness_out, otlp_receiver, capsys, monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a ReadableSpan was built on the export path")
@@ -227,8 +249,15 @@ async def _die(*args: Any, **kwargs: Any) -> Any:
     os._exit(3)  # as the OOM killer would
 
 
+async def _die_reading(*args: Any, **kwargs: Any) -> Any:
+    os._exit(3)
+    yield  # an async generator, as ``run_logs`` is
+
+
 def test_a_worker_that_dies_is_a_one_line_error(harness_out, otlp_receiver, capsys, monkeypatch):
-    monkeypatch.setattr(export_parallel, "event_log", _die)  # the workers' reader (the parent lists only)
+    monkeypatch.setattr(export_parallel, "event_log", _die)  # the workers' warm-up (the parent lists only)
+    monkeypatch.setattr(export_parallel, "run_logs", _die_reading)  # and their readers
+    monkeypatch.setattr(export_parallel, "known_logs", _die_reading)
     code, err = _export(capsys, "--dir", str(harness_out / "local-data"), "--otlp", otlp_receiver.url, "--jobs", "2")
     assert code == 1 and "worker process died" in err and "Traceback" not in err
 
@@ -255,3 +284,30 @@ def test_a_world_error_in_a_worker_ends_the_export_as_in_one_process(harness_out
     assert answers[0] == answers[1]
     code, err = answers[0]
     assert code == 2 and "mixes the flat (4.x) and per-run world-local layouts" in err and "Traceback" not in err
+
+
+def test_workers_read_the_run_files_and_report_a_broken_one_as_one_process_does(
+    harness_out, tmp_path, otlp_receiver, capsys, monkeypatch
+):
+    """With ``--jobs`` the parent only lists names (runs, and the flat events folder once); the
+    workers read every run and event file, and a cut run file is skipped and named alike."""
+    from telemetry.backends import local
+
+    data = tmp_path / "data"
+    shutil.copytree(harness_out / "local-data", data)
+    broken = sorted((data / "runs").glob("*.json"))[0]
+    old = broken.stat().st_mtime_ns
+    broken.write_bytes(broken.read_bytes()[:30])
+    os.utime(broken, ns=(old, old))  # cut long ago: unreadable, not being written
+    in_parent: list[str] = []
+    real = local.read_bytes
+    monkeypatch.setattr(local, "read_bytes", lambda path: in_parent.append(path) or real(path))
+    code, err = _export(capsys, "--dir", str(data), "--otlp", otlp_receiver.url, "--jobs", "2")
+    assert in_parent == []  # the workers (forked, with their own copy of the list) read them all
+    parallel = _spans(otlp_receiver)
+    otlp_receiver.clear()
+    alone = _export(capsys, "--dir", str(data), "--otlp", otlp_receiver.url, "--jobs", "1")
+    assert code == alone[0] == 1
+    assert "exported 10 runs" in err and f"skipped 1 run with unreadable records (first: run {broken.stem}" in err
+    assert err.splitlines()[-1] == alone[1].splitlines()[-1]
+    assert _spans(otlp_receiver) == parallel

@@ -336,3 +336,313 @@ def test_stop_while_idle_and_wake_on_enqueue(tmp_path):
     woke_after, stopped_after = asyncio.run(go())
     assert woke_after < 3  # idle waits have no timeout: without the wake-up it would never send
     assert stopped_after < 0.5
+
+
+# ---- outcome-aware sampling end to end (--forward-sample; the sampler itself: test_sampling.py) -------
+# Real `wft serve` processes following copies of the harness's world-local data, forwarding to a real
+# OTLP receiver; the expected spans are the event-log spans `wft` builds from the same data.
+
+
+def _serve_sampling(tmp_path, name: str, world, receiver_url: str, *args: str):
+    """A `wft serve` process of its own (store, spool, sampling buffer) logging to a file."""
+    import subprocess
+    import sys
+
+    from .pgserver import free_port
+
+    home = tmp_path / name
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    log = (home / "serve.log").open("a")
+    command = [sys.executable, "-m", "telemetry", "serve", "--port", str(port), "--store", str(home / "store.sqlite3")]
+    command += ["--world", "local", "--dir", str(world), "--forward-otlp", receiver_url, *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    log.close()
+    return process, home
+
+
+def _stop(process) -> None:
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(15) == 0
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def _said(home) -> str:
+    return (home / "serve.log").read_text(errors="replace")[-3000:]
+
+
+def _wait_for(predicate, what: str, processes, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for process, home in processes:
+            assert process.poll() is None, f"wft serve exited {process.returncode}:\n{_said(home)}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
+            _said(h) for _, h in processes
+        )
+        time.sleep(0.1)
+
+
+def _world_span_count(store) -> int:
+    import sqlite3
+
+    if not store.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(DISTINCT span_id) FROM spans WHERE source = 'world'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _received(receiver) -> set[str]:
+    with receiver.lock:
+        return {s.span_id for s in receiver.spans}
+
+
+@pytest.fixture
+def receivers():
+    from .otlp_receiver import start_receiver
+
+    started = [start_receiver() for _ in range(3)]
+    yield [receiver for receiver, _ in started]
+    for _, stop in started:
+        stop()
+
+
+def test_sampling_decides_the_same_whole_runs_on_two_collectors_and_across_a_restart(harness_out, tmp_path, receivers):
+    """Collectors one and two follow the final world; collector three follows the mid-run snapshot
+    (four runs still going: their finished spans wait in its buffer), is stopped, sees the world
+    finish, and starts again. All three forward exactly the spans of the same kept runs."""
+    import shutil
+
+    from collector.sampling import run_fraction
+
+    from .test_sampling import _expected_kept, _runs
+
+    final = asyncio.run(_runs(harness_out / "local-data"))
+    midrun = asyncio.run(_runs(harness_out / "local-data-midrun"))
+    assert {r.status for r in midrun.values()} >= {"running", "completed"}  # the snapshot has runs going
+    # a rate that keeps one of the runs going at the snapshot and drops another: both wait across the restart
+    going = sorted(
+        run_fraction(r.run_id)
+        for r in final.values()
+        if midrun[r.run_id].status == "running" and r.status == "completed" and not r.errors
+    )
+    assert len(going) >= 2, "the mid-run snapshot has too few error-free runs going for this test"
+    rate = (going[0] + going[1]) / 2
+    kept = _expected_kept(final, rate)
+    dropped = set(final) - kept
+    assert dropped and kept
+    expected = set().union(*(final[r].span_ids for r in kept))
+    spec = ("--forward-sample", f"completed={rate},failed=1,cancelled=1", "--sample-max-wait", "1h")
+    one, two, three = receivers
+    worlds = []
+    for name, source in (("one", "local-data"), ("two", "local-data"), ("three", "local-data-midrun")):
+        worlds.append(tmp_path / f"world-{name}")
+        shutil.copytree(harness_out / source, worlds[-1])
+    first = _serve_sampling(tmp_path, "one", worlds[0], one.url, *spec)
+    second = _serve_sampling(tmp_path, "two", worlds[1], two.url, *spec)
+    third = _serve_sampling(tmp_path, "three", worlds[2], three.url, *spec)
+    running = [first, second, third]
+    try:
+        in_midrun = sum(len(r.span_ids) for r in midrun.values() if r.status != "running")
+        in_midrun += sum(len(_span_ids(r.partial)) for r in midrun.values() if r.status == "running")
+        _wait_for(lambda: _world_span_count(third[1] / "store.sqlite3") >= in_midrun, "the mid-run world", running)
+        _stop(third[0])
+        running.remove(third)
+        shutil.copytree(harness_out / "local-data", worlds[2], dirs_exist_ok=True)  # the runs went on and ended
+        before = _received(three)
+        third = _serve_sampling(tmp_path, "three", worlds[2], three.url, *spec)  # same store, spool and buffer
+        running.append(third)
+        for receiver, name in ((one, "one"), (two, "two"), (three, "three")):
+            _wait_for(lambda r=receiver: _received(r) >= expected, f"the kept runs' spans at {name}", running)
+        time.sleep(1.5)  # several tailer passes: anything wrongly forwarded has arrived by now
+    finally:
+        for process, _ in running:
+            _stop(process)
+    for receiver in (one, two, three):
+        assert _received(receiver) == expected  # whole runs: every span of the kept ones, none of the others
+    open_then = {r.run_id for r in midrun.values() if r.status == "running"}
+    waited = set().union(*(midrun[r].span_ids for r in open_then & kept)) - set().union(
+        *(final[r].span_ids for r in kept if final[r].errors)
+    )
+    assert waited and not waited & before  # spans buffered before the restart, sent only after it
+    assert _world_span_count(third[1] / "store.sqlite3") == sum(len(r.span_ids) for r in final.values())  # all stored
+
+
+def _span_ids(body: bytes) -> set[str]:
+    from .otlp_receiver import decode_request
+
+    return {s.span_id for s in decode_request(body)}
+
+
+def test_sampling_forwards_a_run_left_open_after_max_wait(harness_out, tmp_path, otlp_receiver):
+    """The mid-run snapshot, never finished: at completed=0 its quiet completed runs are dropped, its
+    failed and erring runs kept, and the runs still going are sent as they are once they waited 3 s."""
+    from .test_sampling import _runs
+
+    midrun = asyncio.run(_runs(harness_out / "local-data-midrun"))
+    going = {r.run_id for r in midrun.values() if r.status == "running"}
+    waiting = {r for r in going if not midrun[r].early_errors}  # no error sent them at once
+    dropped = {r.run_id for r in midrun.values() if r.status == "completed" and not r.errors}
+    assert waiting and dropped
+    kept_ended = set(midrun) - going - dropped
+    expected = set().union(*(midrun[r].span_ids for r in kept_ended), *(_span_ids(midrun[r].partial) for r in going))
+    open_spans = set().union(*(_span_ids(midrun[r].partial) for r in waiting))
+    args = ("--forward-sample", "completed=0", "--sample-max-wait", "3s")
+    started = time.monotonic()
+    process = _serve_sampling(tmp_path, "c", harness_out / "local-data-midrun", otlp_receiver.url, *args)
+    try:
+        _wait_for(lambda: _received(otlp_receiver) >= open_spans, "the open runs' spans", [process])
+        took = time.monotonic() - started
+        time.sleep(1.0)
+    finally:
+        _stop(process[0])
+    assert took >= 3.0  # not before the max wait
+    assert _received(otlp_receiver) == expected
+
+
+def test_sampling_keeps_the_apps_spans_with_their_run_and_the_store_keeps_everything(collector, otlp_receiver):
+    """The otel-cut runs (OpenTelemetry on in the real SDK app): the app's OTLP/JSON requests go to the
+    collector as its exporter sent them; at completed=0 the completed, error-free hook run is dropped
+    upstream whole (event-log spans, spans naming it, anonymous spans of its traces) and kept locally."""
+    import sqlite3
+
+    from collector.otlp import JSON, decode_request
+    from telemetry.backends import BackendConfig
+
+    from . import otel_cut
+    from .conftest import http
+    from .test_sampling import _app_spans_of, _runs
+
+    runs = asyncio.run(_runs(otel_cut.OTEL_CUT))
+    hook = otel_cut.SCENARIOS["hook"]["runId"]
+    service = collector(
+        world=BackendConfig("local", data_dir=str(otel_cut.OTEL_CUT)),
+        tail_interval=0.1,
+        forward_otlp=otlp_receiver.url,
+        forward_sample={"completed": 0.0, "failed": 1.0, "cancelled": 1.0},
+    )
+    app_spans = set()
+    for body in otel_cut.request_bodies():
+        assert http("POST", f"{service.url}/v1/traces", body, {"Content-Type": "application/json"})[0] == 200
+        app_spans |= _span_ids(decode_request(body, JSON).SerializeToString())
+    world_spans = set().union(*(r.span_ids for r in runs.values()))
+    dropped = _app_spans_of(hook) | runs[hook].span_ids
+    expected = (app_spans | world_spans) - dropped
+    deadline = time.monotonic() + 30
+    while not _received(otlp_receiver) >= expected:
+        assert time.monotonic() < deadline, f"{len(expected - _received(otlp_receiver))} spans not forwarded"
+        time.sleep(0.1)
+    time.sleep(1.0)  # ten tailer passes: anything wrongly forwarded has arrived
+    assert _received(otlp_receiver) == expected
+    stats = service.sampler.stats()
+    assert stats.runs == {("dropped", "completed"): 1, ("kept", "error"): 2}
+    assert stats.spans[("dropped", "completed")] >= len(dropped)  # the tailer may send a span twice
+    assert stats.buffered_bytes == 0 and stats.buffered_runs == 0
+    # the same counts on /metrics, as Prometheus reads them
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, text = http("GET", f"{service.url}/metrics")
+    assert status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+        if s.name.startswith("wft_forward_sample")
+    }
+    assert samples[("wft_forward_sampled_runs_total", (("decision", "dropped"), ("reason", "completed")))] == 1
+    assert samples[("wft_forward_sampled_runs_total", (("decision", "kept"), ("reason", "error")))] == 2
+    spans_dropped = ("wft_forward_sampled_spans_total", (("decision", "dropped"), ("reason", "completed")))
+    assert samples[spans_dropped] == stats.spans[("dropped", "completed")]
+    assert samples[("wft_forward_sample_buffer_bytes", ())] == 0
+    assert samples[("wft_forward_sample_buffer_runs", ())] == 0
+    conn = sqlite3.connect(f"file:{service.settings.store}?mode=ro", uri=True)
+    try:
+        stored = {row[0] for row in conn.execute("SELECT span_id FROM spans")}
+    finally:
+        conn.close()
+    assert stored >= app_spans | world_spans  # the local store keeps what was not forwarded
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--forward-sample", "completed=0.1,succeeded=1"], "unknown outcome 'succeeded'"),
+        (["--forward-sample", "completed=2"], "rate '2' for completed is not a number from 0 to 1"),
+        (["--forward-sample", "failed=1,failed=0"], "failed given twice"),
+        (["--forward-sample", "completed=0.1", "--sample-max-wait", "soon"], "not a duration: 'soon'"),
+        (["--forward-sample", "completed=0.1", "--sample-buffer", "lots"], "not a size: 'lots'"),
+    ],
+)
+def test_serve_refuses_a_bad_sampling_spec_in_one_line(tmp_path, args, says):
+    from .conftest import wft
+
+    store = tmp_path / "store.sqlite3"
+    result = wft(
+        "serve", "--no-world", "--port", "0", "--store", str(store), "--forward-otlp", "http://127.0.0.1:9", *args
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert not store.exists()  # refused before anything was created
+
+
+def test_serve_refuses_sampling_without_forwarding(tmp_path):
+    from .conftest import wft
+
+    store = tmp_path / "s.sqlite3"
+    result = wft("serve", "--no-world", "--port", "0", "--store", str(store), "--forward-sample", "completed=0")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "wft serve: --forward-sample needs --forward-otlp: it samples what is forwarded"
+    ]
+
+
+def test_sampling_buffer_bound_sends_waiting_runs_early_and_is_respected(harness_out, tmp_path, otlp_receiver):
+    """A 2 KiB buffer on the mid-run snapshot: the runs going cannot all wait for their end (an hour's max
+    wait), so the oldest are sent early instead of lost; ended runs are still sampled; the file holds no
+    more than the bound waiting."""
+    import sqlite3
+
+    from .test_sampling import _runs
+
+    midrun = asyncio.run(_runs(harness_out / "local-data-midrun"))
+    going = {r.run_id for r in midrun.values() if r.status == "running"}
+    dropped = {r.run_id for r in midrun.values() if r.status == "completed" and not r.errors}
+    partial = {r: _span_ids(midrun[r].partial) for r in going}
+    ended = set().union(*(midrun[r].span_ids for r in set(midrun) - going - dropped))
+    bound = 2048
+    assert sum(len(midrun[r].partial) for r in going) > 2 * bound  # they do not all fit
+    args = ("--forward-sample", "completed=0", "--sample-max-wait", "1h", "--sample-buffer", str(bound))
+    process = _serve_sampling(tmp_path, "c", harness_out / "local-data-midrun", otlp_receiver.url, *args)
+    buffer = tmp_path / "c" / "spool" / "sampling.sqlite3"
+    try:
+        _wait_for(lambda: _received(otlp_receiver) >= ended, "the kept ended runs", [process])
+        in_midrun = len(ended) + sum(len(r.span_ids) for r in midrun.values() if r.run_id in dropped)
+        in_midrun += sum(len(ids) for ids in partial.values())
+        store = tmp_path / "c" / "store.sqlite3"
+        _wait_for(lambda: _world_span_count(store) >= in_midrun, "the whole snapshot stored", [process])
+        time.sleep(1.0)  # forwarded right after the commit
+        conn = sqlite3.connect(f"file:{buffer}?mode=ro", uri=True)
+        try:
+            waiting = dict(conn.execute("SELECT key, bytes FROM runs WHERE decision IS NULL").fetchall())
+            early = {k for (k,) in conn.execute("SELECT key FROM runs WHERE reason = 'buffer_full'")}
+        finally:
+            conn.close()
+    finally:
+        _stop(process[0])
+    assert sum(waiting.values()) <= bound and early  # the bound held, by sending some runs early
+    assert set(waiting) | early == going - {r for r in going if midrun[r].early_errors}
+    sent_early = set().union(*(partial[r] for r in early))
+    assert _received(otlp_receiver) == ended | sent_early | set().union(
+        *(partial[r] for r in going if midrun[r].early_errors)
+    )  # nothing of the dropped runs, nothing of the runs still waiting

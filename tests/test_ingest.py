@@ -9,6 +9,9 @@ import asyncio
 import contextlib
 import gzip
 import json
+import multiprocessing
+import os
+import signal
 import sqlite3
 import time
 import zlib
@@ -27,7 +30,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from collector.ingest import Ingest, TooLarge, read_limited
+from collector.admission import DECODED_FACTOR, Admission
+from collector.ingest import INLINE_DECODE_BYTES, Ingest, TooLarge, read_limited
 from collector.metrics import Metrics
 from collector.otlp import JSON, PROTOBUF
 from collector.store import Store
@@ -43,6 +47,7 @@ class Served:
     writer: Writer
     metrics: Metrics
     forwarded: list[tuple[bytes, set[str]]] = field(default_factory=list)  # (payload, span ids on disk then)
+    admission: Admission | None = None
 
     def span_ids(self) -> set[str]:
         conn = sqlite3.connect(self.store.path)
@@ -65,21 +70,32 @@ async def _read_endpoint(request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def _serve(tmp_path, *, max_body: int = 1 << 20, max_pending: int = 200_000, forward: bool = False):
+async def _serve(
+    tmp_path,
+    *,
+    max_body: int = 1 << 20,
+    max_pending: int = 200_000,
+    forward: bool = False,
+    budget: int = 64 << 20,
+    start_writer: bool = True,
+):
     store = Store(tmp_path / "store.sqlite3")
     writer = Writer(store, max_pending=max_pending)
     metrics = Metrics()
-    served = Served("", store, writer, metrics)
+    admission = Admission(budget, max_body=max_body)
+    served = Served("", store, writer, metrics, admission=admission)
 
     async def forward_to(payload: bytes) -> None:
         served.forwarded.append((payload, await asyncio.to_thread(served.span_ids)))
 
-    ingest = Ingest(writer, metrics, max_body=max_body, forward=forward_to if forward else None)
+    ingest = Ingest(writer, metrics, max_body=max_body, forward=forward_to if forward else None, admission=admission)
     app = web.Application()
     app.router.add_post("/v1/traces", ingest.handle)
     app.router.add_post("/read", _read_endpoint)
-    writer.start()
-    runner = web.AppRunner(app, auto_decompress=False, access_log=None)  # as collector.app runs it
+    app.on_cleanup.append(ingest.cleanup)  # as collector.app does: its decoder process
+    if start_writer:
+        writer.start()
+    runner = web.AppRunner(app, auto_decompress=False, access_log=None, lingering_time=0)  # as collector.app runs it
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -395,6 +411,42 @@ def test_a_full_queue_is_503_with_retry_after(tmp_path):
     assert overloaded == 1 and stored == set()
 
 
+def test_the_budget_stays_charged_until_the_writer_commits(tmp_path):
+    body, ids = _protobuf(3)
+
+    async def go():
+        async with _serve(tmp_path, start_writer=False) as served:
+            assert served.admission is not None
+            answer = asyncio.create_task(_post(f"{served.url}/v1/traces", body, PB))
+            for _ in range(200):
+                if served.admission.charged:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # read, decoded and queued: the writer is not running
+            held, on_disk = served.admission.charged, served.span_ids()
+            served.writer.start()
+            status, _, _ = await answer
+            return held, on_disk, status, served.admission.charged, served.span_ids()
+
+    held, on_disk, status, after, stored = asyncio.run(go())
+    assert held == DECODED_FACTOR * len(body) and on_disk == set()
+    assert status == 200 and after == 0 and stored == ids
+
+
+def test_a_compressed_body_inflating_past_the_budget_is_refused_and_the_client_reads_why(tmp_path):
+    sent = gzip.compress(b"\x00" * (1 << 20))  # 1 KiB on the wire, 1 MiB inflated
+
+    async def go():
+        async with _serve(tmp_path, max_body=2 << 20, budget=DECODED_FACTOR * (64 << 10)) as served:
+            headers = {**PB, "Content-Encoding": "gzip"}
+            status, answer_headers, text = await _post(f"{served.url}/v1/traces", _chunks(sent, 64), headers)
+            return status, answer_headers, text, served.metrics.requests_rejected, served.admission
+
+    status, headers, text, rejected, admission = asyncio.run(go())
+    assert status == 413 and headers["Connection"] == "close" and b"--max-pending-bytes" in text
+    assert rejected == 1 and admission.charged == 0 and admission.refusals["too_large"] == 1
+
+
 def test_forwarding_sends_what_was_stored_after_it_was_stored(tmp_path):
     spans = make_sdk_spans(2)
     body = encode_spans(spans).SerializeToString()
@@ -483,3 +535,78 @@ def test_read_limited_bounds(tmp_path, data, headers, limit, status):
             return await _post(f"{served.url}/read?limit={limit}", data, headers)
 
     assert asyncio.run(go())[0] == status
+
+
+def _large(invalid: int = 0) -> tuple[bytes, set[str]]:
+    """A body past ``INLINE_DECODE_BYTES`` (decoded in the decoder process), its first ``invalid``
+    spans refused by validation; the span ids that are kept."""
+    request = encode_spans(make_sdk_spans(400))
+    spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    for span in spans[:invalid]:
+        span.trace_id = bytes(16)
+    body = request.SerializeToString()
+    assert len(body) > INLINE_DECODE_BYTES
+    return body, {s.span_id.hex() for s in spans[invalid:]}
+
+
+def test_a_large_body_is_decoded_in_a_decoder_process_with_the_same_answer(tmp_path):
+    """Stored, counted, answered (partial success) and forwarded (benign conflicts downgraded) as a
+    small body decoded on the loop is; and it was decoded in another process."""
+    body, kept = _large(invalid=3)
+
+    async def go():
+        async with _serve(tmp_path, forward=True) as served:
+            status, _, reply = await _post(f"{served.url}/v1/traces", body, PB)
+            return status, reply, served.span_ids(), served.metrics, served.forwarded, multiprocessing.active_children()
+
+    status, reply, stored, metrics, forwarded, children = asyncio.run(go())
+    assert children, "no decoder process was started"
+    response = ExportTraceServiceResponse.FromString(reply)
+    assert status == 200 and response.partial_success.rejected_spans == 3
+    assert "invalid trace id" in response.partial_success.error_message
+    assert stored == kept and metrics.spans_accepted == len(kept) and metrics.spans_rejected == 3
+    assert len(forwarded) == 1
+    sent = [
+        s
+        for rs in ExportTraceServiceRequest.FromString(forwarded[0][0]).resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+    benign = [s for s in sent if s.name == "world.streams.writeToStream"]
+    assert benign and all(s.status.code == 0 for s in benign)
+    assert metrics.spans_benign == len({s.span_id for s in benign if s.span_id.hex() in kept})
+
+
+def test_a_large_undecodable_body_is_400(tmp_path):
+    async def go():
+        async with _serve(tmp_path) as served:
+            return await _post(f"{served.url}/v1/traces", b"\xff" * (INLINE_DECODE_BYTES + 1), PB)
+
+    status, _, text = asyncio.run(go())
+    assert status == 400 and text.startswith(b"invalid protobuf")
+
+
+def test_a_dead_decoder_process_fails_only_its_requests_and_is_replaced(tmp_path):
+    """Killed (out of memory, say): the request it would have decoded is answered 503 + Retry-After,
+    nothing of it is stored, and the next one gets a new decoder process."""
+    first, first_ids = _large()
+    second, _ = _large()
+    third, third_ids = _large()
+
+    async def go():
+        async with _serve(tmp_path) as served:
+            url = f"{served.url}/v1/traces"
+            answers = [await _post(url, first, PB)]
+            (decoder,) = multiprocessing.active_children()
+            os.kill(decoder.pid, signal.SIGKILL)
+            decoder.join(10)
+            answers.append(await _post(url, second, PB))
+            small, small_ids = _protobuf(2)  # decoded on the loop meanwhile: unaffected
+            answers.append(await _post(url, small, PB))
+            answers.append(await _post(url, third, PB))
+            return answers, served.span_ids(), small_ids
+
+    answers, stored, small_ids = asyncio.run(go())
+    assert [a[0] for a in answers] == [200, 503, 200, 200]
+    assert answers[1][1]["Retry-After"] == "1"
+    assert stored == first_ids | small_ids | third_ids

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -242,10 +243,60 @@ def test_stream_writes_and_the_late_one_are_spans(instrumented_app):
     assert len(late) == 1 and late[0]["status"]["status_code"] == "UNSET"  # world-local accepts it silently
     completed = [s for s in _of_run(instrumented_app, "racing", "world.events.create run_completed")]
     assert completed and late[0]["start_time"] > completed[0]["end_time"]
+    # the same race a 409 tells on the Vercel world: benign, and said to be after the run's end
+    assert late[0]["attributes"]["workflow.conflict"] == "benign"
+    assert late[0]["attributes"]["workflow.stream.after_run_end"] is True
+    assert late[0]["attributes"]["error.type"] == "EntityConflictError" and late[0]["events"] == []
+    in_time = [s for s in instrumented_app["spans"] if s["name"].startswith("world.streams.") and s not in late]
+    assert in_time and not [s for s in in_time if "workflow.conflict" in s["attributes"]]
     closes = _of_run(instrumented_app, "streaming", "world.streams.closeStream")
     assert len(closes) == 1 and closes[0]["parent_id"] in {
         s["context"]["span_id"] for s in _of_run(instrumented_app, "streaming", "STEP ")
     }
+
+
+def test_a_local_write_after_the_run_ended_is_benign_and_counted(instrumentor, tmp_path, monkeypatch, caplog):
+    """vercel-workflow's local world stores a write to a finished run without a word; the instrumentor, having
+    seen the run end through the world, records the write as the benign race it is: DEBUG log, status Unset,
+    ``workflow.conflict="benign"``, counted. The chunks are stored all the same."""
+    from vercel.workflow._internal import world as w
+
+    inst, provider, exporter = instrumentor
+    monkeypatch.setenv("WORKFLOW_LOCAL_DATA_DIR", str(tmp_path))
+    inst.instrument(tracer_provider=provider)
+    world = _classes()[0]()
+    created = w.RunCreatedEventData(deployment_id="dpl_local", workflow_name="workflow//app//f", input=b"[]")
+
+    async def scenario() -> str:
+        run_id = (await world.events_create(None, created.into_event())).run.run_id
+        await world.events_create(run_id, w.RunStartedEventData().into_event())
+        stream = f"strm_{run_id.removeprefix('wrun_')}_user"
+        await world.streams_write(run_id, stream, b"in time")
+        await world.events_create(run_id, w.RunCompletedEventData(output=b"[]").into_event())
+        await world.streams_write(run_id, stream, b"late")
+        await world.streams_write_multi(run_id, stream, [b"later", b"still"])
+        await world.streams_close(run_id, stream)
+        assert len((await world.streams_get_chunks(run_id, stream)).data) == 4  # stored, as the world does
+        return run_id
+
+    with caplog.at_level(logging.DEBUG, logger="telemetry.conflicts"):
+        run_id = asyncio.run(scenario())
+    writes = [
+        s for s in exporter.get_finished_spans() if s.name.startswith("world.streams.") and "Chunks" not in s.name
+    ]
+    assert [(s.name, s.attributes.get("workflow.conflict")) for s in writes] == [
+        ("world.streams.writeToStream", None),
+        ("world.streams.writeToStream", "benign"),
+        ("world.streams.writeToStreamMulti", "benign"),
+        ("world.streams.closeStream", "benign"),
+    ]
+    for span in writes:
+        assert span.status.status_code is trace.StatusCode.UNSET and not span.events
+        assert span.attributes["workflow.run.id"] == run_id
+    assert all(s.attributes["workflow.stream.after_run_end"] is True for s in writes[1:])
+    assert benign_counts() == {"EntityConflictError": 3}
+    logged = [r for r in caplog.records if r.name == "telemetry.conflicts"]
+    assert len(logged) == 3 and all(r.levelno == logging.DEBUG and run_id in r.getMessage() for r in logged)
 
 
 # ---- the Vercel world's post-completion 409 -----------------------------------------------------

@@ -173,6 +173,29 @@ def test_attribute_values_of_every_type_are_typed_as_the_sdk_types_them(caplog):
     }
 
 
+def test_lengths_and_text_at_the_edges_are_written_as_protobuf_writes_them(caplog):
+    """The hand-framed fast path (strings, ints, bools) against the SDK encoder at the lengths where
+    a one-byte length becomes two, non-ASCII text, empty keys and values, the int64 bounds, a lone
+    surrogate (refused: logged and left out) and the repeating attributes kept encoded."""
+    base = _real_span()
+    edges: dict[str, Any] = {"": "empty key", "empty": "", "é ключ": "значение ✓", "k" * 200: "long key"}
+    for n in (0, 1, 100, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 200, 16383, 16384, 70_000):
+        edges[f"len {n}"] = "x" * n
+    edges |= {"int64 max": 2**63 - 1, "int64 min": -(2**63), "minus one": -1, "zero": 0, "false": False}
+    edges |= {"surrogate": "\ud800", "after": "kept"}
+    spans = [
+        base._replace(attributes={**base.attributes, **edges}),
+        base._replace(name="", start_time=0, end_time=0, events=[SpanEventData("", 0, dict(edges))]),
+        base._replace(span_id=base.span_id + 1),  # its repeating attributes come from what was kept
+    ]
+    with caplog.at_level(logging.ERROR):
+        ours = encode_spans(spans, RESOURCE)
+        theirs = sdk_encode([readable_span(span, RESOURCE) for span in spans])
+    assert ours.SerializeToString() == theirs.SerializeToString()
+    keys = [kv.key for kv in ours.resource_spans[0].scope_spans[0].spans[0].attributes]
+    assert "after" in keys and "surrogate" not in keys and "len 70000" in keys
+
+
 def test_no_spans_is_an_empty_request_as_the_sdk_gives():
     assert encode_spans([], RESOURCE) == sdk_encode([]) == ExportTraceServiceRequest()
 

@@ -164,6 +164,18 @@ def test_spans_that_did_not_fail_are_never_touched(status):
     assert apply_benign_policy(record) is False and record == before
 
 
+def test_a_span_the_app_recorded_benign_is_flagged_not_rewritten():
+    """``record_benign`` in the app (our instrumentors): status Unset, ``workflow.conflict="benign"``. The run
+    must count and show it as benign; nothing about the span changes, and it is no downgrade of ours."""
+    marked = {"workflow.conflict": "benign", "error.type": "HTTP 409"}
+    record = _record("world.streams.writeToStream", marked, status=StatusCode.UNSET)
+    before = copy.deepcopy(record)
+    assert apply_benign_policy(record) is False
+    assert record.benign is True
+    record.benign = False
+    assert record == before
+
+
 def test_original_status_without_a_message():
     record = _record("world.streams.writeToStream", exception=EntityConflictError("conflict"), message="")
     assert record.status_message == ""

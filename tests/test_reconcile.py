@@ -215,7 +215,7 @@ def test_the_metric_counts_finished_runs_with_gaps_and_follows_late_spans(tmp_pa
     assert metrics.reconcile_runs_checked == 3 and scan.with_gaps == {RETRY}
     assert metrics.reconcile_runs_with_gaps == 1 and metrics.reconcile_gap_runs == 1
     text = metrics.render()
-    assert "wft_reconcile_runs_with_gaps 1\n" in text and "wft_reconcile_gap_runs_total 1\n" in text
+    assert "wft_reconcile_runs_with_gaps 1.0\n" in text and "wft_reconcile_gap_runs_total 1.0\n" in text
     scan.scan(store.reader())  # nothing changed: nothing read again
     assert metrics.reconcile_runs_checked == 3
     time.sleep(0.01)

@@ -154,3 +154,19 @@ def test_a_sentry_upstream_that_is_not_a_dsn_is_refused(dsn):
 def test_a_real_sentry_dsn_is_accepted():
     Settings(sentry_upstream="https://0123abcd@o1.ingest.sentry.io/4500").check()
     Settings(sentry_upstream="http://key@127.0.0.1:9000/sub/path/7").check()
+
+
+# ---- forward sampling ------------------------------------------------------------------------
+
+
+def test_forward_sampling_settings_are_checked():
+    forward = "http://127.0.0.1:4318"
+    Settings(forward_otlp=forward, forward_sample={"completed": 0.1, "failed": 1.0, "cancelled": 0.0}).check()
+    with pytest.raises(SettingsError, match="needs --forward-otlp"):
+        Settings(forward_sample={"completed": 0.1}).check()
+    with pytest.raises(SettingsError, match="rates must be"):
+        Settings(forward_otlp=forward, forward_sample={"succeeded": 0.1}).check()
+    with pytest.raises(SettingsError, match="rates must be"):
+        Settings(forward_otlp=forward, forward_sample={"completed": 1.5}).check()
+    with pytest.raises(SettingsError, match="--sample-max-wait"):
+        Settings(sample_max_wait=0).check()

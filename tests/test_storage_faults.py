@@ -36,14 +36,16 @@ PB = {"Content-Type": "application/x-protobuf"}
 
 
 def _big_request(index: int, size: int = 60_000) -> tuple[bytes, set[str]]:
-    """Real SDK spans with large attributes (a write that needs new pages), and their span ids."""
+    """Real SDK spans with large attributes (a write that needs new pages), and their span ids. The
+    attributes are random: the store compresses what it keeps, and a run of one letter takes no room."""
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "faults"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("faults")
     with tracer.start_as_current_span("WORKFLOW faults", attributes={"workflow.run.id": f"{RUN}{index}"}):
         for i in range(3):
-            with tracer.start_as_current_span(f"STEP {i}", attributes={"payload": f"{index}-{i}-" + "x" * size}):
+            payload = f"{index}-{i}-" + os.urandom(size // 2).hex()
+            with tracer.start_as_current_span(f"STEP {i}", attributes={"payload": payload}):
                 pass
     provider.shutdown()
     spans = memory.get_finished_spans()

@@ -334,3 +334,44 @@ def _axis_labels_hold_one_line(page) -> None:
         box = ticks.nth(i).bounding_box()
         assert box["height"] <= 16, ticks.nth(i).inner_text()  # one line of 11px text
         assert axis["x"] - 0.5 <= box["x"] and box["x"] + box["width"] <= axis["x"] + axis["width"] + 0.5
+
+
+def test_a_20k_span_run_page_draws_its_first_rows_the_axis_and_scrolls_to_its_last_step(
+    collector, harness_out, page, tmp_path
+):
+    """A 10,000-step run grown from a real harness run (``bench.synth.long_run``: 20,001 spans)
+    draws like a small one: the run row and its first steps, the time axis, and scrolling the
+    waterfall to its end shows the last step (only the rows in view are in the DOM). How fast is
+    the bench's question (section 5), not this test's."""
+    from bench.synth import long_run
+
+    steps = 10_000
+    (run_id,) = long_run(harness_out / "local-data", tmp_path / "long", steps)
+    service = collector(world=BackendConfig("local", data_dir=str(tmp_path / "long")), tail_interval=0.1)
+    deadline = time.monotonic() + 240
+    while True:
+        runs = get_json(f"{service.url}/api/runs?limit=5")["data"]
+        if any(r["runId"] == run_id and r["status"] == "completed" and r["steps"] == steps for r in runs):
+            break
+        assert time.monotonic() < deadline, "the tailer did not load the long run"
+        time.sleep(0.5)
+    page.goto(f"{service.url}/runs/{run_id}")
+    page.wait_for_selector(".row .bar.run", timeout=60_000)
+    labels = page.locator(".row .label")
+    assert labels.first.inner_text().startswith("run ")
+    assert labels.nth(1).inner_text().startswith("step ") and page.locator(".row .bar.step").count() >= 10
+    drawn = page.locator(".row").count()
+    assert drawn < 200, drawn  # the rows in view (and a margin), not 10,001 of them
+    _axis_labels_hold_one_line(page)
+    assert page.locator("#axis span").first.inner_text() == "0"
+    assert page.locator("#axis span.last").inner_text() == page.evaluate("fmtMs(span)")
+    rows = page.evaluate("data.rows")
+    assert len(rows) == steps + 1 and sum(r["kind"] == "step" for r in rows) == steps
+    last = max(range(len(rows)), key=lambda i: (rows[i]["kind"] == "step", rows[i]["s"]))
+    assert page.locator(f'.row[data-row="{last}"]').count() == 0  # not drawn before it is scrolled to
+    page.locator("#wf").evaluate("wf => { wf.scrollTop = wf.scrollHeight; }")
+    row = page.locator(f'.row[data-row="{last}"]')
+    row.wait_for()
+    assert row.locator(".bar.step").count() == 1 and row.locator(".label").inner_text().startswith("step ")
+    assert row.is_visible()
+    assert page.locator(".row").count() < 200

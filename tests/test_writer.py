@@ -7,6 +7,7 @@ fresh connection, as another process would see it.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sqlite3
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from collector.otlp import PROTOBUF, SpanRecord, decode_request, records_from
-from collector.store import EventRow, RunInfo, Store
+from collector.store import EventRow, RunInfo, Store, prepare_spans
 from collector.writer import Batch, Overloaded, Writer
 
 from .sdk_spans import RUN, make_sdk_spans
@@ -93,6 +94,37 @@ def test_batch_size_counts_every_row_plus_one():
     assert Batch().size == 1  # an empty batch still takes a place in the queue
 
 
+def test_a_prepared_batch_is_stored_like_its_records(store, writer, tmp_path):
+    """Ingest hands the writer spans made ready to store (``prepare_spans``, off the writer): the
+    same rows, blobs and run summary as the records themselves, and the same size in the queue."""
+    records = _records(4)
+    records.append(records[0])  # sent twice in one request: kept once
+    other = Store(tmp_path / "other.sqlite3")
+    made = prepare_spans(records)
+    carried = pickle.loads(pickle.dumps(made))  # as it comes back from a decoder process
+    assert carried.groups == made.groups and carried.count == made.count == len(records) - 1
+    plain, prepared = Batch(spans=records), Batch(spans=records, prepared=carried)
+    assert (plain.size, prepared.size) == (len(records) + 1, len(records))  # prepared: the copy counted once
+
+    def dump(s: Store) -> tuple[list[tuple], list[tuple], list[tuple]]:
+        conn = sqlite3.connect(s.path)
+        try:
+            index = conn.execute("SELECT * FROM span_index ORDER BY trace_id, span_id").fetchall()
+            blobs = conn.execute("SELECT run_id, spans, dead, data FROM blobs ORDER BY blob_id").fetchall()
+            runs = conn.execute("SELECT run_id, status, start_ns, end_ns, steps, errors, benign FROM runs").fetchall()
+            return index, blobs, runs
+        finally:
+            conn.close()
+
+    for target, batch in ((store, plain), (other, prepared)):
+        w = Writer(target)
+        w.start()
+        asyncio.run(w.submit(batch))
+        w.stop()
+    assert dump(store) == dump(other)
+    assert len(dump(other)[0]) == len(records) - 1 and dump(other)[2]
+
+
 def test_batches_waiting_together_are_committed_together(store, writer):
     w = writer()
     batches = [Batch(spans=_records(1)) for _ in range(20)]
@@ -165,7 +197,7 @@ def test_a_failed_write_fails_its_request_and_the_writer_goes_on(store, writer, 
     w = writer()
     w.start()
     bad = _records(1)
-    bad[0].name = None  # the store refuses it (spans.name is NOT NULL)
+    bad[0].trace_id = None  # type: ignore[assignment]  # the store refuses it (span_index.trace_id is NOT NULL)
     good = _records(1)
 
     async def go():

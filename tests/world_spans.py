@@ -80,12 +80,12 @@ def cut_run(scenario: str) -> RunLog:
 def commit(
     store: Store, spans: Iterable[SpanRecord] = (), events: Iterable[EventRow] = (), runs: Iterable[RunInfo] = ()
 ) -> None:
-    """One writer commit: write, refresh the runs touched, commit (as ``collector.writer`` does)."""
+    """One writer commit: write (which folds the batch into its runs' rows), commit (as
+    ``collector.writer`` does)."""
     conn = store.connect()
     try:
         conn.execute("BEGIN IMMEDIATE")
-        touched = store.write(conn, spans, events, runs)
-        store.refresh_runs(conn, touched)
+        store.write(conn, spans, events, runs)
         conn.execute("COMMIT")
     finally:
         conn.close()

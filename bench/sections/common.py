@@ -78,3 +78,42 @@ def psql_runner(server: Any) -> Callable[..., str]:
         return done.stdout
 
     return psql
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live processes ``pid`` started (a collector's decoder process), and theirs."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found + [g for c in found for g in child_pids(c)]
+
+
+def _own_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile (then its time is in its parent's cutime)
+        return 0.0
+    # utime + stime + cutime + cstime (children already reaped), in clock ticks (USER_HZ = 100)
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / 100
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a server and every process it started: all of it is the cost of the work,
+    whichever core it ran on."""
+    return _own_cpu_s(pid) + sum(_own_cpu_s(c) for c in child_pids(pid))
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak RSS (``VmHWM``) of a server plus the peaks of its live child processes, in MiB."""
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total

@@ -1,5 +1,6 @@
-"""5. Dashboard: time to render a 10,000-step run page in headless Chromium (navigation start →
-the waterfall's first full draw), against the same page for an 11-step harness run."""
+"""5. Dashboard: time to render the page of a 10,000-step run (20,001 spans: run, steps, attempts)
+in headless Chromium (navigation start → the waterfall's first full draw), against the same page
+for an 11-step harness run. The store reads the run from its span blobs (``collector.store``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from .common import free_port, start_server
 
 STEPS = 10_000
+TARGET_MS = 500
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -45,6 +47,9 @@ def _render_ms(browser, url: str) -> float:
         page.goto(url)
         page.wait_for_function("window.__wftRenderedAt !== undefined", timeout=60000)
         best = min(best, page.evaluate("window.__wftRenderedAt"))
+        # the page asks for its analysis once the waterfall is drawn: let it finish, so the next
+        # view is measured on an idle server (not racing the previous view's leftover request)
+        page.wait_for_load_state("networkidle", timeout=60000)
         page.close()
     return best
 
@@ -90,11 +95,12 @@ def run(harness_out: Path) -> list[dict]:
     big_ms, small_ms = results["big"], results["small"]
     return [
         {
-            "benchmark": f"5. run page for a {STEPS:,}-step run in headless Chromium (navigation → waterfall drawn)",
+            "benchmark": f"5. run page for a {STEPS:,}-step run ({2 * STEPS + 1:,} spans) in headless Chromium"
+            " (navigation → waterfall drawn)",
             "ours": f"{big_ms:.0f} ms",
             "baseline": f"{small_ms:.0f} ms for the 3-step harness run",
             "ratio": f"{big_ms / small_ms:.2f}×",
-            "target": "< 1000 ms",
-            "verdict": "met" if big_ms < 1000 else f"**missed** by {big_ms / 1000:.1f}×",
+            "target": f"< {TARGET_MS} ms",
+            "verdict": "met" if big_ms < TARGET_MS else f"**missed** by {big_ms / TARGET_MS:.1f}×",
         }
     ]

@@ -41,7 +41,7 @@ def lags(store: Path, runs: list[str]) -> list[float]:
         marks = ",".join("?" * len(runs))
         rows = conn.execute(
             "SELECT received_ns - end_ns FROM spans"
-            f" WHERE source = 'world' AND name LIKE 'step %' AND run_id IN ({marks})",
+            f" WHERE source = 'world' AND entity = 'step' AND run_id IN ({marks})",
             runs,
         ).fetchall()
     finally:

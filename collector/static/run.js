@@ -53,7 +53,6 @@ async function load() {
   drawProblems(r.problems);
   drawFailure();
   drawNow();
-  drawAnalysis();
   $('sentry').innerHTML = data.sentryDropped.length ? `<div class="panel" style="margin-bottom:12px"><b>Sentry events dropped as benign</b>
     ${data.sentryDropped.map((d) => `<div><span class="badge benign">${esc(d.rule)}</span> ×${d.count} <span class="dim">${esc(d.lastMessage)}</span></div>`).join('')}</div>` : '';
   let end = 1;
@@ -67,6 +66,9 @@ async function load() {
   drawAxis();
   drawRows();
   if (!window.__wftRenderedAt) window.__wftRenderedAt = performance.now();  // for bench/: first full draw
+  // Asked for after the waterfall is drawn: both read every span of the run, and on a 20k-span run the
+  // server answering them at once (one interpreter) would hold the waterfall back by the analysis' cost.
+  drawAnalysis();
   $('events-summary').textContent = `Events (${data.eventsCount})`;
   clearTimeout(timer);
   if (live) poll();

@@ -71,6 +71,7 @@ from ..world import (
 )
 from . import records
 from .local_layout import (
+    RACY_NS,
     ChunkFiles,
     EventIndex,
     Layout,
@@ -89,6 +90,7 @@ __all__ = [
     "UnsupportedLayoutError",
     "check_layout",
     "read_bytes",
+    "read_listed",
     "read_record",
 ]
 
@@ -145,13 +147,19 @@ def read_bytes(path: str) -> tuple[bytes, float]:
     """A regular file's bytes and mtime, without ever blocking on what is not a regular file.
 
     ``stat`` first so a FIFO, socket or device is never opened (opening some devices has side
-    effects); ``O_NONBLOCK`` and a second ``fstat`` for the one that is swapped in between.
+    effects); ``O_NONBLOCK`` for one swapped in between, whose read then fails or comes back
+    short, never blocks, and is retried like a half-written record. Four calls per file (a hot
+    path: one per event): the read asks for one byte more than ``stat`` saw, and only a file
+    that gave more (it grew, or it is not the file ``stat`` saw) is looked at again (``fstat``)
+    before it is read on.
     """
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
             raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
+        if info.st_size > _MAX_RECORD:
+            raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UnreadableRecord(path, "vanished", "vanished while being read") from None
@@ -160,9 +168,47 @@ def read_bytes(path: str) -> tuple[bytes, float]:
     except OSError as error:  # ELOOP, ENAMETOOLONG, EIO...
         raise UnreadableRecord(path, "not a regular file", os.strerror(error.errno or errno.EIO)) from None
     try:
+        body = os.read(fd, info.st_size + 1)  # a short read of a regular file is its end
+        if len(body) > info.st_size:  # grown since stat, or swapped: what is it now?
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnreadableRecord(path, "not a regular file", "not a regular file", info.st_mtime)
+            if info.st_size > _MAX_RECORD:
+                raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
+            chunks = [body]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        return body, info.st_mtime
+    except OSError as error:
+        raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), info.st_mtime) from None
+    finally:
+        os.close(fd)
+
+
+def read_listed(path: str) -> tuple[bytes, float]:
+    """``read_bytes`` of a file a listing saw a moment ago as a regular file, not a symlink (its
+    entry's type, which the listing had for free): opened without a ``stat`` first, one path
+    lookup instead of two (a hot path: one per event of an export). ``O_NOFOLLOW`` and
+    ``O_NONBLOCK``, and ``fstat`` says what was opened, so whatever was swapped in since the
+    listing is reported as ``read_bytes`` reports it and nothing blocks; a symlink swapped in is
+    left to ``read_bytes``, which looks at what it leads to before opening it. (What such a swap
+    can still open is a FIFO, without blocking, or a device node only root can make.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise UnreadableRecord(path, "vanished", "vanished while being read") from None
+    except PermissionError:
+        raise UnreadableRecord(path, "permission denied", "permission denied") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # a symlink now: see where it leads first
+            return read_bytes(path)
+        raise UnreadableRecord(path, "not a regular file", os.strerror(error.errno or errno.EIO)) from None
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnreadableRecord(path, "not a regular file", "not a regular file", info.st_mtime)
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
         if info.st_size > _MAX_RECORD:
             raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
         body = os.read(fd, info.st_size + 1)  # a short read of a regular file is its end
@@ -178,9 +224,10 @@ def read_bytes(path: str) -> tuple[bytes, float]:
         os.close(fd)
 
 
-def read_record(path: str) -> dict[str, Any]:
-    """One JSON record file as the SDK wrote it (a hot path: one shared decoder, no pathlib)."""
-    body, mtime = read_bytes(path)
+def read_record(path: str, *, listed: bool = False) -> dict[str, Any]:
+    """One JSON record file as the SDK wrote it (a hot path: one shared decoder, no pathlib);
+    ``listed``: see ``read_listed``."""
+    body, mtime = read_listed(path) if listed else read_bytes(path)
     try:
         value = _DECODER.decode(body.decode())
     except UnicodeDecodeError:
@@ -197,10 +244,10 @@ def read_record(path: str) -> dict[str, Any]:
     return value
 
 
-def _entity(path: str, build: Callable[[dict[str, Any]], T]) -> T:
+def _entity(path: str, build: Callable[[dict[str, Any]], T], *, listed: bool = False) -> T:
     """A record file made into an entity; a record missing the fields the SDK always writes is
     as unreadable as a cut one."""
-    record = read_record(path)
+    record = read_record(path, listed=listed)
     try:
         return build(record)
     except (KeyError, TypeError, ValueError) as error:
@@ -210,6 +257,20 @@ def _entity(path: str, build: Callable[[dict[str, Any]], T]) -> T:
         except OSError:
             pass
         raise UnreadableRecord(path, "unparseable", f"not a world-local record ({error!r})", mtime) from None
+
+
+def _signature(path: str) -> tuple[int, int, int, int] | None:
+    """What says a record file is unchanged since it was read: (mtime, ctime, size, inode), or
+    ``None`` for a file that may change again unnoticed: modified within ``RACY_NS`` (a rewrite
+    within the mtime's granularity, into a recycled inode, of the same size, would look the
+    same), or not a regular file (the reader reports those)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_mtime_ns >= time.time_ns() - RACY_NS:
+        return None
+    return info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino
 
 
 def _ulid_prefix_ms(prefix: str) -> int | None:
@@ -292,6 +353,7 @@ class LocalWorld:
                 log.warning("world-local: %s changed from the %s to the %s layout", self.root, current.name, name)
             current.close()
             self._layout = open_layout(self.root, name)
+            self._layout.events.succeed(current.events)
             return self._layout
 
     def listing(self, sub: str) -> Listing:
@@ -390,10 +452,19 @@ class _Runs:
     world to place it in the order; after that a page reads only the files it returns.
     """
 
+    #: runs kept from placing them for the page that returns them (``resolve_data="none"``); past
+    #: this many the oldest placed go (pages read newest first), so memory stays bounded
+    KEEP = 8192
+
     def __init__(self, world: LocalWorld) -> None:
         self.w = world
         self._lock = threading.RLock()
         self._version = -1
+        #: run id -> (the file's stat signature when placed, the run read then without payloads):
+        #: the page that returns it uses it while the file is unchanged, so a first listing reads
+        #: each run file once, not once to place it and again to return it
+        self._kept: dict[str, tuple[tuple[int, int, int, int], WorkflowRun]] = {}
+        self._kept_lock = threading.Lock()  # pages take from it outside ``_lock``
         self._known: set[str] = set()  # run ids placed in the order
         self._order: list[str] = []  # run_cursor keys, ascending
         self._by_key: dict[str, str] = {}  # key -> run id
@@ -404,10 +475,17 @@ class _Runs:
         return self.w.path("runs", f"{run_id}.json")
 
     def _place(self, run_id: str) -> None:
+        path = self._file(run_id)
         try:
-            run = _entity(self._file(run_id), lambda d: records.run_from(d, False))
+            signature = _signature(path)  # before the read: a change after it only costs a re-read
+            run = _entity(path, lambda d: records.run_from(d, False))
             key, name = records.run_cursor(run), run.workflow_name
             self._provisional.discard(run_id)
+            if signature is not None:
+                with self._kept_lock:
+                    self._kept[run_id] = (signature, run)
+                    if len(self._kept) > self.KEEP:
+                        del self._kept[next(iter(self._kept))]
         except UnreadableRecord as problem:
             if problem.problem == "vanished":
                 return
@@ -418,6 +496,8 @@ class _Runs:
         self._known.add(run_id)
 
     def _unplace(self, run_id: str) -> None:
+        with self._kept_lock:
+            self._kept.pop(run_id, None)
         key, _ = self._meta.pop(run_id, ("", None))
         self._by_key.pop(key, None)
         self._known.discard(run_id)
@@ -482,6 +562,27 @@ class _Runs:
         """How many runs there are (a listing: no file is read); for progress totals."""
         return await self.w.io(lambda: len(self.w.listing("runs").name_set()))
 
+    def unordered_ids(self) -> list[str]:
+        """Every run's id, newest id first, from the listing alone (no file is read): for a
+        reader that takes every run in any order and reads each run file itself (``entry``), as
+        ``wft export``'s workers do, sparing the listing process the read of every run file that
+        ordering them by ``createdAt`` takes."""
+        return sorted((name[:-5] for name in self.w.listing("runs").name_set()), reverse=True)
+
+    def entry(self, run_id: str) -> WorkflowRun | None:
+        """One run as ``list(resolve_data="none")`` lists it: ``None`` when its file vanished, a
+        ``records.UnreadableRun`` when it cannot be read (one that may be mid-write stalls the
+        run, as in a listing)."""
+        if not safe_name(run_id):
+            return None
+        try:
+            return _entity(self._file(run_id), lambda d: records.run_from(d, False))
+        except UnreadableRecord as problem:
+            if problem.problem == "vanished":
+                return None
+            self._trouble(run_id, problem)
+            return _unreadable_run(run_id, problem)
+
     def page(
         self,
         workflow_name: str | None,
@@ -518,8 +619,15 @@ class _Runs:
             if unfiltered and len(found) == limit:
                 more = True
                 break
+            kept = None
+            if not resolve:
+                with self._kept_lock:
+                    kept = self._kept.pop(run_id, None)
             try:
-                run = _entity(self._file(run_id), lambda d: records.run_from(d, resolve))
+                if kept is not None and _signature(self._file(run_id)) == kept[0]:
+                    run = kept[1]  # read when placed, and the file has not changed since
+                else:
+                    run = _entity(self._file(run_id), lambda d: records.run_from(d, resolve))
             except UnreadableRecord as problem:
                 if problem.problem == "vanished":
                     continue
@@ -630,16 +738,18 @@ class _Events:
     def ids(self, run_id: str) -> list[str]:
         return self.index.ids(run_id)
 
-    def read(self, run_id: str, event_ids: Sequence[str], resolve: bool) -> tuple[list[Event], bool]:
+    def read(
+        self, run_id: str, event_ids: Sequence[str], resolve: bool, *, listed: bool = False
+    ) -> tuple[list[Event], bool]:
         """Events for ``event_ids`` of one run, in that order; (events, whether the read stopped
-        early at a record not readable yet)."""
+        early at a record not readable yet). ``listed``: see ``read_listed``."""
         out = []
         index = self.index
         stalled_at = self._stalled.get(run_id)
         for event_id in event_ids:
             path = index.path(run_id, event_id)
             try:
-                out.append(_entity(path, lambda d: records.event_from(d, resolve)))
+                out.append(_entity(path, lambda d: records.event_from(d, resolve), listed=listed))
             except UnreadableRecord as problem:
                 if problem.problem == "vanished":  # the SDK never deletes an event; nothing to wait for
                     self.w.warn_once(problem)
@@ -654,6 +764,38 @@ class _Events:
             if path == stalled_at:
                 self.unstall(run_id, path)
         return out, False
+
+    def known_ids(self, run_ids: Iterable[str]) -> dict[str, tuple[list[str], bool]] | None:
+        """These runs' event ids as the index has them now, for another process to read the logs
+        by (``read_log``: ``wft export``'s workers), where finding one run's files means listing
+        every run's (the flat layout): each worker would otherwise list the whole events folder
+        itself. Each run's ids come with whether the listing saw every one of its files as a
+        regular file (``read_log(listed=True)`` then opens them without a ``stat`` each). ``None``
+        where each run has a folder of its own (per-run layout, or none yet): a reader lists just
+        that folder as it reads. Followed through inotify (``notify``) so a folder being written is
+        not listed again for every call."""
+        if not self.index.lists_every_run:
+            return None
+        self.index.keep_types()
+        index = self._refreshed()  # a stray of the other layout looks again: a mixed directory raises
+        if not index.lists_every_run:
+            return None
+        with index.lock:
+            out = {}
+            for run_id in run_ids:
+                ids = list(index.groups.get(run_id, ()))
+                out[run_id] = (ids, index.listed_regular(run_id, ids))
+            return out
+
+    def read_log(self, run_id: str, event_ids: Sequence[str], resolve: bool, *, listed: bool = False) -> list[Event]:
+        """A run's log from ``event_ids`` (``known_ids`` of another process), as ``event_log``
+        reads it: it ends early at a record still being written (``stalled`` then names the run)
+        and raises ``UnreadableEventsError`` for one that stayed unreadable. ``listed``: a listing
+        saw these files as regular files (``read_listed``). A run given no id is looked up here:
+        its first event may have appeared since."""
+        if not event_ids:
+            return self.read(run_id, list(self.ids(run_id)), resolve)[0]
+        return self.read(run_id, event_ids, resolve, listed=listed)[0]
 
     def page(self, run_id: str, pagination: Pagination | None, resolve: bool) -> Page[Event]:
         p = pagination or Pagination()
@@ -724,12 +866,17 @@ class _Events:
         with index.lock:
             parts = token.split(":") if token else []
             carried: list[str] = []
+            since: dict[str, str] = {}
             if len(parts) == 6 and parts[0] == "local" and parts[1] == "1":
                 _, _, epoch, seq_text, high, stalled_text = parts
                 carried = [r for r in stalled_text.split(",") if r]
                 seq = int(seq_text) if seq_text.isdigit() else -1
                 if epoch == index.epoch and index.base <= seq <= index.base + len(index.journal):
-                    runs = set(index.journal[seq - index.base :])
+                    since = index.since(seq)
+                    runs = set(since)
+                elif epoch in index.replaced:  # the directory changed layout since: all of it is new
+                    since = {r: ids[0] for r, ids in index.groups.items() if ids}
+                    runs = set(since)
                 else:  # another process's token: every run with an event newer than its watermark, less a margin
                     ms = _ulid_prefix_ms(high) if high else None
                     if ms is None:
@@ -745,7 +892,7 @@ class _Events:
                 runs.update(self._stalled)
                 stalled = ",".join(sorted(self._stalled))
             fresh = f"local:1:{index.epoch}:{index.base + len(index.journal)}:{index.high}:{stalled}"
-            return Changes(runs=sorted(runs), token=fresh)
+            return Changes(runs=sorted(runs), token=fresh, since=since)
 
     async def changes(self, token: str | None) -> Changes:
         """Runs whose log may have grown since ``token`` (``None``: every run with events), and
@@ -754,10 +901,12 @@ class _Events:
         An idle pass is one ``stat`` of the events directory (per run folder in the per-run
         layout, where inotify is not available); a pass after a change lists what changed.
         Within a process the token is a position in the index's journal, so a caller that
-        retries with an older token gets every run since then again; a token from another process
-        (a restarted follower) falls back to the time in the newest event id it had seen, less
-        ``rewind``. Runs whose last read stopped at a record still being written are reported on
-        every pass until they read through."""
+        retries with an older token gets every run since then again, and ``since`` names each
+        run's smallest new event id (one published behind ids already read is not skipped); after
+        the directory changed layout (vercel-workflow replaces a flat dir on start) every run is
+        new to an older token. A token from another process (a restarted follower) falls back to
+        the time in the newest event id it had seen, less ``rewind``. Runs whose last read stopped
+        at a record still being written are reported on every pass until they read through."""
         return await self.w.io(lambda: self.changes_since(token))
 
     async def get(self, run_id: str, event_id: str, *, resolve_data: ResolveData = "all") -> Event:

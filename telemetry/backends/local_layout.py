@@ -33,6 +33,7 @@ import threading
 import time
 from bisect import bisect_left, insort
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,16 +81,7 @@ RUN_FOLDER = re.compile(r"^wrun_[0-9A-Za-z]+$")
 CHUNK_FILE = re.compile(r"^chnk_[0-9A-Za-z]+\.bin$")
 
 
-def _is_run_folder(name: str) -> bool:
-    return RUN_FOLDER.match(name) is not None
-
-
-def _is_flat_entity(name: str) -> bool:
-    return FLAT_ENTITY_FILE.match(name) is not None
-
-
-def _is_chunk_file(name: str) -> bool:
-    return CHUNK_FILE.match(name) is not None
+_STAMP = itemgetter(slice(5, 15))  # an event id's ULID time prefix (after ``evnt_``)
 
 
 class UnsupportedLayoutError(WorkflowWorldError):
@@ -282,8 +274,15 @@ class Notifier:
 # -- one directory's names -------------------------------------------------------------------------
 
 
-def _plain_record(suffix: str) -> Callable[[str], bool]:
-    return lambda name: name.endswith(suffix) and not name.startswith(".")
+#: A test of one name: truthy when it qualifies. A compiled pattern's ``match`` is one: run over the
+#: million names of a big flat ``events/`` with ``filter``/``map``, it costs no Python frame per name.
+NameTest = Callable[[str], object]
+
+
+def _plain_record(suffix: str) -> NameTest:
+    """Names ending in ``suffix`` that are not hidden (``name.endswith(suffix) and not
+    name.startswith(".")``), as a pattern."""
+    return re.compile(rf"[^.].*{re.escape(suffix)}\Z", re.DOTALL).match
 
 
 class Listing:
@@ -294,7 +293,8 @@ class Listing:
     directory's mtime is fresh is re-taken next time, since a second change within the mtime's
     granularity would not move it again. After ``watch()`` the kernel's notifications replace the
     scan: a refresh is one ioctl, plus the names that changed. ``stray`` flags names of the other
-    layout showing up (``strays``), so the reader looks at the layout again.
+    layout showing up (``strays``), so the reader looks at the layout again; it never matches a
+    ``final`` name (the two layouts' names are disjoint), so only the other names are tested.
     """
 
     def __init__(
@@ -302,12 +302,17 @@ class Listing:
         path: Path | str,
         suffix: str = ".json",
         *,
-        final: Callable[[str], bool] | None = None,
+        final: NameTest | None = None,
         on_change: Callable[[set[str], set[str]], None] | None = None,
-        stray: Callable[[str], bool] | None = None,
+        stray: NameTest | None = None,
         lock: threading.RLock | None = None,
     ) -> None:
         self.path = str(path)
+        #: after ``keep_types``: listed with ``scandir``, and ``unchecked`` holds the names no
+        #: listing saw as a regular file (a FIFO, a symlink, a directory; or named by a
+        #: notification); ``None`` while not known (no typed listing yet)
+        self.typed = False
+        self.unchecked: set[str] | None = None
         self.final = final or _plain_record(suffix)
         self.on_change = on_change
         self.stray = stray
@@ -344,6 +349,15 @@ class Listing:
                     self._stamp = None  # one listing after the watch began: nothing falls in between
             return self._watch is not None
 
+    def keep_types(self) -> None:
+        """Keep the entries' types from the next listing on (``unchecked``): a reader may then open
+        a name the listing saw as a regular file without a ``stat`` first. Off by default, since a
+        ``scandir`` listing costs a little more than a list of names."""
+        with self.lock:
+            if not self.typed:
+                self.typed = True
+                self._stamp = None  # listed again, with the types, on the next refresh
+
     def close(self) -> None:
         with self.lock:
             if self._watch is not None:
@@ -360,6 +374,7 @@ class Listing:
                 if delta is not None:
                     self._raw -= delta[1]
                     self._raw |= delta[0]
+                    self._note(*delta)
                     self._index(*delta)
                     return
                 log.info("world-local: %s: change notifications lost; listing it again", self.path)
@@ -379,7 +394,15 @@ class Listing:
             return
         started = time.time_ns()
         try:
-            raw = set(os.listdir(self.path)) if info else set()
+            if not info:
+                raw = set()
+            elif self.typed:  # the entries' types come with the names (no stat each)
+                with os.scandir(self.path) as listing:
+                    entries = list(listing)
+                raw = {e.name for e in entries}
+                self.unchecked = {e.name for e in entries if not e.is_file(follow_symlinks=False)}
+            else:
+                raw = set(os.listdir(self.path))
         except OSError as error:
             log.warning("world-local: cannot list %s: %s", self.path, error)
             raw = set()
@@ -395,14 +418,22 @@ class Listing:
             if delta is not None:
                 self._raw -= delta[1]
                 self._raw |= delta[0]
+                self._note(*delta)
                 self._index(*delta)
                 self._stamp = stamp  # from now on the notifications alone say what changed
 
+    def _note(self, appeared: set[str], went: set[str]) -> None:
+        """Names a notification brought: their type is not known (``unchecked``)."""
+        if self.unchecked is not None:
+            self.unchecked -= went
+            self.unchecked |= appeared
+
     def _index(self, appeared: set[str], went: set[str]) -> None:
-        if self.stray is not None and not self.strays:
-            self.strays = any(self.stray(n) for n in appeared)
-        added = {n for n in appeared if n not in self._names and self.final(n)}
-        removed = {n for n in went if n in self._names}
+        new = appeared - self._names if self._names else appeared
+        added = set(filter(self.final, new))
+        if self.stray is not None and not self.strays:  # a stray is never a final name: only the rest is tested
+            self.strays = any(map(self.stray, new - added if added else new))
+        removed = went & self._names
         if added or removed:
             self._names -= removed
             self._names |= added
@@ -438,18 +469,29 @@ class Listing:
 
 class EventIndex:
     """Each run's event ids in order (``groups``), plus a journal of runs in the order their new
-    events appeared: what the change feed hands out positions in. A layout fills it."""
+    events appeared: what the change feed hands out positions in. A layout fills it.
+
+    Each journal entry keeps the smallest id it added (``lows``): event ids are ULIDs the writers
+    mint, so an event can be published behind ids already read (concurrent writers, clock skew
+    between SDK processes), and a reader resuming after its last id would skip it for good. The
+    change feed hands these out as ``Changes.since``, so the reader resumes just before them."""
 
     layout: LayoutName | None = None
+    #: finding one run's event files means listing every run's (the flat layout's one folder)
+    lists_every_run = False
 
     def __init__(self, folder: Path) -> None:
         self.folder = str(folder)
         self.lock = threading.RLock()
         self.groups: dict[str, list[str]] = {}
         self.journal: list[str] = []
+        self.lows: list[str] = []  # per journal entry, the smallest event id it added
         self.base = 0  # the position of journal[0]: older entries are dropped as it grows
         self.high = ""  # the greatest event-id time prefix seen
         self.epoch = str(ULID())
+        #: epochs of the indexes this one replaced in this process (the directory changed layout):
+        #: a token of theirs has seen nothing of this index
+        self.replaced: frozenset[str] = frozenset()
         self.strays = False  # entries of the other layout appeared: the layout is to be looked at again
 
     # -- what a layout implements ---------------------------------------------------------------
@@ -462,6 +504,14 @@ class EventIndex:
 
     def path(self, run_id: str, event_id: str) -> str:
         return f"{self.folder}{os.sep}{run_id}-{event_id}.json"
+
+    def keep_types(self) -> None:
+        """Note the files' types as they are listed, for ``listed_regular`` (where a listing has them)."""
+
+    def listed_regular(self, run_id: str, event_ids: list[str]) -> bool:
+        """Whether the last listing saw each of these files as a regular file (not a symlink),
+        so a reader may open them without a ``stat`` first; False when not known."""
+        return False
 
     def watch(self) -> None:
         """Follow changes through inotify from now on, where available."""
@@ -477,26 +527,44 @@ class EventIndex:
         """The layout was looked at again and is still this one (a stray that is no evidence)."""
         self.strays = False
 
+    def succeed(self, previous: EventIndex) -> None:
+        """This index replaces ``previous`` (the directory changed layout): tokens it handed out
+        are told every run of this one, from its first event."""
+        self.replaced = previous.replaced | {previous.epoch}
+
     # -- shared bookkeeping ---------------------------------------------------------------------
     def added(self, run_id: str, event_ids: list[str]) -> None:
         """``event_ids`` (sorted) appeared for ``run_id``: one journal entry for the change."""
         ids = self.groups.get(run_id)
         if ids is None:
             ids = self.groups[run_id] = []
-        for event_id in event_ids:
-            if not ids or event_id > ids[-1]:
-                ids.append(event_id)
-            else:
+        if ids and event_ids and event_ids[0] <= ids[-1]:  # published behind ids already indexed
+            for event_id in event_ids:
                 insort(ids, event_id)
-            stamp = event_id[5:15]
+        else:
+            ids.extend(event_ids)
+        if event_ids:  # a new entry even after one for the same run: a token may point past that one
+            stamp = max(map(_STAMP, event_ids))
             if stamp > self.high:
                 self.high = stamp
-        if event_ids:  # a new entry even after one for the same run: a token may point past that one
             self.journal.append(run_id)
+            self.lows.append(min(event_ids))
         if len(self.journal) > JOURNAL_MAX:  # a token older than what is kept falls back to its watermark
             drop = len(self.journal) // 2
             del self.journal[:drop]
+            del self.lows[:drop]
             self.base += drop
+
+    def since(self, seq: int) -> dict[str, str]:
+        """Runs that gained events after journal position ``seq`` (``base <= seq``), each with the
+        smallest event id it gained: a cost of the entries since then, not of the history."""
+        out: dict[str, str] = {}
+        start = seq - self.base
+        for run_id, low in zip(self.journal[start:], self.lows[start:], strict=True):
+            known = out.get(run_id)
+            if known is None or low < known:
+                out[run_id] = low
+        return out
 
     def removed(self, run_id: str, event_ids: set[str]) -> None:
         ids = self.groups.get(run_id, [])
@@ -512,18 +580,20 @@ class _FlatEvents(EventIndex):
     """``events/<runId>-<eventId>.json``: one listing of one directory, grouped by run."""
 
     layout: LayoutName | None = "flat"
+    lists_every_run = True
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.listing = Listing(folder, on_change=self._apply, stray=_is_run_folder, lock=self.lock)
+        self.listing = Listing(folder, on_change=self._apply, stray=RUN_FOLDER.match, lock=self.lock)
 
     def _apply(self, added: set[str], removed: set[str]) -> None:
         batch: dict[str, list[str]] = {}
-        for name in sorted(added):  # sorted: a run's ids arrive in order and are appended
+        for name in added:
             run_id, dash, event_id = name[:-5].partition("-")
             if dash:
                 batch.setdefault(run_id, []).append(event_id)
         for run_id, ids in batch.items():
+            ids.sort()  # per run, not all names at once: a listing of a big world stays linear
             self.added(run_id, ids)
         gone: dict[str, set[str]] = {}
         for name in removed:
@@ -541,6 +611,15 @@ class _FlatEvents(EventIndex):
         with self.lock:
             self.refresh()
             return self.groups.get(run_id, [])
+
+    def keep_types(self) -> None:
+        self.listing.keep_types()
+
+    def listed_regular(self, run_id: str, event_ids: list[str]) -> bool:
+        unchecked = self.listing.unchecked
+        if unchecked is None:
+            return False
+        return not unchecked or not any(f"{run_id}-{e}.json" in unchecked for e in event_ids)
 
     def watch(self) -> None:
         self.listing.watch()
@@ -580,7 +659,7 @@ class _PerRunEvents(EventIndex):
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.root = Listing(
-            folder, final=_is_run_folder, on_change=self._folders, stray=_is_flat_entity, lock=self.lock
+            folder, final=RUN_FOLDER.match, on_change=self._folders, stray=FLAT_ENTITY_FILE.match, lock=self.lock
         )
         self.folders: dict[str, _RunFolder] = {}
         self.by_watch: dict[int, _RunFolder] = {}
@@ -873,7 +952,7 @@ class ChunkFiles:
         with self._lock:
             listing = self._folders.get(name)
             if listing is None:
-                listing = self._folders[name] = Listing(self.dir / name, final=_is_chunk_file)
+                listing = self._folders[name] = Listing(self.dir / name, final=CHUNK_FILE.match)
             return listing
 
     def paths(self, name: str) -> list[str]:

@@ -51,21 +51,18 @@ DEFAULT_URL = "postgres://world:world@localhost:5432/world"
 _RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
-def _unwrap(value: Any) -> Any:
-    """cbor-x writes a Uint8Array as tag 64 (RFC 8746 uint8 array): hand back plain bytes."""
-    if isinstance(value, cbor2.CBORTag):
-        return bytes(value.value) if value.tag == 64 else value
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unwrap(v) for v in value]
-    return value
+def _uint8_array(first: Any, second: Any) -> Any:
+    """cbor-x writes a Uint8Array as tag 64 (RFC 8746 uint8 array): hand back plain bytes. A hook
+    the decoder calls for each tag it has no decoder of its own for, so no walk over the document.
+    cbor2 6 calls it with (tag, immutable), cbor2 5 with (decoder, tag)."""
+    tag = first if isinstance(first, cbor2.CBORTag) else second
+    return bytes(tag.value) if tag.tag == 64 else tag
 
 
 def _cbor(value: bytes | None, legacy: Any = None) -> Any:
     if value is None:
         return legacy
-    return _unwrap(cbor2.loads(bytes(value)))
+    return cbor2.loads(value, tag_hook=_uint8_array)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -75,6 +72,10 @@ def _utc(value: datetime | None) -> datetime | None:
 _RUN_COLUMNS = (
     "id, status, name, deployment_id, created_at, updated_at, started_at, completed_at, expired_at, "
     "spec_version, execution_context_cbor, execution_context, input_cbor, input, output_cbor, output, error_cbor, error"
+)
+#: the same, without the payloads a listing that does not resolve them would only decode and drop
+_RUN_COLUMNS_BARE = _RUN_COLUMNS.replace(
+    "input_cbor, input, output_cbor, output", "NULL AS input_cbor, NULL AS input, NULL AS output_cbor, NULL AS output"
 )
 _STEP_COLUMNS = (
     "run_id, step_id, step_name, status, attempt, created_at, updated_at, started_at, completed_at, retry_after, "
@@ -530,8 +531,9 @@ class _Runs:
         if p.cursor:
             where = f"id {'<' if order == 'desc' else '>'} %s"
             params = [p.cursor.rsplit("|", 1)[-1]]  # also an older "<createdAt>|<id>" cursor
+        columns = _RUN_COLUMNS if resolve_data == "all" else _RUN_COLUMNS_BARE
         rows = await self.w.query(
-            f"SELECT {_RUN_COLUMNS} FROM workflow.workflow_runs WHERE {where}"
+            f"SELECT {columns} FROM workflow.workflow_runs WHERE {where}"
             " AND (%s::text IS NULL OR name = %s) AND (%s::text IS NULL OR status::text = %s)"
             f" ORDER BY id {order} LIMIT %s",
             [*params, workflow_name, workflow_name, status, status, limit + 1],

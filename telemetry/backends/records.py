@@ -34,6 +34,8 @@ _DATE_FIELDS = ("resumeAt", "retryAfter")
 
 
 def parse_time(value: Any) -> datetime | None:
+    if value.__class__ is str:  # the common case first: ISO 8601 text (Python 3.11 reads the ``Z`` itself)
+        return datetime.fromisoformat(value)
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))

@@ -1,10 +1,18 @@
 """``wft export`` on every core: runs shared out among worker processes, each reading, building
 and encoding its share, while this process lists the runs and sends.
 
+This process does as little per event as it can, since it shares the cores with the workers: a
+whole world-local directory is handed out as run ids from the listing of ``runs/`` (the workers
+read the run files; the order is not kept anyway), and the flat layout's events folder, which
+would otherwise be listed in full by every worker to find any one run's files, is listed here
+once (then followed through inotify) and each chunk carries its runs' event ids
+(``known_ids``). A selection, and world-postgres, are listed as runs, as before.
+
 Reading a log (files or rows, JSON, payload decoding) and turning it into OTLP is Python work
 that holds the GIL, and runs are independent of each other, so N processes go about N times as
 fast. Each worker opens its own reader of the world from the same ``BackendConfig`` (on
-world-postgres, its own connection) and answers a chunk of runs with gzipped OTLP request bodies
+world-postgres, its own connection, reading a chunk's logs in one statement: ``run_logs``) and
+answers a chunk of runs with gzipped OTLP request bodies
 (``otlp_encode``; small runs share a request), each tagged with the runs whose spans it holds.
 The parent posts them, so a failed POST counts against exactly those runs, and every span is sent
 once (as in the one-process path, the order of runs is not kept). Runs whose log ends at a record
@@ -23,7 +31,7 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -32,13 +40,14 @@ from typing import Any, Protocol
 from opentelemetry.sdk.resources import Resource
 
 from ..backends import BackendConfig, open_backend
+from ..backends.local import LocalWorld
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, gzip_body
 from ..otlp_encode import OtlpEncoder, RequestBatcher
-from ..reading import all_runs, empty_log, event_log, stalled_runs
+from ..reading import all_runs, empty_log, event_log, run_logs, stalled_runs
 from ..runtrace import RunTraceBuilder
-from ..world import WorkflowRun
+from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError
 
 __all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "Tally", "default_jobs", "export_in_processes"]
@@ -71,6 +80,21 @@ class Tally(Protocol):
 
 
 # -- in a worker process ---------------------------------------------------------------------------
+async def known_logs(
+    world: Any, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]]
+) -> AsyncGenerator[tuple[WorkflowRun, list[Event] | UnreadableEventsError], None]:
+    """``run_logs``, read from the event ids the parent listed (world-local ``known_ids``), so
+    the worker lists no folder of its own."""
+    for run in runs:
+        ids, listed = known.get(run.run_id, ([], False))
+        try:
+            events: list[Event] = world.events.read_log(run.run_id, ids, True, listed=listed)
+        except UnreadableEventsError as error:
+            yield run, error
+            continue
+        yield run, events
+
+
 @dataclass
 class _Answer:
     """A worker's answer for one chunk of runs."""
@@ -79,7 +103,7 @@ class _Answer:
     done: list[tuple[str, int, int]] = field(default_factory=list)  # run id, spans, events
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # run id, path, reason
     notes: list[str] = field(default_factory=list)  # lines for stderr
-    waiting: list[str] = field(default_factory=list)  # run ids: a record still being written
+    waiting: list[WorkflowRun] = field(default_factory=list)  # a record still being written
     rest: list[WorkflowRun] = field(default_factory=list)  # not reached: the chunk was full
     fatal: WorkflowWorldError | None = None  # a world error that ends the export (as it would in one process)
 
@@ -103,9 +127,12 @@ class _Worker:
         self.loop = asyncio.new_event_loop()
 
     def warm_up(self) -> None:
-        """Open the reader now, while the parent lists the first runs (world-local indexes its event
-        files, world-postgres connects): a log nobody has is the cheapest read that does it."""
-        self.loop.run_until_complete(event_log(self.world, "wrun_warm-up"))
+        """Open the reader now, while the parent lists the first runs (world-postgres connects): a
+        log nobody has is the cheapest read that does it. Not world-local, which has nothing to
+        open: its flat layout's event ids come with the runs (``known_ids``), and a per-run layout
+        lists each run's folder as it is read."""
+        if not hasattr(self.world.events, "read_log"):
+            self.loop.run_until_complete(event_log(self.world, "wrun_warm-up"))
 
     def close(self) -> None:
         """On the worker's way out: its reader closed (world-postgres: the connection ended cleanly)."""
@@ -114,23 +141,42 @@ class _Worker:
         finally:
             self.loop.close()
 
-    async def chunk(self, runs: list[WorkflowRun]) -> _Answer:
+    async def chunk(
+        self, entries: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None = None
+    ) -> _Answer:
         out = _Answer()
         world = self.world
+        runs: list[WorkflowRun] = []
+        for entry in entries:
+            if not isinstance(entry, str):
+                runs.append(entry)
+                continue
+            run = world.runs.entry(entry)  # a run id (world-local): its file is read here, not in the parent
+            if run is None:  # vanished since the parent listed it: not listed, as in one process
+                continue
+            if isinstance(run, UnreadableRun):
+                if run.run_id in stalled_runs(world):  # its run file is being written: later
+                    out.waiting.append(run)
+                else:
+                    out.skipped.append((run.run_id, run.path, run.reason))
+                continue
+            runs.append(run)
         batcher = RequestBatcher(self.encoder, self.batch_size)
         holding: list[str] = []  # runs with spans in the request being filled
         spans = 0
-        for at, run in enumerate(runs):
+        reached: set[str] = set()
+        reading = run_logs(world, runs) if known is None else known_logs(world, runs, known)
+        async for run, events in reading:
             if spans >= CHUNK_SPANS:
-                out.rest = runs[at:]
+                out.rest = [r for r in runs if r.run_id not in reached]
+                await reading.aclose()
                 break
-            try:
-                events = await event_log(world, run.run_id)
-            except UnreadableEventsError as error:
-                out.skipped.append((run.run_id, error.path, error.reason))
+            reached.add(run.run_id)
+            if isinstance(events, UnreadableEventsError):
+                out.skipped.append((run.run_id, events.path, events.reason))
                 continue
             if run.run_id in stalled_runs(world):
-                out.waiting.append(run.run_id)
+                out.waiting.append(run)
                 continue
             empty = None if events else await empty_log(world, run)
             if empty is not None:
@@ -191,10 +237,10 @@ def _ready() -> None:
     """A task that only makes the pool start its workers."""
 
 
-def _export_chunk(runs: list[WorkflowRun]) -> _Answer:
+def _export_chunk(runs: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None = None) -> _Answer:
     try:
         worker = _the_worker()
-        return worker.loop.run_until_complete(worker.chunk(runs))
+        return worker.loop.run_until_complete(worker.chunk(runs, known))
     except WorkflowWorldError as error:
         return _Answer(fatal=_portable(error))
 
@@ -210,6 +256,10 @@ def _portable(error: WorkflowWorldError) -> WorkflowWorldError:
 
 
 # -- in the parent ---------------------------------------------------------------------------------
+def _run_id(entry: WorkflowRun | str) -> str:
+    return entry if isinstance(entry, str) else entry.run_id
+
+
 def _context() -> Any:
     """``fork`` where it is safe (Linux): workers start at once, with the code already loaded."""
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
@@ -240,7 +290,7 @@ async def export_in_processes(
         initializer=_start_worker,
         initargs=(config, (dict(resource.attributes), resource.schema_url), include_payloads, grace, sink.batch_size),
     )
-    in_flight: dict[asyncio.Future[_Answer], list[WorkflowRun]] = {}
+    in_flight: dict[asyncio.Future[_Answer], list[WorkflowRun | str]] = {}
     waiting: list[WorkflowRun] = []
     failures = 0
     listed: dict[str, int] = {}  # run id → its place in the listing
@@ -255,9 +305,12 @@ async def export_in_processes(
             status=RUNTIME,
         )
 
-    def submit(runs: list[WorkflowRun]) -> None:
+    known_ids = getattr(world.events, "known_ids", None)  # world-local: the ids this process indexed
+
+    def submit(runs: list[WorkflowRun | str]) -> None:
+        known = known_ids(_run_id(r) for r in runs) if known_ids is not None else None
         try:  # a pool whose worker died refuses new work at once: the same one-line error
-            future: Future[_Answer] = pool.submit(_export_chunk, runs)
+            future: Future[_Answer] = pool.submit(_export_chunk, runs, known)
         except BrokenProcessPool as error:
             raise died(error) from None
         in_flight[asyncio.wrap_future(future)] = runs
@@ -267,7 +320,7 @@ async def export_in_processes(
         while len(in_flight) > limit:
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for future in finished:
-                runs = in_flight.pop(future)
+                in_flight.pop(future)
                 try:
                     answer = future.result()
                 except BrokenProcessPool as error:
@@ -275,7 +328,7 @@ async def export_in_processes(
                 if answer.fatal is not None:
                     raise answer.fatal
                 if answer.rest:
-                    submit(answer.rest)
+                    submit([*answer.rest])
                 failed: set[str] = set()
                 for body, spans, holders in answer.bodies:
                     try:
@@ -297,16 +350,25 @@ async def export_in_processes(
                 skipped.extend((listed.get(run_id, 0), run_id, path, reason) for run_id, path, reason in answer.skipped)
                 for note in answer.notes:
                     print(f"wft export: {note}", file=sys.stderr)
-                if answer.waiting:
-                    stalled = set(answer.waiting)
-                    waiting.extend(run for run in runs if run.run_id in stalled)
+                waiting.extend(answer.waiting)
                 if on_progress is not None:
                     on_progress()
 
-    try:
-        chunk: list[WorkflowRun] = []
+    async def entries() -> AsyncIterator[WorkflowRun | str]:
+        """Every run of a whole world-local directory as its id (the workers read the run files:
+        they are many and the order is not kept); otherwise the listing's runs (world-postgres
+        reads a page of rows cheaply; a selection is the listing's to apply)."""
+        if isinstance(world, LocalWorld):
+            for run_id in await world.io(world.runs.unordered_ids):
+                yield run_id
+            return
         async for run in all_runs(world, page_size=500, resolve_data="none"):
-            listed[run.run_id] = len(listed)
+            yield run
+
+    try:
+        chunk: list[WorkflowRun | str] = []
+        async for run in entries():
+            listed[_run_id(run)] = len(listed)
             if isinstance(run, UnreadableRun):
                 if run.run_id in stalled_runs(world):  # its run file is being written: later
                     waiting.append(run)

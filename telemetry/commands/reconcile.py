@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cbor2
+import zstandard
 
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError
@@ -44,12 +46,11 @@ from .common import CliError, Handler, add_world_options, run_async, world_from
 __all__ = ["Findings", "configure"]
 
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-#: the app's spans of a run in the collector's store (its ``spans`` table), with just the attributes read
-_STORE_SPANS = (
-    "SELECT trace_id, span_id, parent_span_id, name, start_ns, end_ns, "
-    + ", ".join(f"json_extract(attributes, '$.\"{name}\"')" for name in READ_ATTRIBUTES)
-    + " FROM spans WHERE run_id = ? AND coalesce(scope, '') != ?"
-)
+#: the blobs of a run in the collector's store (layout 2, ``collector.store``): zstandard over the
+#: CBOR ``[resources, spans]``, a span a list whose first 14 items are read below; a span sent again
+#: leaves a dead copy in an older blob, told by the index row pointing elsewhere
+_STORE_BLOBS = "SELECT blob_id, dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id"
+_STORE_LIVE = "SELECT 1 FROM span_index WHERE trace_id = ? AND span_id = ? AND blob_id = ? AND pos = ?"
 _CONCURRENCY = 8  # analyses asked of a collector at once
 
 
@@ -90,25 +91,24 @@ def _open_store(path: str) -> sqlite3.Connection:
         raise CliError(f"--store: no such file: {path}")
     try:
         conn = sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro", uri=True)
-        conn.execute("SELECT run_id, scope, attributes FROM spans LIMIT 0")
+        conn.execute("SELECT run_id, dead, data FROM blobs LIMIT 0")
     except sqlite3.Error as error:
         raise CliError(f"--store: {path} is not a collector store ({error})") from None
     return conn
 
 
 def _store_spans(conn: sqlite3.Connection, run_id: str) -> list[AppSpan]:
-    return [
-        AppSpan(
-            row[0],
-            row[1],
-            row[2] or "",
-            row[3],
-            row[4],
-            row[5],
-            {name: value for name, value in zip(READ_ATTRIBUTES, row[6:], strict=True) if value is not None},
-        )
-        for row in conn.execute(_STORE_SPANS, (run_id, SCOPE.name))
-    ]
+    spans = []
+    for blob_id, dead, data in conn.execute(_STORE_BLOBS, (run_id,)).fetchall():
+        for pos, item in enumerate(cbor2.loads(zstandard.ZstdDecompressor().decompress(data))[1]):
+            trace_id, span_id, parent, name, _, start, end, _, _, attributes, _, _, _, scope = item[:14]
+            if scope == SCOPE.name or (
+                dead and not conn.execute(_STORE_LIVE, (trace_id, span_id, blob_id, pos)).fetchone()
+            ):
+                continue
+            read = {name: attributes[name] for name in READ_ATTRIBUTES if attributes.get(name) is not None}
+            spans.append(AppSpan(trace_id, span_id, parent or "", name, start, end, read))
+    return spans
 
 
 async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namespace, grace_ns: int) -> Findings:

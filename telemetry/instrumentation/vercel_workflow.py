@@ -12,6 +12,11 @@ implementations (the local world and the Vercel world) so that:
   through ``record_benign`` instead: DEBUG log, status left Unset, ``workflow.conflict="benign"``, counted,
   and — the chunk being lost either way — not raised into the step, so a straggler does not fail and
   retry a step of a finished run (``raise_benign_stream_conflicts=True`` keeps the SDK's raise);
+- the local world raises nothing for such a write: it stores the chunk. A write to a run whose end this
+  process recorded (its ``run_completed`` / ``run_failed`` / ``run_cancelled`` went through an instrumented
+  world) is recorded the same way — benign, counted, the span says ``workflow.stream.after_run_end`` — so
+  a straggler looks alike on both worlds. It costs one dict lookup; a run ended by another process is not
+  recognised (rare: the local world's embedded queue delivers each message in the process that queued it);
 - each queue delivery the runtime handles is a CONSUMER span, ``WORKFLOW <workflowName>`` for a replay and
   ``STEP <stepName>`` for a step attempt (the 4.x TS names), annotated from the events the delivery writes
   (attempt, retry, failure, run outcome);
@@ -45,6 +50,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .._otel import tracer_for
+from ..errors import EntityConflictError
 from ..payloads import decode_payload
 from ..semconv import (
     ERROR_TYPE,
@@ -87,6 +93,9 @@ _STEP_ERROR_MESSAGE: Final = "step.error.message"
 _STEP_WILL_RETRY: Final = "step.retry.will_retry"
 _CONTINUATION_DELAY: Final = "workflow.queue.continuation_delay_s"
 _QUEUE_SYSTEM: Final = "vercel-queue"
+#: on a stream write the local world stored although the run had already ended (it raises no conflict)
+_AFTER_RUN_END: Final = "workflow.stream.after_run_end"
+_TERMINAL_RUN: Final = frozenset({"completed", "failed", "cancelled"})
 
 
 #: vercel-workflow World method -> the span name the TS SDK's ``instrumentObject`` gives the same call
@@ -141,6 +150,25 @@ class _Carriers:
             return self._items.get(run_id)
 
 
+class _EndedRuns:
+    """The runs whose end this process recorded, and how each ended. Bounded: most recent runs."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, run_id: str, status: str) -> None:
+        with self._lock:
+            self._items[run_id] = status
+            self._items.move_to_end(run_id)
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+    def get(self, run_id: str) -> str | None:
+        return self._items.get(run_id)  # a single dict read: atomic under the GIL
+
+
 class _State:
     """What one ``instrument()`` call set up; ``uninstrument()`` undoes exactly this."""
 
@@ -149,6 +177,7 @@ class _State:
         self.raise_benign = raise_benign
         self.enabled = True
         self.carriers = _Carriers()
+        self.ended = _EndedRuns()
         self.originals: list[tuple[type, str, Any]] = []
 
     def tracer(self) -> trace.Tracer | None:
@@ -251,6 +280,7 @@ def _world_wrapper(
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:
+                ended = state.ended.get(run_id) if is_stream_write and isinstance(run_id, str) else None
                 try:
                     result = await original(self, *args, **kwargs)
                 except Exception as error:
@@ -260,8 +290,11 @@ def _world_wrapper(
                             raise
                         return None
                     throw_with_trace(span, error)
+                if ended is not None and isinstance(run_id, str):  # stored (local world), yet the run had ended
+                    _record_after_end(span, name, run_id, ended)
                 if is_create:
                     _after_event(span, event, result)
+                    _remember_end(state, result)
                 return result
 
     return wrapper
@@ -270,6 +303,31 @@ def _world_wrapper(
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _remember_end(state: _State, result: Any) -> None:
+    """A run the world now says is over: later stream writes to it lost the race with its end."""
+    run = getattr(result, "run", None)
+    status = getattr(run, "status", None)
+    run_id = getattr(run, "run_id", None)
+    if status in _TERMINAL_RUN and isinstance(run_id, str):
+        state.ended.add(run_id, status)
+
+
+def _record_after_end(span: Span, operation: str, run_id: str, status: str) -> None:
+    """A stream write the world stored after the run ended: what the Vercel world answers with a 409.
+
+    The conflict is described, not raised: ``record_benign`` (the one place benign conflicts are logged
+    and counted) gets the error the run's end amounts to, and the span says the chunk was stored anyway.
+    """
+    conflict = EntityConflictError(
+        f'Run "{run_id}" is already {status}: {operation} after the run ended (the world stored it)',
+        run_id=run_id,
+    )
+    if not is_benign_conflict(conflict, operation=operation):  # the shared rule decides, as for a 409
+        return
+    span.set_attribute(_AFTER_RUN_END, True)
+    record_benign(span, conflict)
 
 
 @contextmanager

@@ -1,11 +1,13 @@
 """Run the workflows of ``apps`` into a data dir, in this process, and report what vercel-workflow says.
 
-``python -m tests.pyworkflows.run DATA_DIR [--only a,b] [--spans FILE] [--sentry-dsn DSN]`` prints one
-JSON document: per scenario, the run id and what vercel-workflow's own API reports for the run (status,
-error, its steps with status/attempt/error, its event types, its streams). With ``--spans`` the app is
-instrumented with ``VercelWorkflowInstrumentor`` and a real SDK tracer provider whose in-memory
-exporter is dumped to FILE as JSON lines. A fresh process per data dir: vercel-workflow binds its
-world, queue and registry when ``apps`` is imported.
+``python -m tests.pyworkflows.run DATA_DIR [--only a,b] [--spans FILE] [--otlp URL] [--sentry-dsn DSN]
+[--sentry-drops FILE]`` prints one JSON document: per scenario, the run id and what vercel-workflow's own API
+reports for the run (status, error, its steps with status/attempt/error, its event types, its streams). With
+``--spans`` or ``--otlp`` the app is instrumented with ``VercelWorkflowInstrumentor`` and a real SDK tracer
+provider, whose in-memory exporter is dumped to FILE as JSON lines and whose OTLP exporter sends to URL.
+``--sentry-dsn`` turns on sentry-sdk with ``telemetry.sentry``'s filter; ``--sentry-drops`` writes what the
+filter dropped, per rule, as JSON. A fresh process per data dir: vercel-workflow binds its world, queue and
+registry when ``apps`` is imported.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -43,11 +46,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--otlp", help="instrument and also export the spans to this OTLP/HTTP base URL")
     parser.add_argument("--sentry-dsn", help="sentry-sdk with telemetry.sentry's filter, sending here")
     parser.add_argument("--sentry-level", default="WARNING", help="log level that becomes a Sentry event")
+    parser.add_argument("--sentry-drops", help="with --sentry-dsn: write the filter's drop counts here (JSON)")
     return parser.parse_args()
 
 
 def main() -> int:
     args = _parse()
+    _watch_vercel_workflow_log()
     os.environ["WORKFLOW_LOCAL_DATA_DIR"] = args.data_dir
     os.environ.setdefault("WORKFLOW_TARGET_WORLD", "local")
     exporter = None
@@ -66,6 +71,11 @@ def main() -> int:
         import sentry_sdk
 
         sentry_sdk.flush(10)
+        if args.sentry_drops:
+            from telemetry.sentry import drop_counts
+
+            with open(args.sentry_drops, "w") as fh:
+                json.dump(drop_counts(), fh)
     json.dump(report, sys.stdout, indent=1, sort_keys=True)
     return 0
 
@@ -141,6 +151,7 @@ async def _drive(only: list[str]) -> dict[str, Any]:
     await asyncio.gather(*waiters)
     if "racing" in runs:  # the straggler writes after its run completed: wait for that write
         await _until_stream_written(runs["racing"].run_id)
+        await _until_replayed_after_end(runs["racing"].run_id)
     world = w.get_world()
     report = {name: await describe(world, run.run_id) for name, run in runs.items()}
     await world.aclose()
@@ -190,6 +201,41 @@ async def _until_stream_written(run_id: str) -> None:
                 return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the straggler of {run_id} never wrote")
+
+
+class _Sightings(logging.Filter):
+    """Log messages of ``vercel.workflow`` seen so far (a logger filter: handlers, and the last-resort
+    printing of WARNINGs to stderr, stay as they are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return True
+
+
+_SIGHTINGS = _Sightings()
+
+
+def _watch_vercel_workflow_log() -> None:
+    """See vercel-workflow's DEBUG lines too (Sentry's logging integration ignores DEBUG)."""
+    logger = logging.getLogger("vercel.workflow")
+    logger.setLevel(logging.DEBUG)
+    logger.addFilter(_SIGHTINGS)
+
+
+async def _until_replayed_after_end(run_id: str) -> None:
+    """The straggler's completion re-queues its finished run; that replay's ``run_started`` meets the run's
+    end (an EntityConflictError vercel-workflow handles, logging one DEBUG line). Wait for it, so what the
+    replay did is in the data and the spans before the world closes."""
+    said = f"Workflow run {run_id} is already finished or started"
+    deadline = time.monotonic() + 30
+    while said not in _SIGHTINGS.messages:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the straggler's replay of {run_id} never ran")
+        await asyncio.sleep(0.02)
 
 
 async def _steps_done(world: Any, run_id: str) -> bool:
