@@ -52,7 +52,7 @@ COUNTERS: Final = (
     _Spec(
         "requests_overloaded",
         "wft_requests_overloaded_total",
-        "OTLP requests answered 503 because the write queue was full.",
+        "OTLP requests answered 503 because the write queue or the byte budget (--max-pending-bytes) was full.",
     ),
     _Spec(
         "requests_unavailable",

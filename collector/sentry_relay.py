@@ -23,6 +23,7 @@ import json
 import logging
 import zlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -187,16 +188,25 @@ class SentryRelay:
         return out
 
     async def envelope(self, request: web.Request) -> web.StreamResponse:
+        return await self._admitted(request, self._envelope, "envelope")
+
+    async def _admitted(
+        self,
+        request: web.Request,
+        handle: Callable[[web.Request, Ticket], Awaitable[web.Response]],
+        what: str,
+    ) -> web.StreamResponse:
+        """``handle`` under the shared byte budget: refused on its headers, or while its body streams."""
         try:
             ticket = admit(request, self.admission, route="sentry")
         except Refused as refused:
             return refusal(refused)
         try:
-            return await self._envelope(request, ticket)
+            return await handle(request, ticket)
         except Refused as refused:  # a body without Content-Length outgrew the budget while read
             return await answer_then_drain(request, refusal(refused), limit=self.max_body)
         except TooLarge:
-            too_large = web.Response(status=413, text=f"envelope over {self.max_body} bytes")
+            too_large = web.Response(status=413, text=f"{what} over {self.max_body} bytes")
             return await answer_then_drain(request, too_large, limit=self.max_body)
         finally:
             ticket.release()
@@ -232,19 +242,7 @@ class SentryRelay:
         return web.json_response({"id": event_id} if event_id else {})
 
     async def store(self, request: web.Request) -> web.StreamResponse:
-        try:
-            ticket = admit(request, self.admission, route="sentry")
-        except Refused as refused:
-            return refusal(refused)
-        try:
-            return await self._store(request, ticket)
-        except Refused as refused:  # a body without Content-Length outgrew the budget while read
-            return await answer_then_drain(request, refusal(refused), limit=self.max_body)
-        except TooLarge:
-            too_large = web.Response(status=413, text=f"event over {self.max_body} bytes")
-            return await answer_then_drain(request, too_large, limit=self.max_body)
-        finally:
-            ticket.release()
+        return await self._admitted(request, self._store, "event")
 
     async def _store(self, request: web.Request, ticket: Ticket) -> web.Response:
         try:

@@ -175,15 +175,20 @@ def read_bytes(path: str) -> tuple[bytes, float]:
                 raise UnreadableRecord(path, "not a regular file", "not a regular file", info.st_mtime)
             if info.st_size > _MAX_RECORD:
                 raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
-            chunks = [body]
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            body = b"".join(chunks)
+            body = _read_to_end(fd, body)
         return body, info.st_mtime
     except OSError as error:
         raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), info.st_mtime) from None
     finally:
         os.close(fd)
+
+
+def _read_to_end(fd: int, start: bytes) -> bytes:
+    """``start`` and the rest of an open file (a record that grew while we read it)."""
+    chunks = [start]
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_listed(path: str) -> tuple[bytes, float]:
@@ -213,10 +218,7 @@ def read_listed(path: str) -> tuple[bytes, float]:
             raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
         body = os.read(fd, info.st_size + 1)  # a short read of a regular file is its end
         if len(body) > info.st_size:  # grown since fstat: read on to the end
-            chunks = [body]
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            body = b"".join(chunks)
+            body = _read_to_end(fd, body)
         return body, info.st_mtime
     except OSError as error:
         raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), info.st_mtime) from None
