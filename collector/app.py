@@ -191,7 +191,7 @@ def build(settings: Settings) -> Service:
     metrics.labelled["wft_request_body_read_bytes_total"] = ("route", lambda: dict(admission.bytes_read))
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward, admission=admission)
     app.router.add_post("/v1/traces", ingest.handle)
-    app.on_cleanup.append(ingest.cleanup)  # its decode thread
+    app.on_cleanup.append(ingest.cleanup)  # its decoder process
 
     def unreadable() -> dict[str, str]:
         """Runs the world tailer could not read (run id → why), for the API and the pages."""

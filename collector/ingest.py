@@ -52,6 +52,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from telemetry.semconv import WORKFLOW_CONFLICT
+
 from .admission import DEFAULT_MAX_PENDING_BYTES, Admission, Refused, Ticket, client_key
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, records_from, set_attribute
@@ -387,5 +389,5 @@ def _mark_benign(otlp: ExportTraceServiceRequest, ids: set[tuple[str, str]]) -> 
                     original = span.status.message
                     span.status.code = 0
                     span.status.message = ""
-                    set_attribute(span, "workflow.conflict", "benign")
+                    set_attribute(span, WORKFLOW_CONFLICT, "benign")
                     set_attribute(span, "workflow.original_status", f"ERROR: {original}" if original else "ERROR")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from telemetry.semconv import WORKFLOW_CONFLICT
 from telemetry.tracing import is_benign_conflict
 
 from .otlp import SpanRecord
@@ -67,7 +68,7 @@ def apply_benign_policy(span: SpanRecord) -> bool:
     A span the app already recorded benign in-process (``record_benign``: status Unset,
     ``workflow.conflict="benign"``) is only flagged as such, so its run counts and shows it."""
     if span.status_code != STATUS_ERROR:
-        if span.attributes.get("workflow.conflict") == "benign":
+        if span.attributes.get(WORKFLOW_CONFLICT) == "benign":
             span.benign = True
         return False
     operation = operation_of(span)
@@ -76,7 +77,7 @@ def apply_benign_policy(span: SpanRecord) -> bool:
     if not any(is_benign_conflict(c, operation=operation) for c in _candidates(span)):
         return False
     span.attributes["workflow.original_status"] = f"ERROR: {span.status_message}" if span.status_message else "ERROR"
-    span.attributes["workflow.conflict"] = "benign"
+    span.attributes[WORKFLOW_CONFLICT] = "benign"
     span.status_code = STATUS_UNSET
     span.status_message = ""
     span.benign = True
