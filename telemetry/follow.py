@@ -535,7 +535,13 @@ class Follower:
 
         sent = done = 0
         async with contextlib.aclosing(
-            catch_up.run(fresh(), self.resource, self.include_payloads, self.batch_spans)
+            catch_up.run(
+                fresh(),
+                self.resource,
+                self.include_payloads,
+                self.batch_spans,
+                getattr(self.world.events, "known_ids", None),
+            )
         ) as answers:
             async for answer in answers:
                 self.checkpoint.record_many([(run_id, state, ()) for run_id, state in answer.done])
@@ -719,6 +725,8 @@ class Follower:
 #: ``post(gzipped_request, spans)``: one serialized, gzipped ``ExportTraceServiceRequest``; returns
 #: once the collector acknowledged it, raises when it did not
 Post = Callable[[bytes, int], Awaitable[None]]
+#: world-local's ``known_ids``: run ids → (their event ids, all listed as regular files), or None
+KnownIds = Callable[[Iterable[str]], "dict[str, tuple[list[str], bool]] | None"]
 
 
 @dataclass
@@ -774,8 +782,12 @@ class ParallelCatchUp:
         resource: Resource | None,
         include_payloads: bool,
         batch_spans: int,
+        known_ids: KnownIds | None = None,
     ) -> AsyncGenerator[_Answer, None]:
-        """Answers for the runs of ``chunks``, each once its requests were acknowledged."""
+        """Answers for the runs of ``chunks``, each once its requests were acknowledged.
+        ``known_ids``: the follower's world-local index of event ids (``LocalEvents.known_ids``),
+        sent with each chunk so a worker reads the run's files without listing the events folder
+        itself (as ``wft export``'s workers do)."""
         resource = resource or Resource.get_empty()
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         pool = ProcessPoolExecutor(
@@ -793,7 +805,8 @@ class ParallelCatchUp:
         in_flight: set[asyncio.Future[_Answer]] = set()
 
         def submit(runs: list[WorkflowRun]) -> None:
-            future: Future[_Answer] = pool.submit(_catch_up_chunk, runs)
+            known = known_ids(r.run_id for r in runs) if known_ids is not None else None
+            future: Future[_Answer] = pool.submit(_catch_up_chunk, runs, known)
             in_flight.add(asyncio.wrap_future(future))
 
         async def next_answer() -> _Answer:
@@ -854,11 +867,18 @@ class _CatchUpWorker:
         finally:
             self.loop.close()
 
-    async def chunk(self, runs: list[WorkflowRun]) -> _Answer:
+    async def chunk(self, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None) -> _Answer:
         out = _Answer()
         logs: dict[str, list[Event]] = {}
         bulk = getattr(self.world.events, "logs", None)
-        if bulk is not None:
+        if known is not None:  # world-local, flat layout: the ids the follower's index has
+            for run in runs:
+                ids, listed = known.get(run.run_id, ([], False))
+                try:
+                    logs[run.run_id] = self.world.events.read_log(run.run_id, ids, True, listed=listed)
+                except UnreadableEventsError:
+                    pass  # read again below, the usual way, and left to the follower
+        elif bulk is not None:
             async for run_id, events in bulk(dict.fromkeys(r.run_id for r in runs)):
                 logs[run_id] = events
         batcher = RequestBatcher(self.encoder, self.batch_spans)
@@ -901,11 +921,11 @@ def _start_catch_up_worker(*args: Any) -> None:
     multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
 
 
-def _catch_up_chunk(runs: list[WorkflowRun]) -> _Answer:
+def _catch_up_chunk(runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None = None) -> _Answer:
     worker = _worker
     assert worker is not None, "the pool's initializer starts the worker"
     try:
-        return worker.loop.run_until_complete(worker.chunk(runs))
+        return worker.loop.run_until_complete(worker.chunk(runs, known))
     except WorkflowWorldError as error:  # its class may not survive pickling; its words do
         return _Answer(fatal=str(error))
 
