@@ -43,9 +43,11 @@ def _logs(world) -> dict:
 
 
 def _samples(metrics: WorkflowMetrics) -> dict[Key, float]:
-    """Every sample the derivation exposes (``_created`` left out: the service's registry drops it)."""
+    """Every sample the derivation exposes (``_created`` left out: the service's registry drops it).
+    Values to the nanosecond: a histogram's ``_sum`` adds float seconds, so observations made in
+    another order (an event committed late) may differ in the last bits, never by a nanosecond."""
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+        (s.name, tuple(sorted(s.labels.items()))): round(s.value, 9)
         for family in metrics.collect()
         for s in family.samples
         if not s.name.endswith("_created")
