@@ -118,7 +118,8 @@ def test_builder_fed_event_by_event_gives_the_one_shot_spans(harness_out, snapsh
         assert builder.events == len(events) and builder.last_event_id == max(e.event_id for e in events)
         # what closed along the way plus the end's trace is exactly the one-shot span set
         assert sent <= {_sid(s) for s in builder.trace().spans}
-    assert compared > 100
+    # every event of the snapshot was fed and compared (how many depends on when the harness took it)
+    assert compared == len(list((harness_out / snapshot / "events").rglob("*.json"))) > 50
 
 
 # -- a pass costs what changed -------------------------------------------------------------------
