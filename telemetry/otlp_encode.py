@@ -70,6 +70,12 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _named(tag: bytes, name: str) -> bytes:
+    """A name's string field (nothing for an empty name: protobuf leaves a default out)."""
+    encoded = name.encode()
+    return _field(tag, encoded) if encoded else b""
+
+
 def _field(tag: bytes, body: bytes) -> bytes:
     """A length-delimited field: tag, length, body."""
     n = len(body)
@@ -104,6 +110,8 @@ _SCOPE_IN_RESOURCE = _tag(2, 2)  # ResourceSpans.scope_spans
 _RESOURCE_IN_REQUEST = _tag(1, 2)  # ExportTraceServiceRequest.resource_spans
 _FLAGS = {False: _SPAN_FLAGS + struct.pack("<I", _HAS_IS_REMOTE), True: _SPAN_FLAGS + struct.pack("<I", _IS_REMOTE)}
 _EMPTY_STATUS = _SPAN_STATUS + b"\x00"
+_SPAN_ID_HEAD = _SPAN_SPAN_ID + b"\x08"  # then the id's 8 bytes
+_PARENT_ID_HEAD = _SPAN_PARENT_ID + b"\x08"
 _BOOLS = {True: _ANY_BOOL + b"\x01", False: _ANY_BOOL + b"\x00"}
 
 #: attributes whose values repeat across a run's spans and a world's runs (identity, kind, state):
@@ -259,6 +267,10 @@ class OtlpEncoder:
         self._resource_tail = resource_spans_tail.SerializeToString()
         self._keys = _Keys()
         self._trace: tuple[int, bytes] = (0, b"")
+        #: span names and span event names (few: "attempt 1", event types) as their fields, each
+        #: kind apart (a span's name is field 5, an event's field 2)
+        self._span_names: dict[str, bytes] = {}
+        self._event_names: dict[str, bytes] = {}
 
     def span(self, span: SpanData) -> bytes:
         """``span``'s ``Span`` message, as the length-delimited field of ``ScopeSpans`` it goes in."""
@@ -267,31 +279,37 @@ class OtlpEncoder:
             trace_field = _SPAN_TRACE_ID + b"\x10" + span.trace_id.to_bytes(16, "big")
             self._trace = (span.trace_id, trace_field)
         parent = span.parent_span_id
-        parts = [trace_field, _SPAN_SPAN_ID + b"\x08" + span.span_id.to_bytes(8, "big")]
-        if parent is not None:
-            parts.append(_SPAN_PARENT_ID + b"\x08" + parent.to_bytes(8, "big"))
-        name = span.name.encode()
-        if name:
-            n = len(name)
-            parts.append(_SPAN_NAME + (_SMALL[n] if n < 128 else _varint(n)) + name)
-        parts.append(_SPAN_KIND_INTERNAL)
-        if span.start_time:
-            parts.append(_SPAN_START + _pack_fixed64(span.start_time))
-        if span.end_time:
-            parts.append(_SPAN_END + _pack_fixed64(span.end_time))
-        pair = self._keys.pair
+        parts = [trace_field, _SPAN_ID_HEAD, span.span_id.to_bytes(8, "big")]
         append = parts.append
+        if parent is not None:
+            append(_PARENT_ID_HEAD)
+            append(parent.to_bytes(8, "big"))
+        names = self._span_names
+        name = names.get(span.name)
+        if name is None:
+            if len(names) >= _KEPT_VALUES:  # a cache, not a leak (hook spans are named by their tokens)
+                names.clear()
+            name = names[span.name] = _named(_SPAN_NAME, span.name)
+        append(name)
+        append(_SPAN_KIND_INTERNAL)
+        if span.start_time:
+            append(_SPAN_START + _pack_fixed64(span.start_time))
+        if span.end_time:
+            append(_SPAN_END + _pack_fixed64(span.end_time))
+        pair = self._keys.pair
         for key, value in span.attributes.items():
             encoded = pair(key, value)
             if encoded is not None:
                 append(_SPAN_ATTRIBUTE)
                 append(encoded)
+        event_names = self._event_names
         for event in span.events:
-            body = _EVENT_TIME + _pack_fixed64(event.timestamp) if event.timestamp else b""
-            name = event.name.encode()
-            n = len(name)
-            if n:
-                body += _EVENT_NAME + (_SMALL[n] if n < 128 else _varint(n)) + name
+            name = event_names.get(event.name)
+            if name is None:
+                if len(event_names) >= _KEPT_VALUES:
+                    event_names.clear()
+                name = event_names[event.name] = _named(_EVENT_NAME, event.name)
+            body = _EVENT_TIME + _pack_fixed64(event.timestamp) + name if event.timestamp else name
             for key, value in event.attributes.items():
                 encoded = pair(key, value)
                 if encoded is not None:

@@ -20,13 +20,14 @@ import array
 import base64
 import binascii
 import json
+import json.scanner
 import math
 import struct
 import sys
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, TypeGuard, cast
 
 import zstandard
 
@@ -242,6 +243,7 @@ def _is_index(value: Any) -> TypeGuard[int]:
 
 
 _JSON = json.JSONDecoder()
+_SCAN = json.scanner.make_scanner(cast(Any, _JSON))  # the C scanner (typeshed types its argument as one)
 _MISSING: Any = object()  # a table entry not hydrated yet
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -257,9 +259,67 @@ def _json_table(text: str | bytes) -> Any:
                 return json.loads(text)
         if text[:1] == "\ufeff":
             return json.loads(text)
-        return _JSON.decode(text)
+        try:  # the C scanner alone (``decode`` wraps it in two whitespace matches): a table is one value
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            return _JSON.decode(text)  # raises the decoder's own error
+        if end != len(text) and text[end:].strip(" \t\n\r"):
+            return _JSON.decode(text)  # extra data after the value
+        return value
     except RecursionError:
         raise DevalueError("devalue input nested too deep") from None
+
+
+def _shallow(values: list[Any]) -> Any:
+    """What ``devalue_parse`` makes of a table whose first entry is a plain object or array whose
+    references point at scalar entries, devalue's specials, or plain objects and arrays of those
+    (``[[]]``, ``[{"decision":1,"by":2},"approved","alice"]``, a step's arguments
+    ``[{"args":1,"closureVars":-1,"thisVal":-1},[2],5]``: most payloads), without the general walk;
+    ``_MISSING`` for any other table: deeper, shared or cyclic entries, typed or sparse ones, or a
+    reference that is not right (the walk says what)."""
+    return _plain(values, values[0], len(values), 1, set())
+
+
+def _plain(values: list[Any], entry: Any, size: int, depth: int, taken: set[int]) -> Any:
+    """Table ``entry`` (a plain object or array) built from the entries it points at: scalars,
+    specials, and (``depth`` more levels) plain objects and arrays each pointed at once."""
+    kind = entry.__class__
+    if kind is dict:
+        obj: dict[str, Any] = {}
+        for key, ref in entry.items():
+            value = _plain_ref(values, ref, size, depth, taken)
+            if value is _MISSING:
+                return _MISSING
+            obj[key] = value
+        return obj
+    if kind is not list or (entry and (isinstance(entry[0], str) or entry[0] == _SPARSE)):
+        return _MISSING  # a typed entry or a sparse array: the walk's
+    items: list[Any] = []
+    for ref in entry:
+        if ref == _HOLE:
+            items.append(UNDEFINED)
+            continue
+        value = _plain_ref(values, ref, size, depth, taken)
+        if value is _MISSING:
+            return _MISSING
+        items.append(value)
+    return items
+
+
+def _plain_ref(values: list[Any], ref: Any, size: int, depth: int, taken: set[int]) -> Any:
+    if ref.__class__ is not int:  # a bool is no reference either
+        return _MISSING
+    if ref < 0:
+        return _SPECIAL.get(ref, _MISSING)
+    if ref >= size:
+        return _MISSING
+    value = values[ref]
+    if value.__class__ is dict or value.__class__ is list:
+        if not depth or ref in taken or ref == 0:  # deeper, shared or cyclic: the walk's
+            return _MISSING
+        taken.add(ref)
+        return _plain(values, value, size, depth - 1, taken)
+    return value
 
 
 def devalue_parse(text: str | bytes) -> Any:
@@ -277,6 +337,9 @@ def devalue_parse(text: str | bytes) -> Any:
     values: list[Any] = parsed
     if len(values) == 1 and isinstance(values[0], _SCALARS):  # ``[5]``, ``["done"]``: most results
         return values[0]
+    shallow = _shallow(values)
+    if shallow is not _MISSING:
+        return shallow
     size = len(values)
     hydrated: list[Any] = [_MISSING] * size
 

@@ -101,6 +101,33 @@ def test_event_pages_are_keyset_on_the_primary_key(harness_pg_url):
 
 
 # -- the change feed -----------------------------------------------------------------------------
+def test_id_pages_and_entries_list_the_runs_as_the_listing_does(harness_pg_url):
+    """What ``wft export``'s parent lists on world-postgres (ids only, newest first, each once)
+    and what its workers read a chunk of them with (one statement): the runs of a bare listing."""
+
+    async def go() -> tuple[list[list[str]], list, dict, dict]:
+        world = PostgresWorld(harness_pg_url)
+        try:
+            pages, before = [], None
+            while True:
+                page = await world.runs.id_page(before, 4)
+                pages.append(page)
+                if len(page) < 4:
+                    break
+                before = page[-1]
+            listed = [run async for run in all_runs(world, resolve_data="none")]
+            chosen = [listed[0].run_id, listed[-1].run_id, "wrun_gone"]
+            return pages, listed, await world.runs.entries(chosen), await world.runs.entries([])
+        finally:
+            await world.close()
+
+    pages, listed, found, none = asyncio.run(go())
+    ids = [run_id for page in pages for run_id in page]
+    assert ids == [run.run_id for run in listed] and len(ids) == len(set(ids)) == 11
+    assert all(len(page) == 4 for page in pages[:-1])
+    assert found == {listed[0].run_id: listed[0], listed[-1].run_id: listed[-1]} and none == {}
+
+
 def test_run_logs_reads_many_runs_logs_in_one_statement(harness_pg_url):
     """What the export workers read a chunk of runs with: each run's whole log, the same events as
     reading the runs one by one, in one statement instead of one per run."""
@@ -110,14 +137,19 @@ def test_run_logs_reads_many_runs_logs_in_one_statement(harness_pg_url):
         try:
             runs = [run async for run in all_runs(world)]
             one_by_one = {run.run_id: await event_log(world, run.run_id) for run in runs}
-            query, statements = world.query, 0
+            statements = 0
 
-            async def counted(*args, **kwargs):
-                nonlocal statements
-                statements += 1
-                return await query(*args, **kwargs)
+            def counting(query):
+                async def counted(*args, **kwargs):
+                    nonlocal statements
+                    statements += 1
+                    return await query(*args, **kwargs)
 
-            world.query = counted  # type: ignore[method-assign]  # counting the statements sent
+                return counted
+
+            # counting the statements sent, whichever way their rows come back (dicts or tuples)
+            world.query = counting(world.query)  # type: ignore[method-assign]  # counting, as above
+            world.query_tuples = counting(world.query_tuples)  # type: ignore[method-assign]  # counting, as above
             together = {run.run_id: log async for run, log in run_logs(world, runs)}
             return one_by_one, together, statements
         finally:

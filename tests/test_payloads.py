@@ -120,3 +120,65 @@ def _deep_chain(depth: int) -> str:
 def test_hostile_devalue_is_a_value_error_not_a_crash(hostile):
     with pytest.raises(ValueError):
         devalue_parse(hostile)
+
+
+def _walked(monkeypatch: pytest.MonkeyPatch, table: str) -> object:
+    """``devalue_parse`` with its shortcut for shallow tables off: the general walk's answer."""
+    import telemetry.payloads as payloads
+
+    with monkeypatch.context() as patched:
+        patched.setattr(payloads, "_shallow", lambda values: payloads._MISSING)
+        try:
+            return devalue_parse(table)
+        except ValueError as error:
+            return ("error", str(error))
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "[[]]",
+        '[{"decision":1,"by":2},"approved","alice"]',
+        '[[1,-2,2,-1,-3],"a",null]',  # a hole, undefined, NaN
+        '[{"a":-6,"b":-4,"c":-5},0]',  # -0.0 and the infinities
+        '[[1,1],{"shared":true}]',  # a reference to an object: the walk's
+        '[{"self":0}]',  # a cycle: the walk's
+        '[["Date","2024-01-01T00:00:00.000Z"]]',  # a typed entry
+        "[[-7,3,0,1],5]",  # a sparse array
+        '[{"a":9}]',  # out of range
+        '[{"a":true}]',  # a bool is no reference
+        '[{"a":1.0},2]',  # nor a float
+        "[[-2.0,1],7]",  # a float hole, as the walk reads it
+        '[{"a":-9}]',  # no such special
+        '[[1],"x"]',
+        '[{"args":1,"closureVars":-1,"thisVal":-1},[2],5]',  # a step's arguments: two levels
+        '[{"a":1,"b":2},{"x":3},[3,-2,-1],"y"]',
+        "[[1,1],[2],3]",  # the same array twice: the walk's
+        "[[1],[0]]",  # a cycle through the first entry
+        "[[1],[2],[3],4]",  # three levels deep
+        '[[1],{"k":2},["Date","2024-01-01T00:00:00.000Z"]]',  # a typed entry one level down
+        '[[1],{"k":9}]',  # out of range one level down
+    ],
+)
+def test_the_shortcut_for_shallow_tables_is_the_walk(monkeypatch, table):
+    """Most payloads are an object or array of scalars (or of such objects and arrays); they skip
+    the general walk, which must not change a thing: the same value, of the same types, or the
+    same error."""
+    try:
+        fast: object = devalue_parse(table)
+    except ValueError as error:
+        fast = ("error", str(error))
+    walked = _walked(monkeypatch, table)
+    assert repr(fast) == repr(walked)  # repr tells -0.0, NaN, undefined, bool and int apart
+
+
+def test_the_shortcut_agrees_with_the_walk_on_every_sdk_case(monkeypatch):
+    for name, raw in CASES.items():
+        if raw[:4] != b"devl":
+            continue
+        text = raw[4:].decode()
+        try:
+            fast: object = devalue_parse(text)
+        except ValueError as error:
+            fast = ("error", str(error))
+        assert repr(fast) == repr(_walked(monkeypatch, text)), name

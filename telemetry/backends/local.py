@@ -37,6 +37,7 @@ import base64
 import errno
 import hashlib
 import json
+import json.scanner
 import logging
 import os
 import stat
@@ -47,7 +48,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from ulid import ULID
 
@@ -74,6 +75,7 @@ from .local_layout import (
     RACY_NS,
     ChunkFiles,
     EventIndex,
+    FlatSnapshot,
     Layout,
     LayoutName,
     Listing,
@@ -133,6 +135,28 @@ def _revive_bytes(obj: dict[str, Any]) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_hook=_revive_bytes)
+_SCAN = json.scanner.make_scanner(cast(Any, _DECODER))  # its own C scanner (object hook included); typeshed
+# types the argument as a scanner, which the C scanner reads the same attributes of
+_PLAIN_SCAN = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))  # no hook: a record that holds no bytes
+_JSON_SPACE = " \t\n\r"
+
+
+def decode_json(text: str) -> Any:
+    """``_DECODER.decode(text)`` without its Python wrapper (two whitespace matches around the C
+    scanner, most of the cost of decoding a small record) where the text is one JSON value from
+    its first character to its end (or to JSON whitespace); anything else goes through
+    ``decode``, which raises its own error. A text that cannot spell ``Uint8Array`` (not in it,
+    nor any ``\\u`` escape) has no object for the hook to revive: it is scanned without the hook
+    (a Python call per object)."""
+    scan = _SCAN if "Uint8Array" in text or "\\u" in text else _PLAIN_SCAN
+    try:
+        value, end = scan(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        return _DECODER.decode(text)  # extra data after the value
+    return value
+
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO",
@@ -191,14 +215,21 @@ def _read_to_end(fd: int, start: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def read_listed(path: str) -> tuple[bytes, float]:
+#: ``read_listed``'s first read: more than any event record holds, so one read is the whole file
+_FIRST_READ = 1 << 16
+
+
+def read_listed(path: str) -> tuple[bytes, float | None]:
     """``read_bytes`` of a file a listing saw a moment ago as a regular file, not a symlink (its
     entry's type, which the listing had for free): opened without a ``stat`` first, one path
-    lookup instead of two (a hot path: one per event of an export). ``O_NOFOLLOW`` and
-    ``O_NONBLOCK``, and ``fstat`` says what was opened, so whatever was swapped in since the
-    listing is reported as ``read_bytes`` reports it and nothing blocks; a symlink swapped in is
-    left to ``read_bytes``, which looks at what it leads to before opening it. (What such a swap
-    can still open is a FIFO, without blocking, or a device node only root can make.)"""
+    lookup instead of two, and read without an ``fstat`` either (a hot path: one per event of an
+    export): one read asks for more than a record holds, and a short read of a regular file is
+    its end. ``O_NOFOLLOW`` and ``O_NONBLOCK``, so whatever was swapped in since the listing
+    cannot block; what it is, is looked at (``fstat``) when the read was not a record's: it came
+    back empty or failed (a FIFO, a directory), or filled the buffer (a big file, a device), where
+    the size bound applies. The mtime is then ``None`` for a whole read: ``read_record`` asks for
+    it only when the bytes do not parse. A symlink swapped in is left to ``read_bytes``, which
+    looks at what it leads to before opening it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
     except FileNotFoundError:
@@ -210,20 +241,47 @@ def read_listed(path: str) -> tuple[bytes, float]:
             return read_bytes(path)
         raise UnreadableRecord(path, "not a regular file", os.strerror(error.errno or errno.EIO)) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
-            raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
-        if info.st_size > _MAX_RECORD:
-            raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
-        body = os.read(fd, info.st_size + 1)  # a short read of a regular file is its end
-        if len(body) > info.st_size:  # grown since fstat: read on to the end
+        try:
+            body = os.read(fd, _FIRST_READ)
+        except OSError as error:
+            _check_regular(path, fd)
+            raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), _mtime(fd)) from None
+        if body and len(body) < _FIRST_READ:
+            return body, None
+        info = _check_regular(path, fd)
+        if body:  # as big as the first read: read on to the end
             body = _read_to_end(fd, body)
         return body, info.st_mtime
     except OSError as error:
-        raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), info.st_mtime) from None
+        raise UnreadableRecord(path, "unparseable", os.strerror(error.errno or errno.EIO), _mtime(fd)) from None
     finally:
         os.close(fd)
+
+
+def _check_regular(path: str, fd: int) -> os.stat_result:
+    """What ``fd`` is, when a read showed it may be no record: not a regular file, or too big for
+    one, is an ``UnreadableRecord`` (as ``read_bytes`` says it)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
+    if info.st_size > _MAX_RECORD:
+        raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
+    return info
+
+
+def _mtime(fd: int) -> float | None:
+    try:
+        return os.fstat(fd).st_mtime
+    except OSError:
+        return None
+
+
+def _path_mtime(path: str) -> float | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime
+    except OSError:
+        return None
 
 
 def read_record(path: str, *, listed: bool = False) -> dict[str, Any]:
@@ -231,19 +289,25 @@ def read_record(path: str, *, listed: bool = False) -> dict[str, Any]:
     ``listed``: see ``read_listed``."""
     body, mtime = read_listed(path) if listed else read_bytes(path)
     try:
-        value = _DECODER.decode(body.decode())
+        value = decode_json(body.decode())
     except UnicodeDecodeError:
-        raise UnreadableRecord(path, "unparseable", "not UTF-8 text", mtime) from None
+        raise UnreadableRecord(path, "unparseable", "not UTF-8 text", _known(mtime, path)) from None
     except json.JSONDecodeError as error:
         cut = error.pos >= len(body.rstrip()) or error.msg.startswith("Unterminated string")
         what = "truncated JSON" if cut else "not JSON"
         reason = f"{what} ({error.msg}: byte {error.pos} of {len(body)})"
-        raise UnreadableRecord(path, "unparseable", reason, mtime) from None
+        raise UnreadableRecord(path, "unparseable", reason, _known(mtime, path)) from None
     except RecursionError:
-        raise UnreadableRecord(path, "unparseable", "JSON nested too deep", mtime) from None
+        raise UnreadableRecord(path, "unparseable", "JSON nested too deep", _known(mtime, path)) from None
     if not isinstance(value, dict):
-        raise UnreadableRecord(path, "unparseable", f"a JSON {type(value).__name__}, not an object", mtime)
+        what = f"a JSON {type(value).__name__}, not an object"
+        raise UnreadableRecord(path, "unparseable", what, _known(mtime, path))
     return value
+
+
+def _known(mtime: float | None, path: str) -> float | None:
+    """The mtime of a record that did not parse (``read_listed`` reads without asking for it)."""
+    return mtime if mtime is not None else _path_mtime(path)
 
 
 def _entity(path: str, build: Callable[[dict[str, Any]], T], *, listed: bool = False) -> T:
@@ -259,6 +323,11 @@ def _entity(path: str, build: Callable[[dict[str, Any]], T], *, listed: bool = F
         except OSError:
             pass
         raise UnreadableRecord(path, "unparseable", f"not a world-local record ({error!r})", mtime) from None
+
+
+def _bare_event(record: dict[str, Any]) -> Event:
+    """An event without its payloads decoded (``resolve_data="none"``)."""
+    return records.event_from(record, False)
 
 
 def _signature(path: str) -> tuple[int, int, int, int] | None:
@@ -748,10 +817,11 @@ class _Events:
         out = []
         index = self.index
         stalled_at = self._stalled.get(run_id)
+        event_from = records.event_from if resolve else _bare_event  # one per event: no closure each
         for event_id in event_ids:
             path = index.path(run_id, event_id)
             try:
-                out.append(_entity(path, lambda d: records.event_from(d, resolve), listed=listed))
+                out.append(_entity(path, event_from, listed=listed))
             except UnreadableRecord as problem:
                 if problem.problem == "vanished":  # the SDK never deletes an event; nothing to wait for
                     self.w.warn_once(problem)
@@ -788,6 +858,17 @@ class _Events:
                 ids = list(index.groups.get(run_id, ()))
                 out[run_id] = (ids, index.listed_regular(run_id, ids))
             return out
+
+    def snapshot(self) -> FlatSnapshot | None:
+        """The flat layout's events folder listed once, sorted (``FlatSnapshot``), for a one-shot
+        reader of every run that hands runs to other processes (``wft export``): no index, journal
+        or change notifications to build, which ``known_ids`` would, one Python step per name,
+        while the workers wait for their first runs. ``None`` where each run has a folder of its
+        own, or where the folder holds one (a mixed directory: ``known_ids`` refuses it)."""
+        index = self.index
+        if not index.lists_every_run:
+            return None
+        return FlatSnapshot.take_snapshot(index.folder)
 
     def read_log(self, run_id: str, event_ids: Sequence[str], resolve: bool, *, listed: bool = False) -> list[Event]:
         """A run's log from ``event_ids`` (``known_ids`` of another process), as ``event_log``

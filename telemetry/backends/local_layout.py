@@ -54,6 +54,7 @@ __all__ = [
     "Layout",
     "LayoutName",
     "Listing",
+    "FlatSnapshot",
     "Notifier",
     "PerRunLayout",
     "UndecidedLayout",
@@ -574,6 +575,58 @@ class EventIndex:
                 del ids[at]
         if not ids:
             self.groups.pop(run_id, None)
+
+
+class FlatSnapshot:
+    """The flat layout's ``events/`` listed once, sorted, for a one-shot reader of every run
+    (``wft export``'s parent): each run's names are then a slice of one sorted list (two
+    bisections), instead of an index grouped name by name in Python. A run id holds no ``-``,
+    so its names (``<runId>-…``) sort together, between ``<runId>-`` and ``<runId>.``.
+
+    ``take`` hands a run's slice over as it was listed (temp files included: ``event_ids`` of the
+    reader sorts the final names out), with whether every name of it was a regular file.
+    ``None`` from ``take_snapshot`` when the folder holds a run folder (the other layout's
+    entry): a mixed directory is for the index to refuse, with its own words."""
+
+    def __init__(self, names: list[str], odd: frozenset[str]) -> None:
+        self.names = names
+        self.odd = odd  # names the listing did not see as regular files
+
+    @classmethod
+    def take_snapshot(cls, folder: str) -> FlatSnapshot | None:
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return cls([], frozenset())
+        odd = frozenset(e.name for e in entries if not e.is_file(follow_symlinks=False))
+        if any(map(RUN_FOLDER.match, odd)):
+            return None
+        names = [e.name for e in entries]
+        names.sort()
+        return cls(names, odd)
+
+    def take(self, run_id: str) -> tuple[list[str], bool]:
+        """(the names listed for ``run_id``, whether each was a regular file). A run id with a ``-``
+        gets none: the index files its names under the part before that ``-``."""
+        if "-" in run_id:
+            return [], True
+        names = self.names
+        start = bisect_left(names, f"{run_id}-")
+        block = names[start : bisect_left(names, f"{run_id}.", lo=start)]
+        return block, not self.odd or self.odd.isdisjoint(block)
+
+
+FINAL_RECORD = _plain_record(".json")
+
+
+def event_ids(run_id: str, names: list[str]) -> list[str]:
+    """The sorted event ids among a run's flat names (``FlatSnapshot.take``): final names only,
+    split as the index splits them (at the first ``-``)."""
+    cut = len(run_id) + 1
+    ids = [name[cut:-5] for name in filter(FINAL_RECORD, names) if name.startswith(run_id) and name[cut - 1] == "-"]
+    ids.sort()
+    return ids
 
 
 class _FlatEvents(EventIndex):

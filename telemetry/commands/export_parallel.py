@@ -1,12 +1,16 @@
 """``wft export`` on every core: runs shared out among worker processes, each reading, building
 and encoding its share, while this process lists the runs and sends.
 
-This process does as little per event as it can, since it shares the cores with the workers: a
-whole world-local directory is handed out as run ids from the listing of ``runs/`` (the workers
-read the run files; the order is not kept anyway), and the flat layout's events folder, which
-would otherwise be listed in full by every worker to find any one run's files, is listed here
-once (then followed through inotify) and each chunk carries its runs' event ids
-(``known_ids``). A selection, and world-postgres, are listed as runs, as before.
+This process does as little per event as it can, since it shares the cores with the workers, and
+what it does before the first chunk goes out is time the workers sit idle. A whole world is
+handed out as run ids, the workers reading the records (the order is not kept anyway):
+world-local from the listing of ``runs/``, world-postgres from pages of the runs' primary key
+(``runs.id_page``; each worker reads its chunk's runs in one statement, ``runs.entries``). The flat
+layout's events folder, which every worker would otherwise list in full to find any one run's
+files, is listed here once, sorted (``FlatSnapshot``: no index, journal or notifications to build),
+and each chunk carries its runs' slices of it: a run's events are those listed when the export
+began (as its runs are), and what a live world writes after that is the next export's or
+``wft follow``'s (span ids are the same, so nothing is sent twice). A selection is listed as runs.
 
 Reading a log (files or rows, JSON, payload decoding) and turning it into OTLP is Python work
 that holds the GIL, and runs are independent of each other, so N processes go about N times as
@@ -41,6 +45,7 @@ from opentelemetry.sdk.resources import Resource
 
 from ..backends import BackendConfig, open_backend
 from ..backends.local import LocalWorld
+from ..backends.local_layout import FlatSnapshot, event_ids
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, gzip_body
@@ -56,8 +61,14 @@ __all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "Tally", "default_jobs", "export_in_proc
 CHUNK_RUNS = 32
 #: spans after which a worker answers with what it has (bounds the memory of a chunk of big runs)
 CHUNK_SPANS = 20_000
+#: run ids per page of a world-postgres listing (ids only: the workers read the runs)
+ID_PAGE = 2000
 #: worlds whose readers can be opened again in another process from their ``BackendConfig``
 PARALLEL_KINDS = frozenset({"local", "postgres"})
+
+#: world-local runs' files as the parent listed them: (whether these are flat file names, as
+#: ``FlatSnapshot.take`` gives them, rather than event ids), run id → (names or ids, all regular files)
+Known = tuple[bool, dict[str, tuple[list[str], bool]]]
 
 
 def default_jobs() -> int:
@@ -81,12 +92,15 @@ class Tally(Protocol):
 
 # -- in a worker process ---------------------------------------------------------------------------
 async def known_logs(
-    world: Any, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]]
+    world: Any, runs: list[WorkflowRun], known: Known
 ) -> AsyncGenerator[tuple[WorkflowRun, list[Event] | UnreadableEventsError], None]:
-    """``run_logs``, read from the event ids the parent listed (world-local ``known_ids``), so
-    the worker lists no folder of its own."""
+    """``run_logs``, read from the names the parent listed (world-local ``FlatSnapshot``, or the
+    event ids of ``known_ids``), so the worker lists no folder of its own."""
+    names, by_run = known
     for run in runs:
-        ids, listed = known.get(run.run_id, ([], False))
+        ids, listed = by_run.get(run.run_id, ([], False))
+        if names:
+            ids = event_ids(run.run_id, ids)
         try:
             events: list[Event] = world.events.read_log(run.run_id, ids, True, listed=listed)
         except UnreadableEventsError as error:
@@ -129,7 +143,7 @@ class _Worker:
     def warm_up(self) -> None:
         """Open the reader now, while the parent lists the first runs (world-postgres connects): a
         log nobody has is the cheapest read that does it. Not world-local, which has nothing to
-        open: its flat layout's event ids come with the runs (``known_ids``), and a per-run layout
+        open: its flat layout's event files come with the runs (``FlatSnapshot``), and a per-run layout
         lists each run's folder as it is read."""
         if not hasattr(self.world.events, "read_log"):
             self.loop.run_until_complete(event_log(self.world, "wrun_warm-up"))
@@ -141,17 +155,19 @@ class _Worker:
         finally:
             self.loop.close()
 
-    async def chunk(
-        self, entries: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None = None
-    ) -> _Answer:
+    async def chunk(self, entries: list[WorkflowRun | str], known: Known | None = None) -> _Answer:
         out = _Answer()
         world = self.world
         runs: list[WorkflowRun] = []
+        ids = [entry for entry in entries if isinstance(entry, str)]
+        lookup = getattr(world.runs, "entries", None)  # world-postgres: the chunk's runs in one statement
+        found: dict[str, WorkflowRun] | None = await lookup(ids) if ids and lookup is not None else None
         for entry in entries:
             if not isinstance(entry, str):
                 runs.append(entry)
                 continue
-            run = world.runs.entry(entry)  # a run id (world-local): its file is read here, not in the parent
+            # a run id: its record is read here, not in the parent (world-local: its file)
+            run = found.get(entry) if found is not None else world.runs.entry(entry)
             if run is None:  # vanished since the parent listed it: not listed, as in one process
                 continue
             if isinstance(run, UnreadableRun):
@@ -237,7 +253,7 @@ def _ready() -> None:
     """A task that only makes the pool start its workers."""
 
 
-def _export_chunk(runs: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None = None) -> _Answer:
+def _export_chunk(runs: list[WorkflowRun | str], known: Known | None = None) -> _Answer:
     try:
         worker = _the_worker()
         return worker.loop.run_until_complete(worker.chunk(runs, known))
@@ -305,10 +321,23 @@ async def export_in_processes(
             status=RUNTIME,
         )
 
-    known_ids = getattr(world.events, "known_ids", None)  # world-local: the ids this process indexed
+    local_events = world.events if hasattr(world.events, "snapshot") else None  # world-local (selected or not)
+    flat: list[FlatSnapshot | None] = []  # the flat events folder, listed at the first chunk
+
+    def known_files(runs: list[WorkflowRun | str]) -> Known | None:
+        """World-local: the chunk's runs' event files, as listed here (see ``Known``)."""
+        if local_events is None:
+            return None
+        if not flat:
+            flat.append(local_events.snapshot())
+        snapshot = flat[0]
+        if snapshot is not None:
+            return True, {run_id: snapshot.take(run_id) for run_id in map(_run_id, runs)}
+        ids = local_events.known_ids(_run_id(r) for r in runs)  # per-run layout (None), or a mixed folder (raises)
+        return None if ids is None else (False, ids)
 
     def submit(runs: list[WorkflowRun | str]) -> None:
-        known = known_ids(_run_id(r) for r in runs) if known_ids is not None else None
+        known = known_files(runs)
         try:  # a pool whose worker died refuses new work at once: the same one-line error
             future: Future[_Answer] = pool.submit(_export_chunk, runs, known)
         except BrokenProcessPool as error:
@@ -355,13 +384,25 @@ async def export_in_processes(
                     on_progress()
 
     async def entries() -> AsyncIterator[WorkflowRun | str]:
-        """Every run of a whole world-local directory as its id (the workers read the run files:
-        they are many and the order is not kept); otherwise the listing's runs (world-postgres
-        reads a page of rows cheaply; a selection is the listing's to apply)."""
+        """Every run of a whole world as its id, the workers reading the records (they are many,
+        and the order is not kept): world-local from the listing of ``runs/``, world-postgres
+        from pages of the primary key. A selection is the listing's to apply: its runs, as listed."""
         if isinstance(world, LocalWorld):
             for run_id in await world.io(world.runs.unordered_ids):
                 yield run_id
             return
+        if config.kind == "postgres":
+            from ..backends.postgres import PostgresWorld
+
+            if isinstance(world, PostgresWorld):
+                before = None
+                while True:
+                    page = await world.runs.id_page(before, ID_PAGE)
+                    for run_id in page:
+                        yield run_id
+                    if len(page) < ID_PAGE:
+                        return
+                    before = page[-1]
         async for run in all_runs(world, page_size=500, resolve_data="none"):
             yield run
 
