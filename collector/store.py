@@ -1,7 +1,8 @@
 """The embedded store: one SQLite file (WAL), laid out for writing.
 
 A request's spans are kept as compressed blobs, one per run they carry (``blobs``: zstandard
-over one JSON document), and each span gets one small row in ``span_index`` keyed by (trace id,
+over one JSON document; blobs written before this version, and the rare one JSON cannot hold
+exactly, are CBOR: ``encode_blob``), and each span gets one small row in ``span_index`` keyed by (trace id,
 span id): its run, start, end, entity kind, status, and where it lives (blob id, position). A
 write is then one blob insert per run and one short index row per span, instead of a wide row
 of JSON text per span; reading a run decodes its blobs (only that run's spans are in them).
@@ -12,9 +13,12 @@ blob, and a blob all of whose spans are dead is deleted).
 
 Each write folds the spans it brings into the summary row of their runs (``summaries.RunFacts``
 kept in ``runs.facts``, one ``run_steps`` row per step id), so a commit costs what it brings and
-never re-reads the run. Only a span sent again with different summary facts (another status,
-time, kind or run: rare) makes its runs' totals be rebuilt from their stored spans. ``/api/runs``
-pages through ``runs`` by ``sort_ns`` (the start, 0 while unknown), which an index serves.
+never re-reads the run. The spans of a run in one request are folded before the writer, where they
+are prepared (``prepare_spans``, in a decoder process for a large body), into totals of their own,
+which the writer merges into the run's (``RunFacts.merge``): a few operations per run, not per span.
+Only a span sent again with different summary facts (another status, time, kind or run: rare)
+makes its runs' totals be rebuilt from their stored spans. ``/api/runs`` pages through ``runs`` by
+``sort_ns`` (the start, 0 while unknown), which an index serves.
 
 A store written by the previous layout (a ``spans`` table of JSON columns) is migrated in place
 when opened, in one transaction, with one log line saying what was done.
@@ -26,6 +30,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -36,12 +41,23 @@ from pathlib import Path
 from typing import Any, Final
 
 import cbor2
+import orjson
 import zstandard
 
-from telemetry.semconv import SpanKinds
+from telemetry.semconv import STEP_ID, WORKFLOW_NAME, WORKFLOW_SPAN_KIND
 
 from .otlp import SpanRecord
-from .summaries import EVENT_LOG_SCOPE, RunFacts, SpanFacts, StepFacts, Wait, WorldView, fold_waits
+from .summaries import (
+    EVENT_LOG_SCOPE,
+    RUN_STATUS,
+    RunFacts,
+    SpanFacts,
+    StepFacts,
+    Wait,
+    WorldView,
+    entity_kind,
+    fold_waits,
+)
 
 __all__ = [
     "LAYOUT",
@@ -206,10 +222,15 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def encode_blob(spans: Sequence[SpanRecord]) -> bytes:
-    """``spans`` as one blob: zstandard over the CBOR ``[resources, spans]`` (CBOR: a third cheaper
-    to write than JSON, same values), each span a list in ``decode_blob``'s order naming its resource
-    by position (a request's spans share one)."""
+def encode_blob(spans: Sequence[SpanRecord], *, cbor: bool = False) -> bytes:
+    """``spans`` as one blob: zstandard over the JSON ``[resources, spans]``, each span a list in
+    ``decode_blob``'s order naming its resource by position (a request's spans share one).
+
+    JSON by orjson: three times cheaper to write than CBOR by cbor2 and twice as cheap to read back,
+    the same values for what spans hold (strings, 64-bit ints, doubles, lists, maps). What JSON
+    cannot hold exactly (a NaN or an infinity, an int past 64 bits, any other type: never in a span
+    validated at the edge) is written as CBOR, as every blob was before; ``cbor`` asks for CBOR. The two are told
+    apart by their first byte (a JSON blob starts with ``[``, a CBOR one with an array header)."""
     resources: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
     items = []
@@ -238,7 +259,41 @@ def encode_blob(spans: Sequence[SpanRecord]) -> bytes:
                 1 if s.benign else 0,
             ]
         )
-    return _compressor().compress(cbor2.dumps([resources, items], default=_as_text))
+    document = [resources, items]
+    if not cbor:
+        try:
+            data = orjson.dumps(document, default=_not_json, option=_ONLY_JSON)
+        except orjson.JSONEncodeError:  # an int past 64 bits, a value of another type: CBOR keeps it
+            pass
+        else:  # orjson writes a NaN or an infinity as null: look for one only where a null was written
+            if b"null" not in data or not _non_finite(document):
+                return _compressor().compress(data)
+    return _compressor().compress(cbor2.dumps(document, default=_as_text))
+
+
+#: types orjson would write as something else (a datetime as text, a dataclass as a map, a str or
+#: int subclass as its base) go to ``default``, which refuses them: the blob is then CBOR, as before
+_ONLY_JSON: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is anywhere in ``value`` (spans validated at the edge hold
+    none: ``validate`` writes them as strings; a span from elsewhere may)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return False
 
 
 def _as_text(encoder: Any, value: Any) -> None:
@@ -247,7 +302,8 @@ def _as_text(encoder: Any, value: Any) -> None:
 
 
 def _blob_items(data: bytes) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    resources, items = cbor2.loads(_decompressor().decompress(data))
+    raw = _decompressor().decompress(data)
+    resources, items = orjson.loads(raw) if raw[:1] == b"[" else cbor2.loads(raw)
     return resources, items
 
 
@@ -282,10 +338,6 @@ def decode_blob(data: bytes, run_id: str | None, received_ns: int) -> list[tuple
             )
         )
     return out
-
-
-def _facts_of(s: SpanRecord) -> SpanFacts:
-    return SpanFacts.from_attributes(s.trace_id, s.span_id, s.start_ns, s.end_ns, s.status_code, s.benign, s.attributes)
 
 
 def _facts_of_row(row: Sequence[Any]) -> SpanFacts:
@@ -397,12 +449,16 @@ def as_sql_row(span: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_dumps(v) if i in _JSON_COLUMNS else v for i, v in enumerate(span))
 
 
+#: spans of a run folded into fresh totals: (run totals, step totals), for ``RunFacts.merge``
+Folded = tuple[RunFacts, dict[str, StepFacts]]
+
+
 @dataclass
 class _Stored:
     """What storing a batch's spans did: the spans new to the store, by run (to fold into their
     summaries), and the runs whose totals must be rebuilt (a span came again with other facts)."""
 
-    new: dict[str, list[SpanFacts]]
+    new: dict[str, list[Folded]]
     rebuild: set[str]
 
 
@@ -549,43 +605,56 @@ class Store:
 
 
 # ---- writing -----------------------------------------------------------------------------------------
+#: one run's spans of a batch made ready to store: (run id, blob, index rows less (blob id, position)
+#: in the blob's order, and the spans folded into fresh run totals with the step totals they make)
+Group = tuple[str | None, bytes, list[tuple[Any, ...]], RunFacts, dict[str, StepFacts]]
+
+
 @dataclass
 class PreparedSpans:
-    """A batch's spans made ready to store (``prepare_spans``): per run they carry, the blob and,
-    per span, its index row less (blob id, position) and its summary facts. Preparing is pure CPU
-    and needs no connection, so ingest does it before the writer: the writer's turn, which every
-    request waits on, is only the SQL."""
+    """A batch's spans made ready to store (``prepare_spans``): per run they carry, its blob, per
+    span its index row less (blob id, position), and the run's new spans already folded into totals
+    (``RunFacts.merge`` adds them to the stored ones). Preparing is pure CPU and needs no
+    connection, so ingest does it before the writer (in a decoder process for a large body): the
+    writer's turn, which every request waits on, is the SQL and a few operations per run."""
 
-    groups: list[tuple[str | None, bytes, list[tuple[Any, ...]], list[SpanFacts]]]
+    groups: list[Group]
     count: int
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        """Pickled (from a decoder process) without what the index rows already hold: a span's facts
-        travel as the four values its row lacks, rebuilt on arrival (unpickling facts costs the
-        collector more than the rest of a prepared span)."""
-        groups = [
-            (run_id, data, rows, [(f.benign, f.step_id, f.workflow_name, f.run_status) for f in facts])
-            for run_id, data, rows, facts in self.groups
-        ]
-        return groups, self.count
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        groups, self.count = state
-        self.groups = [
-            (
-                run_id,
-                data,
-                rows,
-                [
-                    SpanFacts(r[0], r[1], r[3], r[4], r[6], f[0], r[5], f[1], f[2], f[3])
-                    for r, f in zip(rows, facts, strict=True)
-                ],
-            )
-            for run_id, data, rows, facts in groups
-        ]
+def _facts_row(s: SpanRecord, run_id: str | None) -> tuple[tuple[Any, ...], SpanFacts]:
+    """(index row less blob id and position, the span's facts)."""
+    attributes = s.attributes
+    step_id, name, status = attributes.get(STEP_ID), attributes.get(WORKFLOW_NAME), attributes.get(RUN_STATUS)
+    kind = entity_kind(attributes.get(WORKFLOW_SPAN_KIND))
+    facts = SpanFacts(
+        s.trace_id,
+        s.span_id,
+        s.start_ns,
+        s.end_ns,
+        s.status_code,
+        s.benign,
+        kind,
+        step_id if isinstance(step_id, str) and step_id else None,
+        name if isinstance(name, str) and name else None,
+        status if isinstance(status, str) and status else None,
+    )
+    row = (
+        s.trace_id,
+        s.span_id,
+        run_id,
+        s.start_ns,
+        s.end_ns,
+        kind,
+        s.status_code,
+        1 if s.scope == EVENT_LOG_SCOPE else 0,
+        s.source,
+        _facts_hash(facts),
+    )
+    return row, facts
 
 
-def prepare_spans(spans: Sequence[SpanRecord]) -> PreparedSpans:
+def prepare_spans(spans: Sequence[SpanRecord], *, cbor: bool = False) -> PreparedSpans:
     """One blob per run the spans carry; a span sent twice in the same batch is kept once (the last copy)."""
     latest = {(s.trace_id, s.span_id): s for s in spans}
     if len(latest) != len(spans):
@@ -593,47 +662,37 @@ def prepare_spans(spans: Sequence[SpanRecord]) -> PreparedSpans:
     by_run: dict[str | None, list[SpanRecord]] = {}
     for s in spans:
         by_run.setdefault(s.run_id or None, []).append(s)  # "" names no run (as before)
-    groups = []
+    groups: list[Group] = []
     for run_id, group in by_run.items():
         rows: list[tuple[Any, ...]] = []
         facts: list[SpanFacts] = []
         for s in group:
-            f = _facts_of(s)
+            row, f = _facts_row(s, run_id)
+            rows.append(row)
             facts.append(f)
-            rows.append(
-                (
-                    s.trace_id,
-                    s.span_id,
-                    run_id,
-                    s.start_ns,
-                    s.end_ns,
-                    f.kind,
-                    s.status_code,
-                    1 if s.scope == EVENT_LOG_SCOPE else 0,
-                    s.source,
-                    _facts_hash(f),
-                )
-            )
-        groups.append((run_id, encode_blob(group), rows, facts))
+        folded, steps = RunFacts(), dict[str, StepFacts]()
+        if run_id is not None:
+            folded.fold(facts, steps)
+        groups.append((run_id, encode_blob(group, cbor=cbor), rows, folded, steps))
     return PreparedSpans(groups, len(spans))
 
 
-def _store_spans(conn: sqlite3.Connection, spans: Sequence[SpanRecord] | PreparedSpans, now: int) -> _Stored:
+def _store_spans(
+    conn: sqlite3.Connection, spans: Sequence[SpanRecord] | PreparedSpans, now: int, *, cbor: bool = False
+) -> _Stored:
     """One blob per run the spans carry, one index row per span; a span already stored is pointed
     at its new copy (last write wins)."""
     stored = _Stored({}, set())
-    prepared = spans if isinstance(spans, PreparedSpans) else prepare_spans(spans)
+    prepared = spans if isinstance(spans, PreparedSpans) else prepare_spans(spans, cbor=cbor)
     if not prepared.count:
         return stored
     rows: list[tuple[Any, ...]] = []
-    facts: list[SpanFacts] = []
     blob_id = conn.execute("SELECT coalesce(max(blob_id), 0) FROM blobs").fetchone()[0]
     blobs: list[tuple[Any, ...]] = []
-    for run_id, data, group_rows, group_facts in prepared.groups:
+    for run_id, data, group_rows, _, _ in prepared.groups:
         blob_id += 1
         blobs.append((blob_id, run_id, now, len(group_rows), data))
         rows += [(*row, blob_id, pos) for pos, row in enumerate(group_rows)]
-        facts += group_facts
     conn.executemany("INSERT INTO blobs (blob_id, run_id, received_ns, spans, data) VALUES (?,?,?,?,?)", blobs)
     new_blobs = {b[0] for b in blobs}
     before = conn.total_changes
@@ -641,9 +700,15 @@ def _store_spans(conn: sqlite3.Connection, spans: Sequence[SpanRecord] | Prepare
     again: set[tuple[str, str]] = set()
     if conn.total_changes - before < len(rows):  # some were stored before: the new copies win
         again = _replace(conn, rows, new_blobs, stored.rebuild)
-    for row, f in zip(rows, facts, strict=True):
-        if row[2] and (row[0], row[1]) not in again:
-            stored.new.setdefault(row[2], []).append(f)
+    for run_id, data, group_rows, folded, steps in prepared.groups:
+        if run_id is None:
+            continue
+        if again and any((row[0], row[1]) in again for row in group_rows):
+            # some were stored before (a client's retry, say): fold only the others, read from the blob
+            # (the rare case: a batch carries its spans' facts folded, not span by span)
+            folded, steps = RunFacts(), {}
+            folded.fold([_facts_of_row(s) for s in decode_blob(data, run_id, now) if (s[0], s[1]) not in again], steps)
+        stored.new.setdefault(run_id, []).append((folded, steps))
     return stored
 
 
@@ -701,10 +766,10 @@ def _load_steps(conn: sqlite3.Connection, run_id: str, keys: Sequence[str]) -> d
     return steps
 
 
-def _fold_runs(conn: sqlite3.Connection, new: dict[str, list[SpanFacts]], rebuild: set[str], touched: set[str]) -> None:
-    """Bring the rows of the runs touched up to date: fold the spans new to the store into their
-    totals (reading only the step rows they name), or rebuild those in ``rebuild``; a few
-    statements per batch, not per run."""
+def _fold_runs(conn: sqlite3.Connection, new: dict[str, list[Folded]], rebuild: set[str], touched: set[str]) -> None:
+    """Bring the rows of the runs touched up to date: merge the totals of their spans new to the
+    store into theirs (reading only the step rows they name), or rebuild those in ``rebuild``; a
+    few statements per batch, not per run."""
     runs: dict[str, tuple[Any, ...]] = {}
     names = sorted(touched - rebuild)
     for chunk in _chunks(names):
@@ -719,15 +784,19 @@ def _fold_runs(conn: sqlite3.Connection, new: dict[str, list[SpanFacts]], rebuil
     for run_id in names:
         row = runs.get(run_id)
         text = row[1] if row else None
-        facts = RunFacts.from_json(text)
-        spans = new.get(run_id, [])
-        if spans:
-            keys = {s.step_id for s in spans if s.step_id}
-            keys.update(s.step_id or "" for s in spans if s.kind in (SpanKinds.STEP, SpanKinds.ATTEMPT))
-            # a run none of whose spans was folded yet has no step rows: nothing to read
-            steps = _load_steps(conn, run_id, sorted(keys)) if text else {}
-            facts.fold(spans, steps)
+        partials = new.get(run_id, [])
+        if not text and len(partials) == 1:  # nothing folded yet: the new spans' totals are the run's
+            facts, steps = partials[0]
             step_rows += _step_rows(run_id, steps)
+        else:
+            facts = RunFacts.from_json(text)
+            if partials:
+                keys = sorted({key for _, more in partials for key in more})
+                # a run none of whose spans was folded yet has no step rows: nothing to read
+                steps = _load_steps(conn, run_id, keys) if text else {}
+                for more_facts, more in partials:
+                    facts.merge(more_facts, more, steps)
+                step_rows += _step_rows(run_id, steps)
         summaries.append(_summary_row(run_id, facts, row[2:] if row else None))
     conn.executemany(_STEPS_UPSERT, step_rows)
     conn.executemany(_SUMMARY_UPSERT, summaries)
@@ -887,11 +956,11 @@ def _migrate_v1(conn: sqlite3.Connection, path: Path) -> None:
             received = max(received, row[16])
             if len(batch) >= _BLOB_SPANS:
                 moved += len(batch)
-                _store_spans(conn, batch, received)
+                _store_spans(conn, batch, received, cbor=True)
                 batch, received = [], 0
         if batch:
             moved += len(batch)
-            _store_spans(conn, batch, received)
+            _store_spans(conn, batch, received, cbor=True)
         run_ids = [
             r[0]
             for r in conn.execute("SELECT run_id FROM runs UNION SELECT run_id FROM blobs WHERE run_id IS NOT NULL")

@@ -1,14 +1,17 @@
 """collector.store's layout (span blobs + one index row per span), on real harness spans: summaries
 folded batch by batch equal a from-scratch recomputation, a span sent twice leaves one copy and the
 counts as they were, retention drops whole blobs and nothing dangles, a store of the previous layout
-is migrated on open, and a ``wft serve`` killed with SIGKILL mid-ingest reopens consistent with
-every acknowledged span in it."""
+is migrated on open, a ``wft serve`` killed with SIGKILL mid-ingest reopens consistent with every
+acknowledged span in it, JSON blobs read back what the CBOR blobs of earlier stores read, and run
+totals folded apart and merged equal those folded span by span."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import logging
+import math
+import pickle
 import random
 import signal
 import socket
@@ -20,12 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.otlp import SpanRecord
 from collector.queries import run_view, span_detail, stitched_spans
-from collector.store import LAYOUT, Store, StoreLayoutError, decode_blob
+from collector.store import LAYOUT, Store, StoreLayoutError, decode_blob, encode_blob, prepare_spans
 from collector.summaries import RunFacts, SpanFacts, StepFacts, WorldView, summarize_run
 from telemetry.runtrace import build_run_trace
 
@@ -500,3 +504,97 @@ def test_an_empty_run_id_names_no_run(logs, tmp_path):
     assert [tuple(r) for r in conn.execute("SELECT run_id FROM span_index")] == [(None,)]
     assert span_detail(conn, span.trace_id, span.span_id) is not None
     conn.close()
+
+
+# ---- blob formats, folded batches ---------------------------------------------------------------------
+
+
+def test_json_blobs_read_back_what_cbor_blobs_read(logs):
+    """New blobs are JSON (orjson), the blobs of stores written before are CBOR: both read back the
+    same spans, values, types and attribute order; what JSON cannot hold exactly (a NaN, an infinity,
+    an int past 64 bits: never in a span validated at the edge) is written as CBOR."""
+    records = [r for log in logs for r in log.records(source="otlp")]
+    json_blob, cbor_blob = encode_blob(records), encode_blob(records, cbor=True)
+    assert json_blob != cbor_blob
+    assert repr(decode_blob(json_blob, "wrun_x", 5)) == repr(decode_blob(cbor_blob, "wrun_x", 5))
+    odd = dataclasses.replace(
+        records[0], attributes={"nan": math.nan, "big": 2**70, "inf": "Infinity", "f": 0.1, "null": None}
+    )
+    blob = encode_blob([odd])
+    assert blob == encode_blob([odd], cbor=True)  # fell back to CBOR
+    (span,) = decode_blob(blob, None, 0)
+    attributes = span[14]
+    assert math.isnan(attributes.pop("nan")) and attributes == {"big": 2**70, "inf": "Infinity", "f": 0.1, "null": None}
+    for value in (math.inf, -math.inf, 2**64):
+        blob = encode_blob([dataclasses.replace(records[0], attributes={"v": value, "n": None})])
+        assert decode_blob(blob, None, 0)[0][14] == {"v": value, "n": None}
+    plain = dataclasses.replace(records[0], attributes={"n": None, "text": "null", "f": 1.5})
+    assert bytes(zstandard.ZstdDecompressor().decompress(encode_blob([plain])))[:1] == b"["  # a null alone: JSON
+
+
+def test_a_store_with_cbor_blobs_reads_like_one_with_json_blobs(logs, tmp_path):
+    """An existing layout-2 store (its blobs CBOR, as every blob was before) needs no migration:
+    the same run pages, and spans written after into the same store mix with the old ones."""
+    old, new = Store(tmp_path / "old.sqlite3"), Store(tmp_path / "new.sqlite3")
+    first, rest = logs[: len(logs) // 2], logs[len(logs) // 2 :]
+    for log in first:
+        commit(old, prepare_spans(log.records(), cbor=True), log.event_rows(), [log.info()])
+        commit(new, prepare_spans(log.records()), log.event_rows(), [log.info()])
+    for log in rest:  # the old store goes on with JSON blobs
+        for store in (old, new):
+            commit(store, log.records(), log.event_rows(), [log.info()])
+    formats = set()
+    for store in (old, new):
+        conn = store.connect()
+        formats |= {
+            bytes(zstandard.ZstdDecompressor().decompress(d[0]))[:1] for d in conn.execute("SELECT data FROM blobs")
+        }
+        conn.close()
+    assert formats == {b"[", b"\x82"}  # JSON and CBOR blobs were both read below
+    a, b = old.connect(), new.connect()
+    for log in logs:
+        assert run_view(a, log.run_id) == run_view(b, log.run_id)
+        assert runs_row(old, log.run_id) == runs_row(new, log.run_id)
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merging_folded_batches_equals_folding_them(logs, seed):
+    """``RunFacts.merge`` of batches folded from nothing (what a decoder process sends) gives what
+    folding the spans one by one gives, totals and step rows, in any split and order."""
+    rng = random.Random(seed)
+    for log in logs:
+        records = log.records(rng.randrange(len(log.events)) if seed % 2 else None)
+        if len(records) < 2:
+            continue
+        rng.shuffle(records)
+        cuts = sorted(rng.sample(range(1, len(records)), min(4, len(records) - 1)))
+        batches = [records[a:b] for a, b in zip([0, *cuts], [*cuts, len(records)], strict=True)]
+        folded, folded_steps = RunFacts(), dict[str, StepFacts]()
+        merged, merged_steps = RunFacts(), dict[str, StepFacts]()
+        for batch in batches:
+            folded.fold(facts(batch), folded_steps)
+            part, part_steps = RunFacts(), dict[str, StepFacts]()
+            part.fold(facts(batch), part_steps)
+            kept = (part.to_json(), {k: dataclasses.replace(v) for k, v in part_steps.items()})
+            merged = RunFacts.from_json(merged.to_json())  # as the store keeps it between commits
+            merged.merge(part, part_steps, merged_steps)
+            assert (part.to_json(), part_steps) == kept  # merge leaves what it adds as it was
+        assert merged == folded and merged_steps == folded_steps
+        assert merged.summary(log.run_id) == summarize_run(log.run_id, facts(records))
+
+
+def test_a_prepared_batch_partly_stored_before_folds_only_its_new_spans(logs, tmp_path):
+    """A client's retry, or a request overlapping an earlier one: the spans stored before are not
+    counted again, the new ones are (the batch's folded totals are then redone from its blob)."""
+    store = Store(tmp_path / "store.sqlite3")
+    for log in logs:
+        records = log.records(source="otlp")
+        half = records[: len(records) // 2]
+        commit(store, prepare_spans(half))
+        prepared = pickle.loads(pickle.dumps(prepare_spans(records)))  # as a decoder process sends it
+        commit(store, prepared)
+        commit(store, prepared)  # all of it again
+        assert runs_row(store, log.run_id) == expected_row(records, log.run_id)
+    assert consistent(store)["spans"] == sum(len(log.records()) for log in logs)
