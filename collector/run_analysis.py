@@ -3,8 +3,8 @@ and the scan behind the ``wft_reconcile_*`` metrics.
 
 The analyses are the library's pure functions; this module only reads what they need from the
 store: the run's events (type, correlation id, time, step name; the traceparent of ``run_created``)
-and its stitched app spans with just the attributes they read (``json_extract`` in SQL, so a run's
-payloads are never parsed). Cost: one run's rows.
+and its stitched app spans with just the attributes they read (``queries.own_app_rows``: rows for
+the app's spans alone, as ``json_extract`` would give them). Cost: one run's events and spans.
 
 **Metrics.** ``GapScan`` keeps, at scrape time, which finished runs have gaps: each scrape reads the
 runs written since the previous one (in ``updated_ns`` order, at most ``batch`` of them, so the
@@ -26,8 +26,7 @@ from telemetry.timing import breakdown
 from telemetry.world import TERMINAL_STATUSES
 
 from .metrics import Metrics
-from .queries import stitched_spans
-from .summaries import EVENT_LOG_SCOPE
+from .queries import own_app_rows
 
 __all__ = ["GapScan", "analyse_run", "load_run"]
 
@@ -67,8 +66,7 @@ def load_run(conn: sqlite3.Connection, run_id: str) -> tuple[list[LogEvent], lis
             row["end_ns"],
             {name: row[f"a{i}"] for i, name in enumerate(READ_ATTRIBUTES) if row[f"a{i}"] is not None},
         )
-        for row in stitched_spans(conn, run_id, _SPAN_COLUMNS)
-        if row["o_scope"] != EVENT_LOG_SCOPE
+        for row in own_app_rows(conn, run_id, _SPAN_COLUMNS)
     ]
     return events, spans, instrumented
 

@@ -8,14 +8,17 @@ other span of the run (``queries.own_decoded_spans``: other runs' spans and poll
 SDK span, placed at its real time. A live run also gets *open* rows, drawn up to now, for what has
 begun but has no span yet: the run itself, and each thing it waits on (``runs.waiting``) — a hook,
 a sleep, a step queued or running, a step between a failed attempt and its retry.
+
+An ended run's waterfall changes only when the store gets something new of it: ``ended_run_stamp``
+says, in a few index lookups, whether it did (``api.WaterfallCache`` sends the kept answer while not).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from telemetry.runtrace import short_name
 from telemetry.semconv import ERROR_TYPE, STEP_ATTEMPT, STEP_ID, STEP_NAME, WORKFLOW_SPAN_KIND, SpanKinds
@@ -23,9 +26,9 @@ from telemetry.world import TERMINAL_STATUSES
 
 from .queries import own_decoded_spans, run_json, sentry_drops, wait_json
 from .store import SPAN_COLUMNS, decode_waits
-from .summaries import STEP_STATUS, Wait, WaitKinds, entity_kind
+from .summaries import EVENT_LOG_SCOPE, STEP_STATUS, Wait, WaitKinds
 
-__all__ = ["waterfall"]
+__all__ = ["Built", "build_waterfall", "ended_run_stamp", "waterfall"]
 
 #: on a failed attempt: how long after it the next one started (the backoff, as it happened)
 RETRY_DELAY_MS = "step.retry.delay_ms"
@@ -48,7 +51,9 @@ _ATTRIBUTES = (
 )
 _FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "start_ns", "end_ns", "status_code", "status_message")
 _AT = tuple(SPAN_COLUMNS.index(f) for f in _FIELDS)
-_BENIGN, _EVENTS, _ATTRS = (SPAN_COLUMNS.index(c) for c in ("benign", "events", "attributes"))
+_BENIGN, _EVENTS, _ATTRS, _RUN, _SCOPE = (
+    SPAN_COLUMNS.index(c) for c in ("benign", "events", "attributes", "run_id", "scope")
+)
 
 #: one span as ``_failure`` and ``_sdk_rows`` read it: the fields above, ``benign``, ``events`` (a list)
 #: and the attributes ``_ATTRIBUTES`` names
@@ -67,27 +72,70 @@ def _span(t: tuple[Any, ...]) -> Span:
     return span
 
 
+class Built(NamedTuple):
+    """A waterfall and the event-log traces it was stitched from (what ``ended_run_stamp`` watches)."""
+
+    view: dict[str, Any]
+    traces: frozenset[str]
+
+
 def waterfall(
     conn: sqlite3.Connection, run_id: str, *, now_ns: int | None = None, trace_url_template: str | None = None
 ) -> dict[str, Any] | None:
     """The run page's data; ``now_ns`` (default: now) is where open rows end."""
+    built = build_waterfall(conn, run_id, now_ns=now_ns, trace_url_template=trace_url_template)
+    return None if built is None else built.view
+
+
+def ended_run_stamp(conn: sqlite3.Connection, run_id: str, traces: Iterable[str]) -> tuple[Any, ...] | None:
+    """What an ended run's waterfall is built from, in a few index lookups (no blob is read): its
+    summary row, its blobs (count, newest, dead slots: a span re-sent or dropped), the index rows of
+    the event-log ``traces`` it was stitched from (the app's spans there need not carry the run id),
+    its events and its Sentry drops. Two equal stamps, read where the run's traces are the same,
+    mean the same waterfall but for ``nowNs``. None for a live run (its open rows grow with the
+    clock) or a run not in the store: nothing to keep."""
+    run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if run is None or run["status"] not in TERMINAL_STATUSES:
+        return None
+    blobs = conn.execute("SELECT count(*), max(blob_id), total(dead) FROM blobs WHERE run_id = ?", (run_id,)).fetchone()
+    per_trace = tuple(
+        (
+            trace_id,
+            *conn.execute("SELECT count(*), max(blob_id) FROM span_index WHERE trace_id = ?", (trace_id,)).fetchone(),
+        )
+        for trace_id in sorted(traces)
+    )
+    events = conn.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()
+    drops = conn.execute(
+        "SELECT rule, count, last_ns FROM sentry_drops WHERE run_id = ? ORDER BY rule", (run_id,)
+    ).fetchall()
+    return (tuple(run), tuple(blobs), per_trace, tuple(events), tuple(tuple(d) for d in drops))
+
+
+def build_waterfall(
+    conn: sqlite3.Connection, run_id: str, *, now_ns: int | None = None, trace_url_template: str | None = None
+) -> Built | None:
+    """``waterfall``, with the traces it was stitched from."""
     run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if run is None:
         return None
     spans = own_decoded_spans(conn, run_id)  # tuples, read in place: a 20k-span run is read on every view
+    traces = frozenset(t[_TRACE] for t in spans if t[_RUN] == run_id and t[_SCOPE] == EVENT_LOG_SCOPE)
     live = run["status"] not in TERMINAL_STATUSES
     waits = decode_waits(run["waiting"]) if live else ()
     now = time.time_ns() if now_ns is None else now_ns
-    starts = [s[_START] for s in spans] + [w.since_ns for w in waits]
+    starts = [w.since_ns for w in waits]
+    if spans:
+        starts.append(spans[0][_START])  # spans come in start order
     if run["start_ns"] is not None:
         starts.append(run["start_ns"])
     t0 = min(starts, default=0)
 
     def ms(ns: int) -> float:
-        return round((ns - t0) / 1e6, 3)
+        return _ms(ns - t0)
 
     def span_ms(start: int, end: int) -> float:
-        return round((end - start) / 1e6, 3)
+        return _ms(end - start)
 
     rows: list[dict[str, Any]] = []
     by_id: dict[tuple[str, str], dict[str, Any]] = {}
@@ -95,45 +143,55 @@ def waterfall(
     attempts: list[tuple[Any, ...]] = []
     entities: list[tuple[Any, ...]] = []
     app: list[tuple[Any, ...]] = []
+    # the loops below run once per span of a run of 10^4 steps: locals, no calls per span where a
+    # comparison does (``_ms`` inlined as ``ms`` is; ``entity_kind`` is a membership test)
+    kinds, attempt_kind, step_kind, hook_kind = (
+        frozenset(SpanKinds.ALL),
+        SpanKinds.ATTEMPT,
+        SpanKinds.STEP,
+        SpanKinds.HOOK,
+    )
     for t in spans:
         attributes = t[_ATTRS]
-        kind = entity_kind(attributes.get(WORKFLOW_SPAN_KIND))
-        if kind == SpanKinds.ATTEMPT:
+        kind = attributes.get(WORKFLOW_SPAN_KIND)
+        if kind == attempt_kind:
             attempts.append(t)
             continue
-        if kind is None:
+        if not isinstance(kind, str) or kind not in kinds:
             app.append(t)
             continue
         entities.append(t)
-        start = t[_START]
+        start, span_id, trace_id = t[_START], t[_SPAN], t[_TRACE]
+        at, took = start - t0, t[_END] - start
         row: dict[str, Any] = {
-            "id": t[_SPAN],
-            "trace": t[_TRACE],
+            "id": span_id,
+            "trace": trace_id,
             "kind": kind,
             "name": t[_NAME],
-            "s": ms(start),
-            "d": span_ms(start, t[_END]),
+            "s": at // 1000 / 1000 if at % 1000 == 0 else _ms(at),
+            "d": took // 1000 / 1000 if took % 1000 == 0 else _ms(took),
             "status": t[_STATUS],
             "benign": bool(t[_BENIGN]),
             "segments": [],
         }
-        if kind == SpanKinds.STEP:
+        if kind == step_kind:
             row["attempts"] = attributes.get(STEP_ATTEMPT)
             row["stepStatus"] = attributes.get(STEP_STATUS)
-        if kind == SpanKinds.HOOK:
+        elif kind == hook_kind:
             row["marks"] = [
                 {"t": ms(e["time_ns"]), "name": e["name"]}
                 for e in t[_EVENTS] or ()
                 if isinstance(e, dict) and e.get("name") == "hook_received"
             ]
         rows.append(row)
-        by_id[(t[_TRACE], t[_SPAN])] = row
+        by_id[(trace_id, span_id)] = row
     for t in attempts:
         attributes = t[_ATTRS]
         key = (t[_TRACE], t[_PARENT])
         parent = by_id.get(key)
+        start, end = t[_START], t[_END]
         if parent is None:  # the step is still open (being retried): its row stands in until its span comes
-            parent = by_id[key] = _open_step(attributes.get(STEP_NAME), ms(t[_START]), "pending")
+            parent = by_id[key] = _open_step(attributes.get(STEP_NAME), ms(start), "pending")
             parent["id"], parent["trace"] = t[_SPAN], t[_TRACE]
             rows.append(parent)
             step_id = attributes.get(STEP_ID)
@@ -143,14 +201,14 @@ def waterfall(
         if parent.get("open"):  # an open row spans its attempts, and while live up to now
             parent["id"] = t[_SPAN]  # its label shows the latest attempt
             parent["attempts"] = max(parent["attempts"] or 0, number or 0)
-            end = max(t[_END], now) if live else t[_END]
-            parent["d"] = round(max(parent["d"], ms(end) - parent["s"]), 3)
+            parent["d"] = round(max(parent["d"], ms(max(end, now) if live else end) - parent["s"]), 3)
         delay = attributes.get(RETRY_DELAY_MS)
+        at, took = start - t0, end - start
         parent["segments"].append(
             {
                 "id": t[_SPAN],
-                "s": ms(t[_START]),
-                "d": span_ms(t[_START], t[_END]),
+                "s": at // 1000 / 1000 if at % 1000 == 0 else _ms(at),
+                "d": took // 1000 / 1000 if took % 1000 == 0 else _ms(took),
                 "status": t[_STATUS],
                 "n": number,
                 "retryMs": delay if isinstance(delay, int | float) and not isinstance(delay, bool) else None,
@@ -160,7 +218,7 @@ def waterfall(
         _open_rows(rows, by_step, waits, run, ms, ms(now))
     rows.sort(key=lambda r: (r["kind"] != SpanKinds.RUN, r["s"]))  # stable: spans keep their order
     events = conn.execute("SELECT count(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()[0]
-    return {
+    view = {
         "run": run_json(run, trace_url_template=trace_url_template),
         "t0": t0,
         "nowNs": now,
@@ -173,6 +231,13 @@ def waterfall(
         "eventsCount": events,
         "sentryDropped": sentry_drops(conn, run_id),
     }
+    return Built(view, traces)
+
+
+def _ms(ns: int) -> float:
+    """Nanoseconds as milliseconds to the microsecond (what the page draws with). A whole number of
+    microseconds (every world timestamp) is divided exactly, without ``round``: the same float."""
+    return ns // 1000 / 1000 if ns % 1000 == 0 else round(ns / 1e6, 3)
 
 
 def _open_step(name: object, start: float, state: str) -> dict[str, Any]:

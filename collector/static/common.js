@@ -4,8 +4,9 @@ const token = (() => {
   if (m) { sessionStorage.setItem('wft-token', decodeURIComponent(m[1])); history.replaceState(null, '', location.pathname + location.search); }
   return sessionStorage.getItem('wft-token');
 })();
-async function api(path) {
-  const r = await fetch(path, { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+// `early`: the answer to this very request, already asked for (run.html asks for the waterfall first).
+async function api(path, early) {
+  const r = await (early || fetch(path, { headers: token ? { Authorization: 'Bearer ' + token } : {} }));
   if (r.status === 401) { location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search); }
   if (!r.ok) { const e = new Error((await r.text()) || r.statusText); e.status = r.status; throw e; }
   return r.json();

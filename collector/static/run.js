@@ -35,8 +35,16 @@ function drawProblems(problems) {
     ${problems.map((p) => `<div class="mono">${esc(p)}</div>`).join('')}</div>` : '';
 }
 
+// The waterfall run.html asked for before this script loaded, once (a reload asks again).
+function early(path) {
+  const asked = window.__wftEarly;
+  window.__wftEarly = undefined;
+  return asked && asked.path === path ? asked.response : undefined;
+}
+
 async function load() {
-  data = await api(`/api/runs/${encodeURIComponent(runId)}/waterfall`);
+  const path = `/api/runs/${encodeURIComponent(runId)}/waterfall`;
+  data = await api(path, early(path));
   fetchedAt = performance.now();
   const r = data.run;
   document.title = `${shortName(r.workflowName)} · ${r.status}`;
