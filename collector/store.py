@@ -45,6 +45,7 @@ import orjson
 import zstandard
 
 from telemetry.semconv import STEP_ID, WORKFLOW_NAME, WORKFLOW_SPAN_KIND
+from telemetry.span_blobs import read_blob
 
 from .otlp import SpanRecord
 from .summaries import (
@@ -205,7 +206,7 @@ def decode_waits(text: str | None) -> tuple[Wait, ...]:
 
 
 # ---- blobs -----------------------------------------------------------------------------------------
-_codecs = threading.local()  # zstandard's (de)compressor objects are not for two threads at once
+_codecs = threading.local()  # zstandard's compressor objects are not for two threads at once
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -215,16 +216,10 @@ def _compressor() -> zstandard.ZstdCompressor:
     return c
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d: zstandard.ZstdDecompressor | None = getattr(_codecs, "d", None)
-    if d is None:
-        d = _codecs.d = zstandard.ZstdDecompressor()
-    return d
-
-
 def encode_blob(spans: Sequence[SpanRecord], *, cbor: bool = False) -> bytes:
     """``spans`` as one blob: zstandard over the JSON ``[resources, spans]``, each span a list in
-    ``decode_blob``'s order naming its resource by position (a request's spans share one).
+    ``telemetry.span_blobs.BLOB_FIELDS`` order naming its resource by position (a request's spans
+    share one); ``telemetry.span_blobs.read_blob`` reads it back.
 
     JSON by orjson: three times cheaper to write than CBOR by cbor2 and twice as cheap to read back,
     the same values for what spans hold (strings, 64-bit ints, doubles, lists, maps). What JSON
@@ -301,15 +296,9 @@ def _as_text(encoder: Any, value: Any) -> None:
     encoder.encode(str(value))
 
 
-def _blob_items(data: bytes) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    raw = _decompressor().decompress(data)
-    resources, items = orjson.loads(raw) if raw[:1] == b"[" else cbor2.loads(raw)
-    return resources, items
-
-
 def decode_blob(data: bytes, run_id: str | None, received_ns: int) -> list[tuple[Any, ...]]:
     """A blob's spans, each a tuple in ``SPAN_COLUMNS`` order."""
-    resources, items = _blob_items(data)
+    resources, items = read_blob(data)
     out = []
     for t, sp, parent, name, kind, start, end, code, message, attrs, events, links, at, scope, source, benign in items:
         resource = resources[at]
@@ -861,7 +850,7 @@ def _drop_blobs(conn: sqlite3.Connection, blob_ids: Sequence[int]) -> int:
         marks = ",".join("?" * len(chunk))
         keys: list[tuple[str, str, int]] = []
         for blob_id, data in conn.execute(f"SELECT blob_id, data FROM blobs WHERE blob_id IN ({marks})", chunk):
-            _, items = _blob_items(data)
+            _, items = read_blob(data)
             keys += [(item[0], item[1], blob_id) for item in items]
         dropped += conn.executemany(
             "DELETE FROM span_index WHERE trace_id = ? AND span_id = ? AND blob_id = ?", keys

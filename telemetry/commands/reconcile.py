@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import cbor2
-import zstandard
 
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError
@@ -41,14 +39,15 @@ from ..reading import all_runs, event_log
 from ..reconcile import reconcile
 from ..runfacts import READ_ATTRIBUTES, AppSpan, LogEvent, carries_traceparent
 from ..runtrace import SCOPE, short_name
+from ..span_blobs import read_blob
 from .common import CliError, Handler, add_world_options, run_async, world_from
 
 __all__ = ["Findings", "configure"]
 
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-#: the blobs of a run in the collector's store (layout 2, ``collector.store``): zstandard over the
-#: CBOR ``[resources, spans]``, a span a list whose first 14 items are read below; a span sent again
-#: leaves a dead copy in an older blob, told by the index row pointing elsewhere
+#: the blobs of a run in the collector's store (layout 2, ``collector.store``; their format is
+#: ``telemetry.span_blobs``); a span sent again leaves a dead copy in an older blob, told by the
+#: index row pointing elsewhere
 _STORE_BLOBS = "SELECT blob_id, dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id"
 _STORE_LIVE = "SELECT 1 FROM span_index WHERE trace_id = ? AND span_id = ? AND blob_id = ? AND pos = ?"
 _CONCURRENCY = 8  # analyses asked of a collector at once
@@ -100,7 +99,7 @@ def _open_store(path: str) -> sqlite3.Connection:
 def _store_spans(conn: sqlite3.Connection, run_id: str) -> list[AppSpan]:
     spans = []
     for blob_id, dead, data in conn.execute(_STORE_BLOBS, (run_id,)).fetchall():
-        for pos, item in enumerate(cbor2.loads(zstandard.ZstdDecompressor().decompress(data))[1]):
+        for pos, item in enumerate(read_blob(data)[1]):
             trace_id, span_id, parent, name, _, start, end, _, _, attributes, _, _, _, scope = item[:14]
             if scope == SCOPE.name or (
                 dead and not conn.execute(_STORE_LIVE, (trace_id, span_id, blob_id, pos)).fetchone()
