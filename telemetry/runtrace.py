@@ -28,7 +28,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import __version__
-from .payloads import UNDEFINED, to_jsonable
+from .payloads import UNDEFINED, JSError, JSRegExp, JSValue, Opaque, to_jsonable
 from .semconv import WORKFLOW_SPAN_KIND, SpanKinds
 from .trace_identity import parse_traceparent, span_id_for, trace_id_for
 from .world import TERMINAL_RUN_EVENT_TYPES, Event, StructuredError, WorkflowRun
@@ -72,17 +72,8 @@ def short_name(name: str) -> str:
     return name.rsplit("//", 1)[-1] if "//" in name else name
 
 
-_last_ns: tuple[datetime | None, int] = (None, 0)
-
-
 def _ns(moment: datetime) -> int:
-    global _last_ns
-    last, value = _last_ns  # an event's time is asked for several times in a row: keep the last answer
-    if last is moment:
-        return value
-    value = int(round(moment.timestamp() * 1000)) * 1_000_000
-    _last_ns = (moment, value)
-    return value
+    return round(moment.timestamp() * 1000) * 1_000_000
 
 
 def _iso(moment: datetime) -> str:
@@ -97,9 +88,57 @@ _PLAIN_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_not
 _ANY_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
+#: values ``to_jsonable`` returns unchanged, whose JSON is the same from either encoder
+_SCALARS = frozenset({str, int, bool, float, type(None)})
+#: values ``to_jsonable`` makes ``{}`` of (a stream handle among a step's arguments: ``JSValue``)
+_EMPTY_OBJECTS = frozenset({JSValue, JSError, JSRegExp, Opaque})
+_NOT_SHALLOW = object()
+
+
+def _shallow(item: Any) -> Any:
+    """``to_jsonable(item)`` for a scalar, an opaque JS value or a flat object of scalars;
+    ``_NOT_SHALLOW`` for anything else (a Map's keys, a Date, deeper nesting)."""
+    kind = item.__class__
+    if kind in _SCALARS:
+        return item
+    if kind in _EMPTY_OBJECTS:
+        return {}
+    if kind is dict and all(k.__class__ is str and v.__class__ in _SCALARS for k, v in item.items()):
+        return item
+    return _NOT_SHALLOW
+
+
+def _shallow_plain(value: dict[Any, Any]) -> dict[str, Any] | None:
+    """``to_jsonable(value)`` for a step's usual arguments (``{args: [...], closureVars: undefined,
+    thisVal: undefined}``) without walking them generically; ``None`` if they hold anything more."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if item is UNDEFINED:
+            continue
+        if key.__class__ is not str:
+            return None
+        if item.__class__ is list:
+            members = [_shallow(member) for member in item]
+            if _NOT_SHALLOW in members:
+                return None
+            out[key] = members
+        else:
+            item = _shallow(item)
+            if item is _NOT_SHALLOW:
+                return None
+            out[key] = item
+    return out
+
+
 def _payload_attr(value: Any) -> str:
     if value.__class__ is dict and UNDEFINED in value.values():  # a step's arguments: ``closureVars: undefined``
-        text = _ANY_JSON.encode(to_jsonable(value))
+        shallow = _shallow_plain(value)
+        try:  # a NaN among them fails here: to_jsonable makes it null
+            text = _PLAIN_JSON.encode(shallow) if shallow is not None else None
+        except ValueError:
+            text = None
+        if text is None:
+            text = _ANY_JSON.encode(to_jsonable(value))
         return text if len(text) <= MAX_PAYLOAD_CHARS else text[: MAX_PAYLOAD_CHARS - 1] + "…"
     try:  # most payloads are plain JSON already; JS-only values (undefined, Date, NaN…) take the slow path
         text = _PLAIN_JSON.encode(value)
@@ -232,13 +271,14 @@ class _Builder:
         self.anomalies: Counter[str] = Counter()
         self.terminal: Event | None = None
         self.workflow_name = run.workflow_name if run else ""
-        self.attempts: Counter[str] = Counter()
+        self.attempts: dict[str, int] = {}  # step id → attempts started
         self.open_attempt: dict[str, str] = {}
         self.run_part: _Part | None = None
         self.created_seen = False
         self.retrying: dict[str, _Part] = {}
         self.closed: list[str] = []  # part keys in the order they ended: what a follower sends next
         self.fed = 0
+        self.at = 0  # the time of the event being fed (ns): asked for several times per event
 
     def end(self, part: _Part, at: int) -> None:
         part.end = at
@@ -250,14 +290,14 @@ class _Builder:
         (target or self.ensure_run(event)).events.append(
             SpanEventData(
                 "workflow.anomaly",
-                _ns(event.created_at),
+                self.at,
                 {"anomaly.kind": kind, "event.type": event.event_type, "event.id": event.event_id},
             )
         )
 
     def ensure_run(self, event: Event) -> _Part:
         if self.run_part is None:
-            self.run_part = _Part("run", "", None, _ns(event.created_at))
+            self.run_part = _Part("run", "", None, self.at)
             self.parts["run"] = self.run_part
         return self.run_part
 
@@ -270,22 +310,23 @@ class _Builder:
         )
         if attributes:
             base.update({k: v for k, v in attributes.items() if v is not None})
-        part.events.append(SpanEventData(event.event_type, _ns(event.created_at), base))
+        part.events.append(SpanEventData(event.event_type, self.at, base))
 
     def open(self, key: str, name: str, parent: str, event: Event, attributes: dict[str, Any]) -> _Part:
         """A new part; ``attributes`` becomes its own (the caller made it for it)."""
-        part = _Part(key, name, parent, _ns(event.created_at), attributes=attributes)
+        part = _Part(key, name, parent, self.at, attributes=attributes)
         self.parts[key] = part
         return part
 
     # -- events --------------------------------------------------------------------------
     def feed(self, event: Event) -> None:
         self.fed += 1
+        self.at = _ns(event.created_at)
         if event.event_id in self.seen:
             self.anomaly("duplicate_event", event)
             return
         self.seen.add(event.event_id)
-        run = self.ensure_run(event)
+        run = self.run_part or self.ensure_run(event)
         if self.terminal is not None:
             self.anomaly("after_terminal", event)
         data = event.event_data or {}
@@ -320,7 +361,7 @@ class _Builder:
             if self.created_seen or len(self.seen) > 1:
                 self.anomaly("run_created_out_of_order", event)
             self.created_seen = True
-            run.start = min(run.start, _ns(event.created_at))
+            run.start = min(run.start, self.at)
             self.workflow_name = self.workflow_name or data.get("workflowName", "")
             run.attributes.setdefault("deployment.id", data.get("deploymentId"))
             if self.payloads and "input" in data:
@@ -329,7 +370,7 @@ class _Builder:
             if self.terminal is not None:
                 return  # already counted as after_terminal
             self.terminal = event
-            at = _ns(event.created_at)
+            at = self.at
             self.end(run, at)
             status = kind.removeprefix("run_")
             run.attributes["workflow.run.status"] = status
@@ -374,10 +415,10 @@ class _Builder:
             self.close_attempt(step_id, event, None)
             previous = self.retrying.pop(step_id, None)
             if previous is not None:  # the retry time, as it happened (4.8 logs carry no retryAfter)
-                at = _ns(event.created_at)
+                at = self.at
                 previous.attributes["step.retry.next_attempt_at"] = _iso(event.created_at)
                 previous.attributes["step.retry.delay_ms"] = (at - (previous.end or at)) // 1_000_000
-            number = self.attempts[step_id] + 1
+            number = self.attempts.get(step_id, 0) + 1
             self.attempts[step_id] = number
             attributes = step.attributes
             attributes["step.attempt"] = number
@@ -397,13 +438,13 @@ class _Builder:
             step.attributes["step.status"] = "pending"
         elif kind in ("step_completed", "step_failed"):
             outcome = kind.removeprefix("step_")
-            if not unseen and step_id not in self.open_attempt and not self.attempts[step_id]:
+            if not unseen and step_id not in self.open_attempt and not self.attempts.get(step_id):
                 self.anomaly("missing_start", event, step)  # created, never started
             self.close_attempt(step_id, event, outcome, data)
-            at = _ns(event.created_at)
+            at = self.at
             self.end(step, at)
             step.attributes["step.status"] = outcome
-            step.attributes["step.attempt"] = self.attempts[step_id]
+            step.attributes["step.attempt"] = self.attempts.get(step_id, 0)
             if outcome == "failed":
                 error = _event_error(data)
                 exception = _exception_event(error, _error_type(data), at)
@@ -420,7 +461,7 @@ class _Builder:
         if key is None:
             return
         attempt = self.parts[key]
-        at = _ns(event.created_at)
+        at = self.at
         self.end(attempt, at)
         if outcome is None:  # a new start while the previous attempt never ended
             attempt.attributes["step.attempt.outcome"] = "abandoned"
@@ -461,7 +502,7 @@ class _Builder:
             return
         self.note(wait, event)
         if event.event_type == "wait_completed":
-            self.end(wait, _ns(event.created_at))
+            self.end(wait, self.at)
 
     def hook_event(self, event: Event, data: dict[str, Any]) -> None:
         hook = self.entity("hook", event, created="hook_created", name="hook", id_attribute="workflow.hook.id")
@@ -480,9 +521,9 @@ class _Builder:
         if event.event_type == "hook_received":
             hook.attributes["workflow.hook.received"] = int(hook.attributes.get("workflow.hook.received", 0)) + 1
             if hook.end is None:
-                self.end(hook, _ns(event.created_at))
+                self.end(hook, self.at)
         elif event.event_type == "hook_disposed" and hook.end is None:
-            self.end(hook, _ns(event.created_at))
+            self.end(hook, self.at)
 
 
 class RunTraceBuilder:
@@ -504,10 +545,10 @@ class RunTraceBuilder:
         self.run_id = run_id
         self.run = run
         self.resource = resource or Resource.get_empty()
-        self.trace_id = trace_id_for(run_id, run)
         self._carried = parse_traceparent(run)
+        self.trace_id = self._carried[0] if self._carried else trace_id_for(run_id)
         self._state = _Builder(run_id, run, include_payloads)
-        self._reported: Counter[str] = Counter()
+        self._reported: Counter[str] | None = None  # anomalies already added to the process's counts
         self._ids: dict[str, int] = {}  # part key → span id (a hash: each one computed once)
         #: the greatest event id fed (ids are ULIDs: event-id order is the log's order)
         self.last_event_id: str | None = None
@@ -635,11 +676,12 @@ class RunTraceBuilder:
         view, anomalies = self._view()
         spans = [self._span(part, end, extra, anomalies) for part, end, extra in view]
         if anomalies:  # most logs have none: no Counter arithmetic for them
-            fresh = anomalies - self._reported
+            reported = self._reported if self._reported is not None else Counter()
+            fresh = anomalies - reported
             if fresh:
                 with _anomalies_lock:
                     _anomalies.update(fresh)
-                self._reported |= anomalies
+                self._reported = reported | anomalies
         return RunTrace(
             run_id=self.run_id,
             trace_id=self.trace_id,
