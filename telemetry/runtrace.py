@@ -414,10 +414,6 @@ class _Builder:
         if kind == "step_started":
             self.close_attempt(step_id, event, None)
             previous = self.retrying.pop(step_id, None)
-            if previous is not None:  # the retry time, as it happened (4.8 logs carry no retryAfter)
-                at = self.at
-                previous.attributes["step.retry.next_attempt_at"] = _iso(event.created_at)
-                previous.attributes["step.retry.delay_ms"] = (at - (previous.end or at)) // 1_000_000
             number = self.attempts.get(step_id, 0) + 1
             self.attempts[step_id] = number
             attributes = step.attributes
@@ -430,6 +426,10 @@ class _Builder:
                 event,
                 {"step.id": step_id, "step.name": attributes.get("step.name", ""), "step.attempt": number},
             )
+            if previous is not None:
+                # the delay this attempt came after, as it happened (4.8 logs carry no retryAfter); on
+                # this attempt, not the one retried: that one was final (and maybe sent) when it ended
+                attempt.attributes["step.retry.delay_ms"] = (self.at - (previous.end or self.at)) // 1_000_000
             self.open_attempt[step_id] = attempt.key
             return
         self.note(step, event)

@@ -185,7 +185,7 @@ function rowHtml(x, i) {
       style="left:${pct(g.s)}%;width:${Math.max(pct(g.d), 0.1)}%" title="attempt ${g.n ?? '?'} · ${g.open ? 'running' : fmtMs(g.d)}"></div>`;
     if (g.status !== 2) return;
     const next = segs[k + 1], end = g.s + g.d;
-    if (next) bars += gapHtml(end, next.s, `retry after ${fmtMs(g.retryMs ?? next.s - end)}`, '');
+    if (next) bars += gapHtml(end, next.s, `retry after ${fmtMs(next.retryMs ?? next.s - end)}`, '');
     else if (x.stepStatus === 'retrying') bars += gapHtml(end, x.s + x.d, x.retryAt ? `retry at ${fmtTime(x.retryAt)}` : 'retry pending', ' pending');
   });
   for (const m of x.marks || []) bars += `<div class="mark" style="left:${pct(m.t)}%" title="${esc(m.name)}"></div>`;
