@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.resources import Resource
 from ulid import ULID
 
+from .backends.records import UnreadableRun
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from .otlp_encode import OtlpEncoder, RequestBatcher
 from .reading import empty_log, stalled_runs
@@ -484,13 +485,10 @@ class Follower:
         builder.feed(events)
         return builder
 
-    async def _chunks(
-        self, runs: list[str], *, listing: bool = False
-    ) -> AsyncIterator[list[tuple[str, WorkflowRun | None]]]:
+    async def _chunks(self, runs: list[str]) -> AsyncIterator[list[tuple[str, WorkflowRun | None]]]:
         """The runs of a pass in chunks, with their records when a listing is cheaper than one
-        read each (a catch-up over many runs reads run records a page at a time, as an export does;
-        ``listing``: whatever the number of runs)."""
-        if len(runs) < _LIST_RUNS_AT and not listing:
+        read each (many runs: their records a page at a time)."""
+        if len(runs) < _LIST_RUNS_AT:
             for start in range(0, len(runs), _CHUNK):
                 yield [(run_id, None) for run_id in runs[start : start + _CHUNK]]
             return
@@ -517,21 +515,20 @@ class Follower:
         each chunk is acknowledged. Returns (the runs left for the usual way, spans sent)."""
         left: list[str] = []
 
-        async def fresh() -> AsyncIterator[list[WorkflowRun]]:
-            async for chunk in self._chunks(runs, listing=True):
-                records = []
-                for run_id, record in chunk:
-                    if (
-                        record is None
-                        or run_id in self._live
-                        or run_id in self.problems
-                        or self.checkpoint.get(run_id) is not None
-                    ):
-                        left.append(run_id)
-                    else:
-                        records.append(record)
-                if records:
-                    yield records
+        async def fresh() -> AsyncIterator[list[WorkflowRun | str]]:
+            """The runs never seen, as ids: the workers read their records (as ``wft export``'s do),
+            since reading them all here, in order, is serial work the workers would wait on."""
+            chunk: list[WorkflowRun | str] = []
+            for run_id in runs:
+                if run_id in self._live or run_id in self.problems or self.checkpoint.get(run_id) is not None:
+                    left.append(run_id)
+                    continue
+                chunk.append(run_id)
+                if len(chunk) >= _CHUNK:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
 
         sent = done = 0
         async with contextlib.aclosing(
@@ -778,13 +775,14 @@ class ParallelCatchUp:
 
     async def run(
         self,
-        chunks: AsyncIterator[list[WorkflowRun]],
+        chunks: AsyncIterator[list[WorkflowRun | str]],
         resource: Resource | None,
         include_payloads: bool,
         batch_spans: int,
         known_ids: KnownIds | None = None,
     ) -> AsyncGenerator[_Answer, None]:
-        """Answers for the runs of ``chunks``, each once its requests were acknowledged.
+        """Answers for the runs of ``chunks`` (records, or ids whose records the workers read), each
+        once its requests were acknowledged.
         ``known_ids``: the follower's world-local index of event ids (``LocalEvents.known_ids``),
         sent with each chunk so a worker reads the run's files without listing the events folder
         itself (as ``wft export``'s workers do)."""
@@ -804,8 +802,8 @@ class ParallelCatchUp:
         )
         in_flight: set[asyncio.Future[_Answer]] = set()
 
-        def submit(runs: list[WorkflowRun]) -> None:
-            known = known_ids(r.run_id for r in runs) if known_ids is not None else None
+        def submit(runs: list[WorkflowRun | str]) -> None:
+            known = known_ids(r if isinstance(r, str) else r.run_id for r in runs) if known_ids is not None else None
             future: Future[_Answer] = pool.submit(_catch_up_chunk, runs, known)
             in_flight.add(asyncio.wrap_future(future))
 
@@ -867,8 +865,28 @@ class _CatchUpWorker:
         finally:
             self.loop.close()
 
-    async def chunk(self, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None) -> _Answer:
+    async def _records(self, entries: list[WorkflowRun | str], out: _Answer) -> list[WorkflowRun]:
+        """The chunk's runs with their records, read here for those given as ids (world-postgres:
+        in one statement). A run not there, unreadable or of no known status goes back to the
+        follower, which reads it itself and reports what it must."""
+        ids = [entry for entry in entries if isinstance(entry, str)]
+        lookup = getattr(self.world.runs, "entries", None)
+        found: dict[str, WorkflowRun] | None = await lookup(ids) if ids and lookup is not None else None
+        runs: list[WorkflowRun] = []
+        for entry in entries:
+            if not isinstance(entry, str):
+                runs.append(entry)
+                continue
+            run = found.get(entry) if found is not None else self.world.runs.entry(entry)
+            if run is None or isinstance(run, UnreadableRun) or run.status not in _STATUSES:
+                out.left.append(entry)
+            else:
+                runs.append(run)
+        return runs
+
+    async def chunk(self, entries: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None) -> _Answer:
         out = _Answer()
+        runs = await self._records(entries, out)
         logs: dict[str, list[Event]] = {}
         bulk = getattr(self.world.events, "logs", None)
         if known is not None:  # world-local, flat layout: the ids the follower's index has
@@ -921,7 +939,7 @@ def _start_catch_up_worker(*args: Any) -> None:
     multiprocessing.util.Finalize(_worker, _worker.close, exitpriority=10)
 
 
-def _catch_up_chunk(runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None = None) -> _Answer:
+def _catch_up_chunk(runs: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None = None) -> _Answer:
     worker = _worker
     assert worker is not None, "the pool's initializer starts the worker"
     try:

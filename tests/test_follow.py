@@ -774,6 +774,43 @@ def test_a_parallel_first_pass_sends_what_export_sends_and_follows_the_unfinishe
     assert not follower.following and all(s.complete for s in checkpoint.runs().values())
 
 
+def test_a_parallel_first_pass_leaves_a_run_whose_record_cannot_be_read_to_the_follower(harness_out, tmp_path):
+    """The workers read the runs' records (the follower hands out ids); one cut mid-write goes back
+    to the follower, which retries it on later passes, and every other run is sent and recorded."""
+    from telemetry.backends import BackendConfig
+    from telemetry.follow import ParallelCatchUp
+
+    world_dir = tmp_path / "world"
+    shutil.copytree(harness_out / "local-data", world_dir)
+    cut = sorted((world_dir / "runs").glob("*.json"))[3]
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])  # as if being written
+    received, post = _catch_up_collector()
+    checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
+    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5, chunk_runs=3)
+    delivered: list = []
+    follower = Follower(
+        LocalWorld(world_dir),
+        None,
+        checkpoint,
+        span_data=True,
+        deliver_many=lambda batch: delivered.extend(i for d in batch for i in _ids(d.spans)),
+        catch_up=catch_up,
+    )
+    asyncio.run(follower.poll())
+    assert not delivered  # the cut run is not readable yet: nothing of it is sent
+    expected = _expected(world_dir)
+    run_of = {i: s.attributes["workflow.run.id"] for i, s in expected.items()}
+    assert cut.stem not in {s.attributes["workflow.run.id"] for s in received}
+    assert {s.span_id for s in received} == {i for i, r in run_of.items() if r != cut.stem}
+    done = {r for r, state in checkpoint.runs().items() if state.complete}
+    assert done == set(run_of.values()) - {cut.stem}  # the cut run is to do again, not done
+    cut.write_bytes(whole)  # written in full: the next pass sends it
+    asyncio.run(follower.poll())
+    assert set(delivered) == {i for i, r in run_of.items() if r == cut.stem}
+    assert checkpoint.get(cut.stem) is not None and checkpoint.get(cut.stem).complete
+
+
 def test_a_parallel_first_pass_checkpoints_only_what_was_acknowledged(harness_out, tmp_path):
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
