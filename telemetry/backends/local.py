@@ -178,12 +178,7 @@ def read_bytes(path: str) -> tuple[bytes, float]:
     before it is read on.
     """
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
-            raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
-        if info.st_size > _MAX_RECORD:
-            raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
+        _refuse_irregular(path, info := os.stat(path))
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UnreadableRecord(path, "vanished", "vanished while being read") from None
@@ -194,11 +189,7 @@ def read_bytes(path: str) -> tuple[bytes, float]:
     try:
         body = os.read(fd, info.st_size + 1)  # a short read of a regular file is its end
         if len(body) > info.st_size:  # grown since stat, or swapped: what is it now?
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnreadableRecord(path, "not a regular file", "not a regular file", info.st_mtime)
-            if info.st_size > _MAX_RECORD:
-                raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
+            info = _check_regular(path, fd)
             body = _read_to_end(fd, body)
         return body, info.st_mtime
     except OSError as error:
@@ -262,12 +253,17 @@ def _check_regular(path: str, fd: int) -> os.stat_result:
     """What ``fd`` is, when a read showed it may be no record: not a regular file, or too big for
     one, is an ``UnreadableRecord`` (as ``read_bytes`` says it)."""
     info = os.fstat(fd)
+    _refuse_irregular(path, info)
+    return info
+
+
+def _refuse_irregular(path: str, info: os.stat_result) -> None:
+    """An ``UnreadableRecord`` for what is no record file: not a regular file, or too big for one."""
     if not stat.S_ISREG(info.st_mode):
         kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
         raise UnreadableRecord(path, "not a regular file", f"{kind}, not a record file", info.st_mtime)
     if info.st_size > _MAX_RECORD:
         raise UnreadableRecord(path, "not a regular file", f"{info.st_size} bytes, too big for a record")
-    return info
 
 
 def _mtime(fd: int) -> float | None:
