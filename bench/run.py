@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from sections import dashboard, export_pace, freshness, ingest, overload, scaling, traced_overhead  # noqa: E402 (after sys.path)
+from sections import dashboard, export_pace, freshness, ingest, overload, scaling, store_size, traced_overhead  # noqa: E402 (after sys.path)
 
 HARNESS = ROOT.parent / "shared" / "sdk-harness"
 RESULTS = HERE / "results.md"
@@ -39,6 +39,7 @@ SECTIONS = {
     "scaling": (scaling, "6"),
     "export": (export_pace, "7"),
     "overload": (overload, "8"),
+    "size": (store_size, "9"),
 }
 
 
