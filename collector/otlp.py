@@ -191,7 +191,9 @@ def records_from(request: ExportTraceServiceRequest, *, now_ns: int | None = Non
         try:
             resource_limiter = SpanLimiter()
             wire = resource_spans.resource.SerializeToString()
-            resource = resources.get(wire) or resources.setdefault(wire, _resource(resource_spans.resource))
+            resource = resources.get(wire)
+            if resource is None:
+                resource = resources[wire] = _resource(resource_spans.resource)
             scopes = [(resource_limiter.text(ss.scope.name), ss.spans) for ss in resource_spans.scope_spans]
         except Invalid as error:
             rejected += sum(len(ss.spans) for ss in resource_spans.scope_spans)

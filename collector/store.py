@@ -44,19 +44,16 @@ import cbor2
 import orjson
 import zstandard
 
-from telemetry.semconv import STEP_ID, WORKFLOW_NAME, WORKFLOW_SPAN_KIND
 from telemetry.span_blobs import read_blob
 
 from .otlp import SpanRecord
 from .summaries import (
     EVENT_LOG_SCOPE,
-    RUN_STATUS,
     RunFacts,
     SpanFacts,
     StepFacts,
     Wait,
     WorldView,
-    entity_kind,
     fold_waits,
 )
 
@@ -613,20 +610,8 @@ class PreparedSpans:
 
 def _facts_row(s: SpanRecord, run_id: str | None) -> tuple[tuple[Any, ...], SpanFacts]:
     """(index row less blob id and position, the span's facts)."""
-    attributes = s.attributes
-    step_id, name, status = attributes.get(STEP_ID), attributes.get(WORKFLOW_NAME), attributes.get(RUN_STATUS)
-    kind = entity_kind(attributes.get(WORKFLOW_SPAN_KIND))
-    facts = SpanFacts(
-        s.trace_id,
-        s.span_id,
-        s.start_ns,
-        s.end_ns,
-        s.status_code,
-        s.benign,
-        kind,
-        step_id if isinstance(step_id, str) and step_id else None,
-        name if isinstance(name, str) and name else None,
-        status if isinstance(status, str) and status else None,
+    facts = SpanFacts.from_attributes(
+        s.trace_id, s.span_id, s.start_ns, s.end_ns, s.status_code, s.benign, s.attributes
     )
     row = (
         s.trace_id,
@@ -634,7 +619,7 @@ def _facts_row(s: SpanRecord, run_id: str | None) -> tuple[tuple[Any, ...], Span
         run_id,
         s.start_ns,
         s.end_ns,
-        kind,
+        facts.kind,
         s.status_code,
         1 if s.scope == EVENT_LOG_SCOPE else 0,
         s.source,
