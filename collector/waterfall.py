@@ -26,7 +26,7 @@ from telemetry.world import TERMINAL_STATUSES
 
 from .queries import own_decoded_spans, run_json, sentry_drops, wait_json
 from .store import SPAN_COLUMNS, decode_waits
-from .summaries import EVENT_LOG_SCOPE, STEP_STATUS, Wait, WaitKinds
+from .summaries import EVENT_LOG_SCOPE, STEP_STATUS, Wait, WaitKinds, entity_kind
 
 __all__ = ["Built", "build_waterfall", "ended_run_stamp", "waterfall"]
 
@@ -143,21 +143,13 @@ def build_waterfall(
     attempts: list[tuple[Any, ...]] = []
     entities: list[tuple[Any, ...]] = []
     app: list[tuple[Any, ...]] = []
-    # the loops below run once per span of a run of 10^4 steps: locals, no calls per span where a
-    # comparison does (``_ms`` inlined as ``ms`` is; ``entity_kind`` is a membership test)
-    kinds, attempt_kind, step_kind, hook_kind = (
-        frozenset(SpanKinds.ALL),
-        SpanKinds.ATTEMPT,
-        SpanKinds.STEP,
-        SpanKinds.HOOK,
-    )
     for t in spans:
         attributes = t[_ATTRS]
-        kind = attributes.get(WORKFLOW_SPAN_KIND)
-        if kind == attempt_kind:
+        kind = entity_kind(attributes.get(WORKFLOW_SPAN_KIND))
+        if kind == SpanKinds.ATTEMPT:
             attempts.append(t)
             continue
-        if not isinstance(kind, str) or kind not in kinds:
+        if kind is None:
             app.append(t)
             continue
         entities.append(t)
@@ -168,16 +160,16 @@ def build_waterfall(
             "trace": trace_id,
             "kind": kind,
             "name": t[_NAME],
-            "s": at // 1000 / 1000 if at % 1000 == 0 else _ms(at),
-            "d": took // 1000 / 1000 if took % 1000 == 0 else _ms(took),
+            "s": _ms(at),
+            "d": _ms(took),
             "status": t[_STATUS],
             "benign": bool(t[_BENIGN]),
             "segments": [],
         }
-        if kind == step_kind:
+        if kind == SpanKinds.STEP:
             row["attempts"] = attributes.get(STEP_ATTEMPT)
             row["stepStatus"] = attributes.get(STEP_STATUS)
-        elif kind == hook_kind:
+        elif kind == SpanKinds.HOOK:
             row["marks"] = [
                 {"t": ms(e["time_ns"]), "name": e["name"]}
                 for e in t[_EVENTS] or ()
@@ -207,8 +199,8 @@ def build_waterfall(
         parent["segments"].append(
             {
                 "id": t[_SPAN],
-                "s": at // 1000 / 1000 if at % 1000 == 0 else _ms(at),
-                "d": took // 1000 / 1000 if took % 1000 == 0 else _ms(took),
+                "s": _ms(at),
+                "d": _ms(took),
                 "status": t[_STATUS],
                 "n": number,
                 "retryMs": delay if isinstance(delay, int | float) and not isinstance(delay, bool) else None,
