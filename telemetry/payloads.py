@@ -25,6 +25,7 @@ import math
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard, cast
@@ -43,6 +44,7 @@ __all__ = [
     "Undecodable",
     "decode_payload",
     "devalue_parse",
+    "one_value_decoder",
     "split_frames",
     "to_jsonable",
 ]
@@ -242,8 +244,27 @@ def _is_index(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def one_value_decoder(decoder: json.JSONDecoder) -> Callable[[str], Any]:
+    """``decoder.decode`` without its Python wrapper (two whitespace matches around the C scanner,
+    most of the cost of decoding a small document), where the text is one JSON value from its first
+    character to its end or to JSON whitespace; any other text goes through ``decode``, which
+    raises its own error. For the hot paths that decode one small document each: records, tables."""
+    scan = json.scanner.make_scanner(cast(Any, decoder))  # the C scanner (typeshed types its argument as one)
+
+    def decode(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decoder.decode(text)
+        if end != len(text) and text[end:].strip(" \t\n\r"):
+            return decoder.decode(text)  # extra data after the value
+        return value
+
+    return decode
+
+
 _JSON = json.JSONDecoder()
-_SCAN = json.scanner.make_scanner(cast(Any, _JSON))  # the C scanner (typeshed types its argument as one)
+_decode_table = one_value_decoder(_JSON)
 _MISSING: Any = object()  # a table entry not hydrated yet
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -259,13 +280,7 @@ def _json_table(text: str | bytes) -> Any:
                 return json.loads(text)
         if text[:1] == "\ufeff":
             return json.loads(text)
-        try:  # the C scanner alone (``decode`` wraps it in two whitespace matches): a table is one value
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            return _JSON.decode(text)  # raises the decoder's own error
-        if end != len(text) and text[end:].strip(" \t\n\r"):
-            return _JSON.decode(text)  # extra data after the value
-        return value
+        return _decode_table(text)
     except RecursionError:
         raise DevalueError("devalue input nested too deep") from None
 

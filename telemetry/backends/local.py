@@ -37,7 +37,6 @@ import base64
 import errno
 import hashlib
 import json
-import json.scanner
 import logging
 import os
 import stat
@@ -48,11 +47,12 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from ulid import ULID
 
 from ..errors import HookNotFoundError, UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
+from ..payloads import one_value_decoder
 from ..world import (
     TERMINAL_RUN_EVENT_TYPES,
     Changes,
@@ -135,27 +135,15 @@ def _revive_bytes(obj: dict[str, Any]) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_hook=_revive_bytes)
-_SCAN = json.scanner.make_scanner(cast(Any, _DECODER))  # its own C scanner (object hook included); typeshed
-# types the argument as a scanner, which the C scanner reads the same attributes of
-_PLAIN_SCAN = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))  # no hook: a record that holds no bytes
-_JSON_SPACE = " \t\n\r"
+_decode = one_value_decoder(_DECODER)
+_decode_plain = one_value_decoder(json.JSONDecoder())  # no hook: for a record that holds no bytes
 
 
 def decode_json(text: str) -> Any:
-    """``_DECODER.decode(text)`` without its Python wrapper (two whitespace matches around the C
-    scanner, most of the cost of decoding a small record) where the text is one JSON value from
-    its first character to its end (or to JSON whitespace); anything else goes through
-    ``decode``, which raises its own error. A text that cannot spell ``Uint8Array`` (not in it,
-    nor any ``\\u`` escape) has no object for the hook to revive: it is scanned without the hook
-    (a Python call per object)."""
-    scan = _SCAN if "Uint8Array" in text or "\\u" in text else _PLAIN_SCAN
-    try:
-        value, end = scan(text, 0)
-    except StopIteration:
-        return _DECODER.decode(text)
-    if end != len(text) and text[end:].strip(_JSON_SPACE):
-        return _DECODER.decode(text)  # extra data after the value
-    return value
+    """``_DECODER.decode(text)``, through the C scanner alone (``payloads.one_value_decoder``). A
+    text that cannot spell ``Uint8Array`` (not in it, nor any ``\\u`` escape) has no object for the
+    hook to revive: it is decoded without the hook (a Python call per object)."""
+    return _decode(text) if "Uint8Array" in text or "\\u" in text else _decode_plain(text)
 
 
 _KINDS = {
