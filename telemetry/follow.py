@@ -65,7 +65,7 @@ from ulid import ULID
 from .backends.records import UnreadableRun
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from .otlp_encode import OtlpEncoder, RequestBatcher
-from .reading import empty_log, stalled_runs
+from .reading import empty_log, run_records, stalled_runs
 from .runtrace import RunTraceBuilder, SpanData, readable_span
 from .world import Event, Pagination, WorkflowRun
 
@@ -866,20 +866,12 @@ class _CatchUpWorker:
             self.loop.close()
 
     async def _records(self, entries: list[WorkflowRun | str], out: _Answer) -> list[WorkflowRun]:
-        """The chunk's runs with their records, read here for those given as ids (world-postgres:
-        in one statement). A run not there, unreadable or of no known status goes back to the
-        follower, which reads it itself and reports what it must."""
-        ids = [entry for entry in entries if isinstance(entry, str)]
-        lookup = getattr(self.world.runs, "entries", None)
-        found: dict[str, WorkflowRun] | None = await lookup(ids) if ids and lookup is not None else None
+        """The chunk's runs with their records (``run_records``). A run not there, unreadable or of
+        no known status goes back to the follower, which reads it itself and reports what it must."""
         runs: list[WorkflowRun] = []
-        for entry in entries:
-            if not isinstance(entry, str):
-                runs.append(entry)
-                continue
-            run = found.get(entry) if found is not None else self.world.runs.entry(entry)
+        for run_id, run in await run_records(self.world, entries):
             if run is None or isinstance(run, UnreadableRun) or run.status not in _STATUSES:
-                out.left.append(entry)
+                out.left.append(run_id)
             else:
                 runs.append(run)
         return runs

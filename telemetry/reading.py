@@ -39,6 +39,7 @@ __all__ = [
     "is_full_workflow_id",
     "run_trace",
     "run_logs",
+    "run_records",
     "runs_page",
     "sdk_run_cursor",
     "selected",
@@ -104,6 +105,23 @@ async def event_log(
         cursor = page.cursor or (page.data[-1].event_id if page.data else None)
         if not page.has_more or cursor is None:
             return events
+
+
+async def run_records(world: Any, entries: Sequence[WorkflowRun | str]) -> list[tuple[str, WorkflowRun | None]]:
+    """Each of ``entries`` by run id with its record: a record as given; a run id's read here,
+    for a process that was handed ids (the lister reads no records): world-postgres reads a chunk's
+    in one statement (``runs.entries``), world-local a file each (``runs.entry``, which gives an
+    unreadable record as an ``UnreadableRun``). None for a run no longer there."""
+    ids = [entry for entry in entries if isinstance(entry, str)]
+    lookup = getattr(world.runs, "entries", None)
+    found: dict[str, WorkflowRun] | None = await lookup(ids) if ids and lookup is not None else None
+    out: list[tuple[str, WorkflowRun | None]] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            out.append((entry.run_id, entry))
+        else:
+            out.append((entry, found.get(entry) if found is not None else world.runs.entry(entry)))
+    return out
 
 
 async def run_logs(

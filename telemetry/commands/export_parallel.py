@@ -50,7 +50,7 @@ from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, gzip_body
 from ..otlp_encode import OtlpEncoder, RequestBatcher
-from ..reading import all_runs, empty_log, event_log, run_logs, stalled_runs
+from ..reading import all_runs, empty_log, event_log, run_logs, run_records, stalled_runs
 from ..runtrace import RunTraceBuilder
 from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError
@@ -159,15 +159,7 @@ class _Worker:
         out = _Answer()
         world = self.world
         runs: list[WorkflowRun] = []
-        ids = [entry for entry in entries if isinstance(entry, str)]
-        lookup = getattr(world.runs, "entries", None)  # world-postgres: the chunk's runs in one statement
-        found: dict[str, WorkflowRun] | None = await lookup(ids) if ids and lookup is not None else None
-        for entry in entries:
-            if not isinstance(entry, str):
-                runs.append(entry)
-                continue
-            # a run id: its record is read here, not in the parent (world-local: its file)
-            run = found.get(entry) if found is not None else world.runs.entry(entry)
+        for _, run in await run_records(world, entries):  # ids' records are read here, not in the parent
             if run is None:  # vanished since the parent listed it: not listed, as in one process
                 continue
             if isinstance(run, UnreadableRun):
