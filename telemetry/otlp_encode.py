@@ -35,7 +35,7 @@ from opentelemetry.trace import StatusCode
 
 from .runtrace import SCOPE, SpanData
 
-__all__ = ["OtlpEncoder", "RequestBatcher", "encode_spans"]
+__all__ = ["OtlpEncoder", "RequestBatcher", "RunBatcher", "encode_spans"]
 
 log = logging.getLogger("telemetry.otlp_encode")
 
@@ -401,4 +401,54 @@ class RequestBatcher:
     def _take(self) -> tuple[bytes, int]:
         taken = (self.encoder.frame(self._spans), len(self._spans))
         self._spans, self._bytes = [], 0
+        return taken
+
+
+class RunBatcher:
+    """A ``RequestBatcher`` that knows whose spans each request holds: ``add`` takes a run's spans
+    and returns the requests it filled as (serialized request, spans in it, ids of the runs with
+    spans in it), so a refused request counts against exactly those runs and no others.
+
+    A run that would not fit in the request being filled starts the next one (the filled one goes
+    out short) rather than straddling two; only a run bigger than a request is split, and then
+    each part names it. Shared by both paths of ``wft export`` (one process, or worker processes
+    each batching its chunk of runs).
+    """
+
+    def __init__(self, encoder: OtlpEncoder, max_spans: int = 512, max_bytes: int = 4 << 20) -> None:
+        self.requests = RequestBatcher(encoder, max_spans, max_bytes)
+        #: the runs with spans in the request being filled, in the order they were added
+        self.holding: list[str] = []
+
+    @property
+    def count(self) -> int:
+        """Spans in the request being filled."""
+        return self.requests.count
+
+    def add(self, run_id: str, spans: Sequence[SpanData]) -> list[tuple[bytes, int, list[str]]]:
+        requests = self.requests
+        full: list[tuple[bytes, int, list[str]]] = []
+        if requests.count and requests.count + len(spans) > requests.max_spans:
+            full.append(self._take(requests.flush()))
+        # a request holds the run if it grew past what it held before (the byte bound can close
+        # one before any span of the run went in); lists handed out are never changed again
+        before, holding = requests.count, self.holding
+        for body, count in requests.add(spans):
+            if count > before:
+                holding.append(run_id)
+            full.append((body, count, holding))
+            before, holding = 0, []
+        if requests.count > before:
+            holding.append(run_id)
+        self.holding = holding
+        return full
+
+    def flush(self) -> tuple[bytes, int, list[str]] | None:
+        """The request being filled, if it holds any span."""
+        return self._take(self.requests.flush()) if self.requests.count else None
+
+    def _take(self, request: tuple[bytes, int] | None) -> tuple[bytes, int, list[str]]:
+        assert request is not None  # only taken when the request holds spans
+        taken = (*request, self.holding)
+        self.holding = []
         return taken

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import os
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +25,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace import ReadableSpan
 from ulid import ULID
 
+from bench.synth import scale_local
 from telemetry.backends.local import LocalWorld
 from telemetry.cli import main
 from telemetry.commands import export_parallel
+from telemetry.commands.export_parallel import GIVE_UP_AFTER
+from telemetry.errors import WorkflowWorldError
 from telemetry.export import ExportError, OtlpSink, run_resource
-from telemetry.otlp_encode import OtlpEncoder
+from telemetry.otlp_encode import OtlpEncoder, RunBatcher
 from telemetry.reading import all_runs, event_log
 from telemetry.runtrace import build_run_trace
+from telemetry.semconv import WORKFLOW_RUN_ID
 
+from .conftest import summary
 from .threaded_server import serve_in_thread
 
 RESOURCE = run_resource("local")
@@ -69,11 +77,17 @@ def endpoint():
     stop()
 
 
-def _traces(world: Any) -> list[Any]:
+def _traces(world: Any, include_payloads: bool = True) -> list[Any]:
     async def go() -> list[Any]:
         try:
             return [
-                build_run_trace(run.run_id, await event_log(world, run.run_id), run, resource=RESOURCE)
+                build_run_trace(
+                    run.run_id,
+                    await event_log(world, run.run_id),
+                    run,
+                    resource=RESOURCE,
+                    include_payloads=include_payloads,
+                )
                 async for run in all_runs(world)
             ]
         finally:
@@ -311,3 +325,184 @@ def test_workers_read_the_run_files_and_report_a_broken_one_as_one_process_does(
     assert "exported 10 runs" in err and f"skipped 1 run with unreadable records (first: run {broken.stem}" in err
     assert err.splitlines()[-1] == alone[1].splitlines()[-1]
     assert _spans(otlp_receiver) == parallel
+
+
+# -- wft export in one process: runs share requests ---------------------------------------------
+@pytest.fixture(scope="module")
+def many_runs(harness_out, tmp_path_factory) -> Path:
+    """The harness's runs copied under fresh ids (``bench.synth``) until their spans fill more than
+    four requests of the sink's batch size."""
+    source = harness_out / "local-data"
+    spans = sum(len(t.data) for t in _traces(LocalWorld(source)))
+    copies = math.ceil(4.5 * OtlpSink().batch_size / spans)
+    world = tmp_path_factory.mktemp("export-batching") / "data"
+    scale_local(source, world, copies * len(list((source / "runs").glob("*.json"))))
+    return world
+
+
+def _sent(bodies: list[bytes]) -> dict[bytes, tuple[bytes, tuple[Any, ...], bytes]]:
+    """Span id → (the span's message bytes, its resource's attributes but the per-process
+    ``service.instance.id``, its scope's bytes), from gzipped request bodies."""
+    out = {}
+    for body in bodies:
+        for resource_spans in _request(body).resource_spans:
+            resource = tuple(
+                (kv.key, kv.value.SerializeToString())
+                for kv in resource_spans.resource.attributes
+                if kv.key != "service.instance.id"
+            )
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    out[span.span_id] = (span.SerializeToString(), resource, scope_spans.scope.SerializeToString())
+    return out
+
+
+def _runs_in(body: bytes) -> list[str]:
+    """The run ids of a request's spans, in the order they first appear."""
+    ids = (
+        next(kv.value.string_value for kv in span.attributes if kv.key == WORKFLOW_RUN_ID)
+        for resource_spans in _request(body).resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    )
+    return list(dict.fromkeys(ids))
+
+
+def _summary(err: str) -> tuple[int, int, int]:
+    """(runs, spans, errors) of the ``exported N runs, M spans, E errors`` line."""
+    line = next(x for x in err.splitlines() if x.startswith("exported "))
+    runs, spans, errors = (int(part.split()[-2]) for part in line.split(" in ")[0].split(", "))
+    return runs, spans, errors
+
+
+def _failures(err: str) -> list[str]:
+    """The lines naming the runs of a failed request (not the final ``giving up``)."""
+    lines = [x.removeprefix("wft export: ") for x in err.splitlines() if x.startswith("wft export: ")]
+    return [x for x in lines if not x.startswith("giving up") and "OTLP export of" in x]
+
+
+@pytest.mark.parametrize("payloads", [True, False])
+def test_one_process_sends_runs_in_shared_requests_the_spans_it_sent_a_run_at_a_time(
+    many_runs, endpoint, capsys, payloads
+):
+    """Before, ``wft export --jobs 1`` posted each run's spans alone (``send_data`` per run); now
+    runs share requests, and the spans are the same bytes, only fewer requests carry them."""
+    traces = _traces(LocalWorld(many_runs), include_payloads=payloads)
+    sink = OtlpSink(endpoint.url)
+    for trace in traces:
+        sink.send_data(trace.data, RESOURCE)
+    alone = _sent([body for _, body in endpoint.seen])
+    assert len(endpoint.seen) == len(traces)
+    endpoint.seen.clear()
+
+    options = [] if payloads else ["--no-payloads"]
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", "1", *options)
+    assert code == 0, err
+    bodies = [body for _, body in endpoint.seen]
+    assert _sent(bodies) == alone  # byte for byte, each span once
+    assert _summary(err) == (len(traces), len(alone), 0)
+    sizes = [sum(len(ss.spans) for rs in _request(b).resource_spans for ss in rs.scope_spans) for b in bodies]
+    biggest = max(len(t.data) for t in traces)
+    assert sum(sizes) == len(alone) and len(bodies) < len(traces) / 10
+    assert all(sink.batch_size - biggest < size <= sink.batch_size for size in sizes[:-1])  # full but for a run
+
+
+@pytest.mark.parametrize("bound", ["spans", "bytes"])
+def test_a_request_names_exactly_the_runs_with_spans_in_it(harness_out, bound):
+    traces = _traces(LocalWorld(harness_out / "local-data"))
+    if bound == "spans":
+        batcher = RunBatcher(OtlpEncoder(RESOURCE), max_spans=7)
+    else:  # requests closed by size, some before a run's first span goes in
+        sizes = sorted(len(OtlpEncoder(RESOURCE).span(s)) for t in traces for s in t.data)
+        batcher = RunBatcher(OtlpEncoder(RESOURCE), max_spans=10_000, max_bytes=3 * sizes[len(sizes) // 2])
+    requests = [r for t in traces for r in batcher.add(t.run_id, t.data)]
+    last = batcher.flush()
+    requests += [last] if last is not None else []
+    assert batcher.flush() is None and batcher.holding == []
+    owner = {s.span_id.to_bytes(8, "big"): t.run_id for t in traces for s in t.data}
+    seen: list[str] = []
+    for body, count, runs in requests:
+        spans = [s for rs in ExportTraceServiceRequest.FromString(body).resource_spans for s in rs.scope_spans[0].spans]
+        assert count == len(spans) and (count <= 7 or bound == "bytes")
+        assert runs == list(dict.fromkeys(owner[s.span_id] for s in spans))
+        seen.extend(runs)
+    assert len(requests) > len(traces) / 2
+    if bound == "bytes":
+        return
+    for trace in traces:  # a run that fits in a request is not split across two
+        assert seen.count(trace.run_id) == (1 if len(trace.data) <= 7 else math.ceil(len(trace.data) / 7))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_refused_batch_counts_and_names_exactly_its_runs(many_runs, endpoint, capsys, jobs):
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    endpoint.script = [(200, {}, b""), (400, {"Content-Type": "text/plain"}, b"bad batch")]  # the second request
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)
+    assert code == 1 and "Traceback" not in err and "giving up" not in err
+    refused = _runs_in(endpoint.seen[1][1])
+    assert len(refused) > 1
+    assert _summary(err) == (
+        len(traces) - len(refused),
+        sum(traces.values()) - sum(traces[r] for r in refused),
+        len(refused),
+    )
+    [line] = _failures(err)
+    assert line.startswith(f"{len(refused)} runs (") and "HTTP 400 Bad Request: bad batch" in line
+    named = {word.strip("(),:") for word in line.split() if word.strip("(),:") in traces}
+    assert named == set(refused)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_endpoint_that_is_down_ends_the_export_after_three_failed_requests(many_runs, capsys, jobs):
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", url, "--jobs", jobs, "--timeout", "0.5")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("wft export: giving up: OTLP export of")
+    failed = _failures(err)
+    assert len(failed) == GIVE_UP_AFTER and all("runs (" in line and "Connection refused" in line for line in failed)
+
+
+def test_runs_read_before_a_world_error_are_still_sent(many_runs, endpoint, capsys, monkeypatch):
+    """One process holds small runs back to fill a request: a world error later still sends them."""
+    from telemetry import reading
+
+    read: list[str] = []
+    real = reading.event_log
+
+    async def failing(world: Any, run_id: str, **options: Any) -> Any:
+        if len(read) == 20:
+            raise WorkflowWorldError("the world went away")
+        read.append(run_id)
+        return await real(world, run_id, **options)
+
+    monkeypatch.setattr(reading, "event_log", failing)  # how one process reads logs (``run_logs``)
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", "1")
+    assert code == 1 and "the world went away" in err and "Traceback" not in err
+    assert len(endpoint.seen) == 1 and set(_runs_in(endpoint.seen[0][1])) == set(read)
+
+
+def test_one_process_sends_a_run_read_again_later_with_the_others(harness_out, tmp_path, otlp_receiver, capsys):
+    """A record cut a moment ago (a copy in progress) is read again after the listing; the runs
+    read meanwhile wait in the request being filled, and every span goes out once."""
+    assert _export(capsys, "--dir", str(harness_out / "local-data"), "--otlp", otlp_receiver.url, "--jobs", "1")[0] == 0
+    whole_world = _spans(otlp_receiver)
+    otlp_receiver.clear()
+    otlp_receiver.requests = 0
+    data = tmp_path / "data"
+    shutil.copytree(harness_out / "local-data", data)
+    run_id = summary(harness_out, "local")["retry"]["runId"]
+    cut = sorted((data / "events").glob(f"{run_id}-*.json"))[1]
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    mend = threading.Timer(1.5, cut.write_bytes, [whole])
+    mend.start()
+    try:
+        code, err = _export(capsys, "--dir", str(data), "--otlp", otlp_receiver.url, "--jobs", "1")
+    finally:
+        mend.join()
+    assert code == 0, err
+    assert _summary(err) == (11, len(whole_world), 0)
+    assert _spans(otlp_receiver) == whole_world and len(otlp_receiver.spans) == len(whole_world)  # run read whole
+    assert otlp_receiver.requests < 11  # it shared a request with runs read before it

@@ -7,6 +7,12 @@ exported, it would be a run with no spans, which looks like success and is not.
 A world-local record still being written (a copy in progress) is retried at the end, until it
 reads or its grace period runs out.
 
+Runs share requests in one process as they do in worker processes (``RunBatcher``; a world of
+10^5 small runs is not 10^5 POSTs, each gzipped alone): a run is counted once every request
+holding its spans was acknowledged, and a refused request counts against exactly the runs with
+spans in it, each named (``Delivery``, shared by both paths). After ``GIVE_UP_AFTER`` failed
+requests with no run through, the export gives up.
+
 ``--run``, ``--workflow``, ``--status``, ``--since``/``--until`` export only some runs: the world is
 read through a ``reading.RunSelection`` (one process or many alike); ``--run`` ids are looked up
 first, so a mistyped one is an error before anything is sent.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,17 +32,21 @@ from typing import Any, TextIO
 from ..backends import backend_config
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
-from ..export import ExportError, OtlpSink, run_resource
-from ..reading import RunSelection, all_runs, count_runs, empty_log, event_log, selected, stalled_runs
-from ..runtrace import build_run_trace
-from ..world import WorkflowRun
+from ..export import OtlpSink, run_resource
+from ..otlp_encode import OtlpEncoder, RunBatcher
+from ..reading import RunSelection, all_runs, count_runs, empty_log, event_log, run_logs, selected, stalled_runs
+from ..runtrace import SpanData, build_run_trace
+from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError, Handler, add_world_options, otlp_endpoint, parse_moment, run_async, world_from
-from .export_parallel import PARALLEL_KINDS, default_jobs, export_in_processes
+from .export_parallel import PARALLEL_KINDS, Delivery, default_jobs, export_in_processes
 
 __all__ = ["Progress", "configure"]
 
 #: Seconds between retries of runs whose log ends at a record still being written.
 RETRY_INTERVAL = 0.5
+#: Listed runs whose logs one process reads together (``run_logs``): one statement on world-postgres,
+#: ``LOGS_IN_FLIGHT`` reads at once on world-vercel, where one run at a time waits out each round trip
+LOG_CHUNK = 64
 
 
 def _clock(seconds: float) -> str:
@@ -175,16 +186,42 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         progress = Progress()
         started = time.monotonic()
         totals = _Totals()
+        batcher = RunBatcher(OtlpEncoder(resource), sink.batch_size)  # small runs share a request
+        delivery = Delivery(sink, totals)
+        unsent: dict[str, tuple[int, int]] = {}  # runs not tallied yet: run id → (spans, events)
 
-        async def export_run(run: WorkflowRun) -> bool:
-            """Export one run; False when its log ends at a record still being written."""
+        async def post(requests: list[tuple[bytes, int, list[str]]]) -> None:
+            """Post filled requests, then tally the runs none of whose spans waits for one."""
+            for body, count, runs in requests:
+                await delivery.post(body, count, runs)
+            held = set(batcher.holding)
+            for run_id in [r for r in unsent if r not in held]:
+                delivery.settle(run_id, *unsent.pop(run_id))
+
+        async def send(run_id: str, spans: list[SpanData], events: int) -> None:
+            """A run's spans into the request being filled; those it fills are posted."""
+            unsent[run_id] = (len(spans), events)
+            filled = batcher.add(run_id, spans)
+            if filled or not spans:  # else the run (and every run not tallied) waits in the request
+                await post(filled)
+
+        async def flush() -> None:
+            """The request being filled, posted: every run is tallied."""
+            last = batcher.flush()
+            await post([last] if last is not None else [])
+
+        async def export_run(run: WorkflowRun, read: list[Event] | UnreadableEventsError | None = None) -> bool:
+            """Export one run (its log as ``run_logs`` read it, or read here when ``read`` is None);
+            False when its log ends at a record still being written."""
             if isinstance(run, UnreadableRun):
                 if run.run_id in stalled_runs(world):  # its run file is being written: later
                     return False
                 totals.skip(run.run_id, run.path, run.reason)
                 return True
             try:
-                events = await event_log(world, run.run_id)
+                events = read if read is not None else await event_log(world, run.run_id)
+                if isinstance(events, UnreadableEventsError):
+                    raise events
             except UnreadableEventsError as error:
                 totals.skip(run.run_id, error.path, error.reason)
                 return True
@@ -197,17 +234,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                 print(f"wft export: run {run.run_id}: {reason} ({where})", file=sys.stderr)
                 return True
             trace = build_run_trace(run.run_id, events, run, resource=resource, include_payloads=not args.no_payloads)
-            try:
-                await asyncio.to_thread(sink.send_data, trace.data, resource)
-            except ExportError as error:
-                totals.errors += 1
-                print(f"wft export: run {run.run_id}: {error}", file=sys.stderr)
-                if totals.runs == 0 and totals.errors >= 3:
-                    raise CliError(f"giving up: {error}", status=RUNTIME) from None
-                return True
-            totals.runs += 1
-            totals.spans += len(trace.data)
-            totals.events += len(events)
+            await send(run.run_id, trace.data, len(events))
             return True
 
         async def retry(waiting: list[WorkflowRun]) -> None:
@@ -275,11 +302,33 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                             detect_layout(Path(config.data_dir or "."), thorough=True)
                         raise
                 else:
-                    async for run in all_runs(listing):
-                        if not await export_run(run):
-                            waiting.append(run)
-                        progress.update(totals.runs + len(totals.skipped), totals.events)
+
+                    async def export_chunk(runs: list[WorkflowRun]) -> None:
+                        """A chunk of listed runs, their logs read together (``run_logs``: one
+                        statement on world-postgres, several reads at once on world-vercel)."""
+                        readable = [run for run in runs if not isinstance(run, UnreadableRun)]
+                        for run in runs:
+                            if isinstance(run, UnreadableRun) and not await export_run(run):
+                                waiting.append(run)
+                        async for run, read in run_logs(world, readable):
+                            if not await export_run(run, read):
+                                waiting.append(run)
+                            progress.update(totals.runs + len(totals.skipped), totals.events)
+
+                    try:
+                        chunk: list[WorkflowRun] = []
+                        async for run in all_runs(listing):
+                            chunk.append(run)
+                            if len(chunk) >= LOG_CHUNK:
+                                await export_chunk(chunk)
+                                chunk = []
+                        await export_chunk(chunk)
+                    except WorkflowWorldError:  # the runs read before it still go out (the error is the one to tell)
+                        with contextlib.suppress(CliError):
+                            await flush()
+                        raise
                 await retry(waiting)
+                await flush()
                 progress.update(totals.runs + len(totals.skipped), totals.events, force=True)
             finally:
                 await world.close()

@@ -17,9 +17,10 @@ that holds the GIL, and runs are independent of each other, so N processes go ab
 fast. Each worker opens its own reader of the world from the same ``BackendConfig`` (on
 world-postgres, its own connection, reading a chunk's logs in one statement: ``run_logs``) and
 answers a chunk of runs with gzipped OTLP request bodies
-(``otlp_encode``; small runs share a request), each tagged with the runs whose spans it holds.
-The parent posts them, so a failed POST counts against exactly those runs, and every span is sent
-once (as in the one-process path, the order of runs is not kept). Runs whose log ends at a record
+(``otlp_encode.RunBatcher``; small runs share a request), each tagged with the runs whose spans
+it holds. The parent posts them (``Delivery``, as the one-process path does), so a failed POST
+counts against exactly those runs, and every span is sent once (as in the one-process path, the
+order of runs is not kept). Runs whose log ends at a record
 still being written come back to the caller, to be read again later.
 
 Memory stays bounded: at most two chunks per worker are in flight, and a worker answers early,
@@ -49,13 +50,13 @@ from ..backends.local_layout import FlatSnapshot, event_ids
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, gzip_body
-from ..otlp_encode import OtlpEncoder, RequestBatcher
+from ..otlp_encode import OtlpEncoder, RunBatcher
 from ..reading import all_runs, empty_log, event_log, run_logs, run_records, stalled_runs
 from ..runtrace import RunTraceBuilder
 from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError
 
-__all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "Tally", "default_jobs", "export_in_processes"]
+__all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "GIVE_UP_AFTER", "Delivery", "Tally", "default_jobs", "export_in_processes"]
 
 #: runs per task handed to a worker: enough to amortize the hand-over, few enough to share evenly
 CHUNK_RUNS = 32
@@ -63,6 +64,8 @@ CHUNK_RUNS = 32
 CHUNK_SPANS = 20_000
 #: run ids per page of a world-postgres listing (ids only: the workers read the runs)
 ID_PAGE = 2000
+#: failed requests, with no run exported yet, after which an export gives up
+GIVE_UP_AFTER = 3
 #: worlds whose readers can be opened again in another process from their ``BackendConfig``
 PARALLEL_KINDS = frozenset({"local", "postgres"})
 
@@ -88,6 +91,50 @@ class Tally(Protocol):
     errors: int
 
     def skip(self, run_id: str, path: str, reason: str) -> None: ...
+
+
+def _named(runs: list[str]) -> str:
+    return f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs ({', '.join(runs)})"
+
+
+class Delivery:
+    """Requests that hold several runs' spans, posted, and the runs in them tallied; both paths of
+    ``wft export`` (worker processes, or one process) send through one.
+
+    A run counts as exported once every request holding its spans was acknowledged, and as an
+    error when one was not: each run of a refused request is named with the request's error
+    (``RunBatcher`` says whose spans a request holds). Once ``GIVE_UP_AFTER`` requests failed and
+    no run got through, the endpoint is taking nothing (down, or refusing everything), and the
+    export stops rather than wait out every request left.
+    """
+
+    def __init__(self, sink: OtlpSink, tally: Tally, *, gzipped: bool = False) -> None:
+        self.sink = sink
+        self.tally = tally
+        self.gzipped = gzipped  # bodies already compressed (``gzip_body``), as workers send them
+        self.failures = 0  # requests refused or never answered
+        self._failed: set[str] = set()  # runs with spans in a failed request, not yet tallied
+
+    async def post(self, body: bytes, spans: int, runs: list[str]) -> None:
+        """One request of ``spans`` spans of ``runs``; raises ``CliError`` when it is time to give up."""
+        try:
+            await asyncio.to_thread(self.sink.post, body, spans, gzipped=self.gzipped)
+        except ExportError as error:
+            self.failures += 1
+            self._failed.update(runs)
+            print(f"wft export: {_named(runs)}: {error}", file=sys.stderr)
+            if self.tally.runs == 0 and self.failures >= GIVE_UP_AFTER:
+                raise CliError(f"giving up: {error}", status=RUNTIME) from None
+
+    def settle(self, run_id: str, spans: int, events: int) -> None:
+        """Every request holding ``run_id``'s spans has been posted: count the run, once."""
+        if run_id in self._failed:
+            self._failed.discard(run_id)
+            self.tally.errors += 1
+            return
+        self.tally.runs += 1
+        self.tally.spans += spans
+        self.tally.events += events
 
 
 # -- in a worker process ---------------------------------------------------------------------------
@@ -169,8 +216,7 @@ class _Worker:
                     out.skipped.append((run.run_id, run.path, run.reason))
                 continue
             runs.append(run)
-        batcher = RequestBatcher(self.encoder, self.batch_size)
-        holding: list[str] = []  # runs with spans in the request being filled
+        batcher = RunBatcher(self.encoder, self.batch_size)
         spans = 0
         reached: set[str] = set()
         reading = run_logs(world, runs) if known is None else known_logs(world, runs, known)
@@ -195,26 +241,14 @@ class _Worker:
             builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
             builder.feed(events)
             data = builder.trace().data
-            if batcher.count and batcher.count + len(data) > self.batch_size:
-                out.bodies.append(self._body(batcher.flush(), holding))
-                holding = []
-            holding = [*holding, run.run_id]
-            for full in batcher.add(data):
-                out.bodies.append(self._body(full, holding))
-                holding = [run.run_id]
-            if not batcher.count:
-                holding = []
+            out.bodies.extend((gzip_body(body), count, runs) for body, count, runs in batcher.add(run.run_id, data))
             out.done.append((run.run_id, len(data), len(events)))
             spans += len(data)
         last = batcher.flush()
         if last is not None:
-            out.bodies.append(self._body(last, holding))
+            body, count, holders = last
+            out.bodies.append((gzip_body(body), count, holders))
         return out
-
-    @staticmethod
-    def _body(request: tuple[bytes, int] | None, runs: list[str]) -> tuple[bytes, int, list[str]]:
-        assert request is not None
-        return gzip_body(request[0]), request[1], runs
 
 
 _worker: _Worker | None = None
@@ -300,7 +334,7 @@ async def export_in_processes(
     )
     in_flight: dict[asyncio.Future[_Answer], list[WorkflowRun | str]] = {}
     waiting: list[WorkflowRun] = []
-    failures = 0
+    delivery = Delivery(sink, tally, gzipped=True)
     listed: dict[str, int] = {}  # run id → its place in the listing
     skipped: list[tuple[int, str, str, str]] = []  # tallied at the end, in listing order (as one process would)
 
@@ -337,7 +371,6 @@ async def export_in_processes(
         in_flight[asyncio.wrap_future(future)] = runs
 
     async def settle(limit: int) -> None:
-        nonlocal failures
         while len(in_flight) > limit:
             finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for future in finished:
@@ -350,24 +383,10 @@ async def export_in_processes(
                     raise answer.fatal
                 if answer.rest:
                     submit([*answer.rest])
-                failed: set[str] = set()
                 for body, spans, holders in answer.bodies:
-                    try:
-                        await asyncio.to_thread(sink.post, body, spans, gzipped=True)
-                    except ExportError as error:
-                        failures += 1
-                        failed.update(holders)
-                        first = f"run {holders[0]}" if len(holders) == 1 else f"{len(holders)} runs from {holders[0]}"
-                        print(f"wft export: {first}: {error}", file=sys.stderr)
-                        if tally.runs == 0 and failures >= 3:
-                            raise CliError(f"giving up: {error}", status=RUNTIME) from None
+                    await delivery.post(body, spans, holders)
                 for run_id, spans, events in answer.done:
-                    if run_id in failed:
-                        tally.errors += 1
-                        continue
-                    tally.runs += 1
-                    tally.spans += spans
-                    tally.events += events
+                    delivery.settle(run_id, spans, events)
                 skipped.extend((listed.get(run_id, 0), run_id, path, reason) for run_id, path, reason in answer.skipped)
                 for note in answer.notes:
                     print(f"wft export: {note}", file=sys.stderr)
