@@ -569,17 +569,21 @@ class Follower:
     async def _prefetch(
         self, chunk: list[tuple[str, WorkflowRun | None]], since: dict[str, str]
     ) -> dict[str, tuple[_Plan, list[Event]]]:
-        """The chunk's logs in one read where the world can read many runs' logs at once
-        (``events.logs``, world-postgres); otherwise nothing, and each run is read on its own."""
+        """The chunk's logs in one go where the world reads many runs' logs at once (``events.logs``:
+        world-postgres in one statement, world-vercel several at a time); otherwise nothing, and each
+        run is read on its own. A read that fails ends the prefetch with what it has: the runs left
+        are read on their own, where a run's failure is that run's (one gone missing waits for the
+        next pass) and does not fail the pass."""
         logs = getattr(self.world.events, "logs", None)
         wanted = [run_id for run_id, _ in chunk if run_id not in self.problems]
         if logs is None or len(wanted) < 2:
             return {}
         plans = {run_id: self._plan(run_id, since.get(run_id)) for run_id in wanted}
         out: dict[str, tuple[_Plan, list[Event]]] = {}
-        async for run_id, events in logs({r: p.after for r, p in plans.items()}):
-            out[run_id] = (plans[run_id], events)
-            self.events_read += len(events)
+        with contextlib.suppress(WorkflowWorldError):
+            async for run_id, events in logs({r: p.after for r, p in plans.items()}):
+                out[run_id] = (plans[run_id], events)
+                self.events_read += len(events)
         return out
 
     async def _follow(

@@ -184,6 +184,11 @@ class FakeVercelBackend:
         self.url = ""  # where serve() listens
         self.truncate_lists = False
         self.live_timeout = 3.0
+        #: seconds each event-log read waits before it is answered (a network's latency), and the most
+        #: such reads seen in flight at once (readers that overlap their reads show it here)
+        self.latency = 0.0
+        self.max_in_flight = 0
+        self._in_flight = 0
         self._last = ULID()
         self._lock = threading.Lock()
 
@@ -259,12 +264,21 @@ class FakeVercelBackend:
                 return web.Response(
                     status=fault.status, body=fault.body, headers=fault.headers, content_type=fault.content_type
                 )
+        slow = self.latency > 0 and request.method == "GET" and request.path.endswith("/events")
+        if slow:
+            self._in_flight += 1  # one loop thread serves every request: no lock needed
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
+            if slow:
+                await asyncio.sleep(self.latency)
             return await handler(request)
         except web.HTTPException as error:
             return error
         except _Conflict as error:
             return web.json_response({"message": str(error), "code": error.code}, status=error.status)
+        finally:
+            if slow:
+                self._in_flight -= 1
 
     @staticmethod
     def _answer(request: web.Request, value: Any, status: int = 200) -> web.Response:

@@ -24,7 +24,7 @@ import cbor2
 import pytest
 
 from telemetry.backends import backend_config, open_backend, world_kind
-from telemetry.backends.vercel import VercelConfig, VercelWorld
+from telemetry.backends.vercel import LOGS_IN_FLIGHT, VercelConfig, VercelWorld
 from telemetry.errors import (
     EntityConflictError,
     HookNotFoundError,
@@ -36,6 +36,7 @@ from telemetry.errors import (
     WorkflowWorldError,
 )
 from telemetry.payloads import UNDEFINED, Encrypted, JSError, Opaque
+from telemetry.reading import event_log
 from telemetry.stream_format import decode_chunks, encode_chunk, serialize_value
 from telemetry.world import Pagination, traced
 
@@ -733,6 +734,67 @@ def test_resuming_a_log_after_an_event_id_reads_at_most_one_page_again(fake):
     run(scenario())
 
 
+def test_many_runs_logs_are_read_at_once_and_equal_reading_them_in_turn(fake):
+    """``events.logs``: the readers of many runs (export, a follower's passes) overlap the round trips
+    of up to ``LOGS_IN_FLIGHT`` runs; what they get is what reading each log in turn gets."""
+    from ulid import ULID
+
+    runs = [f"wrun_{ULID()}" for _ in range(40)]
+    for i, run_id in enumerate(runs):
+        _seed(fake, run_id, i % 4)
+    fake.latency = 0.02
+    world = reader(fake)
+
+    async def scenario() -> None:
+        in_turn = {r: [e.event_id for e in await event_log(world, r)] for r in runs}
+        assert fake.max_in_flight == 1
+        fake.max_in_flight = 0
+        at_once = {r: [e.event_id for e in events] async for r, events in world.events.logs(dict.fromkeys(runs))}
+        assert at_once == in_turn
+        assert 2 <= fake.max_in_flight <= LOGS_IN_FLIGHT
+        after = {r: in_turn[r][1] for r in runs[:5]}  # resumed after an event id, as a follower does
+        resumed = {r: [e.event_id for e in events] async for r, events in world.events.logs(after)}
+        assert resumed == {r: in_turn[r][2:] for r in after}
+
+        fake.fail("GET", f"/v4/runs/{runs[7]}/events$", 404, body={"message": "Run not found", "code": "NOT_FOUND"})
+        with pytest.raises(WorkflowWorldError):  # the first failure stops the rest and is raised
+            async for _ in world.events.logs(dict.fromkeys(runs)):
+                pass
+        reads = world.events.logs(dict.fromkeys(runs))
+        await reads.__anext__()
+        await reads.aclose()  # a reader that stops early leaves nothing running
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        await world.close()
+
+    run(scenario())
+
+
+def test_a_follower_reads_many_runs_at_once_and_a_failed_read_is_read_again_on_its_own(fake):
+    """A follower's pass over a vercel world reads its runs' logs several at a time. A read that fails
+    there (a 503 once, say) does not fail the pass: the runs not read yet are read one by one, as
+    without the overlap, and all are delivered."""
+    from ulid import ULID
+
+    from telemetry.follow import Checkpoint, Follower
+
+    runs = [f"wrun_{ULID()}" for _ in range(24)]
+    for run_id in runs:
+        _seed(fake, run_id, 2)
+    fake.latency = 0.02
+    fake.fail("GET", f"/v4/runs/{runs[5]}/events$", 404, body={"message": "Run not found", "code": "NOT_FOUND"})
+    world = reader(fake)
+    delivered: list[str] = []
+    follower = Follower(world, lambda run, events, spans: delivered.append(run.run_id), Checkpoint(None))
+
+    async def scenario() -> None:
+        await follower.poll()
+        await world.close()
+
+    run(scenario())
+    assert sorted(delivered) == sorted(runs)
+    assert fake.max_in_flight >= 2
+
+
 def test_the_change_feed_costs_the_live_and_new_runs(fake):
     from ulid import ULID
 
@@ -794,6 +856,34 @@ def test_wft_runs_export_and_follow_read_a_vercel_world(fake, direct, otlp_recei
     assert wft(*follow, env=env).returncode == 0 and otlp_receiver.spans == []
     bad = wft("runs", "--world", "vercel", env={**env, "VERCEL_TOKEN": "", "WORKFLOW_VERCEL_AUTH_TOKEN": ""})
     assert bad.returncode == 2 and "no credentials" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_wft_export_and_reconcile_read_many_vercel_runs_at_once(fake, otlp_receiver, tmp_path):
+    """``wft export`` (one process: always, on world-vercel) and ``wft reconcile`` read runs' logs
+    several at a time (``events.logs``), and every run is read and sent."""
+    from ulid import ULID
+
+    runs = [f"wrun_{ULID()}" for _ in range(30)]
+    for run_id in runs:
+        _seed(fake, run_id, 2)
+    fake.latency = 0.02
+    env = {"WORKFLOW_TARGET_WORLD": "vercel", "VERCEL_TOKEN": fake.token, "VERCEL_WORKFLOW_SERVER_URL": fake.url}
+    exported = wft("export", "--otlp", otlp_receiver.url, env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 30 runs" in exported.stderr
+    sent = {s.attributes["workflow.run.id"] for s in otlp_receiver.by_id().values()}
+    assert sent == set(runs)
+    assert 2 <= fake.max_in_flight <= LOGS_IN_FLIGHT
+
+    fake.max_in_flight = 0
+    from collector.store import Store
+
+    store = tmp_path / "store.sqlite3"
+    Store(store).connect().close()  # an empty store: every run is checked, none instrumented
+    checked = wft("reconcile", "--store", str(store), "--json", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["checked"] == 30
+    assert fake.max_in_flight >= 2
 
 
 def test_run_keys_are_derived_as_both_sdks_derive_them():

@@ -35,11 +35,12 @@ import aiohttp
 
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError
-from ..reading import all_runs, event_log
+from ..reading import all_runs, run_logs
 from ..reconcile import reconcile
 from ..runfacts import READ_ATTRIBUTES, AppSpan, LogEvent, carries_traceparent
 from ..runtrace import SCOPE, short_name
 from ..span_blobs import read_blob
+from ..world import WorkflowRun
 from .common import CliError, Handler, add_world_options, run_async, world_from
 
 __all__ = ["Findings", "configure"]
@@ -51,6 +52,7 @@ _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _STORE_BLOBS = "SELECT blob_id, dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id"
 _STORE_LIVE = "SELECT 1 FROM span_index WHERE trace_id = ? AND span_id = ? AND blob_id = ? AND pos = ?"
 _CONCURRENCY = 8  # analyses asked of a collector at once
+_LOG_CHUNK = 256  # runs whose logs are read together (``run_logs``)
 
 
 @dataclass
@@ -111,20 +113,18 @@ def _store_spans(conn: sqlite3.Connection, run_id: str) -> list[AppSpan]:
 
 
 async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namespace, grace_ns: int) -> Findings:
-    """Each run's log from the world, its app spans from the store."""
+    """Each run's log from the world, its app spans from the store. Logs are read a chunk of runs
+    at a time (``run_logs``: one statement per chunk on world-postgres, several reads at once on
+    world-vercel), and the runs are checked in the order they were listed."""
     found = Findings()
     now = time.time_ns()
-    try:
-        async for run in all_runs(world, status=args.status, workflow_name=args.workflow, resolve_data="none"):
-            if args.limit is not None and found.checked + len(found.skipped) >= args.limit:
-                break
-            if isinstance(run, UnreadableRun):
-                found.skipped.append((run.run_id, f"unreadable run record {run.path}: {run.reason}"))
-                continue
-            try:
-                events = await event_log(world, run.run_id, resolve_data="none")
-            except UnreadableEventsError as error:
-                found.skipped.append((run.run_id, f"unreadable event record {error.path}: {error.reason}"))
+
+    async def check(chunk: list[WorkflowRun]) -> None:
+        logs = {run.run_id: log async for run, log in run_logs(world, chunk, resolve_data="none")}
+        for run in chunk:
+            events = logs[run.run_id]
+            if isinstance(events, UnreadableEventsError):
+                found.skipped.append((run.run_id, f"unreadable event record {events.path}: {events.reason}"))
                 continue
             try:
                 spans = _store_spans(conn, run.run_id)
@@ -139,6 +139,22 @@ async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namesp
                 grace_ns=grace_ns,
             )
             found.add(run.run_id, run.workflow_name, run.status, result.to_json())
+
+    try:
+        chunk: list[WorkflowRun] = []
+        taken = 0
+        async for run in all_runs(world, status=args.status, workflow_name=args.workflow, resolve_data="none"):
+            if args.limit is not None and taken >= args.limit:
+                break
+            taken += 1
+            if isinstance(run, UnreadableRun):
+                found.skipped.append((run.run_id, f"unreadable run record {run.path}: {run.reason}"))
+                continue
+            chunk.append(run)
+            if len(chunk) >= _LOG_CHUNK:
+                await check(chunk)
+                chunk = []
+        await check(chunk)
     finally:
         await world.close()
         conn.close()
