@@ -23,7 +23,10 @@ bounded in bytes. The rules for what leaves the buffer before the run ends:
   once until it fits again (reason ``buffer_full``): sampling gives way, data is never dropped for room.
 
 A decision is remembered while its run keeps sending spans and for ``remember`` (24 h) after the last
-one, so late app spans follow it; later than that they start a new wait. A restart loses nothing: the
+one, so late app spans follow it; later than that they start a new wait. A run kept before its end
+(``error``, ``max_wait``, ``buffer_full``: its first spans are already upstream) is remembered until
+its end arrives, for up to ``remember_live`` (30 days) of silence: a durable workflow that sleeps for
+a week must not have its head forwarded and its tail dropped by an outcome decided afresh. A restart loses nothing: the
 buffer and the decisions are on disk, and spans a crash left between a decision and the spool are sent
 again when the sampler starts (at least once). The local store keeps everything; only what goes
 upstream is sampled.
@@ -79,7 +82,7 @@ _SCALE = 2**64
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   key TEXT PRIMARY KEY, first_ns INTEGER NOT NULL, seen_ns INTEGER NOT NULL, bytes INTEGER NOT NULL DEFAULT 0,
-  decision TEXT, reason TEXT
+  decision TEXT, reason TEXT, ended INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_waiting ON runs (first_ns) WHERE decision IS NULL;
 CREATE INDEX IF NOT EXISTS runs_seen ON runs (seen_ns) WHERE decision IS NOT NULL;
@@ -169,6 +172,7 @@ class Sampler:
         max_wait: float = 3600.0,
         max_bytes: int = 64 * 1024 * 1024,
         remember: float = 24 * 3600.0,
+        remember_live: float = 30 * 24 * 3600.0,
         max_batch_bytes: int = 4 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -181,6 +185,7 @@ class Sampler:
         self.link_wait = min(max_wait, _LINK_WAIT_CAP)
         self.max_bytes = max_bytes
         self.remember = max(remember, 2 * max_wait)
+        self.remember_live = max(remember_live, self.remember)
         self.max_batch_bytes = max_batch_bytes
         self.clock = clock
         self.path = Path(path)
@@ -191,6 +196,8 @@ class Sampler:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "ended" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:  # a buffer from before
+            self._db.execute("ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0")
         row = self._db.execute("SELECT coalesce(sum(bytes), 0), count(*) FROM runs WHERE decision IS NULL").fetchone()
         self._bytes, self._waiting = int(row[0]), int(row[1])
         self._runs: Counter[tuple[str, str]] = Counter()
@@ -311,7 +318,8 @@ class Sampler:
             row = self._db.execute("SELECT decision, reason FROM runs WHERE key = ?", (key,)).fetchone()
             if row is not None and row[0] is not None:  # decided: the rest of the run follows
                 decision, reason = str(row[0]), str(row[1])
-                self._db.execute("UPDATE runs SET seen_ns = ? WHERE key = ?", (now, key))
+                ended = int(key in outcomes)  # its end: from now on remembered as long as any decision
+                self._db.execute("UPDATE runs SET seen_ns = ?, ended = max(ended, ?) WHERE key = ?", (now, ended, key))
             else:
                 outcome = outcomes.get(key)
                 if group.error:
@@ -322,6 +330,8 @@ class Sampler:
                     self._buffer(key, group, now, counts)
                     continue
                 self._decide(key, decision, reason, now, out, counts, known=row is not None)
+                if outcome is not None:
+                    self._db.execute("UPDATE runs SET ended = 1 WHERE key = ?", (key,))
             counts.spans[(decision, reason)] += group.spans
             if decision == KEPT:
                 out.append(group.body)
@@ -475,7 +485,8 @@ class Sampler:
 
     def _expire(self, out: list[bytes], counts: _Counts) -> None:
         """Keep the runs undecided past ``max_wait`` and the traces no run claimed past the link wait;
-        forget decisions and trace ties not used for ``remember``."""
+        forget decisions and trace ties not used for ``remember`` (``remember_live`` for a run kept
+        before its end that has not ended)."""
         now = _ns(self.clock())
         waited = self._db.execute(
             "SELECT key, first_ns FROM runs WHERE decision IS NULL AND first_ns <= ? ORDER BY first_ns",
@@ -485,8 +496,12 @@ class Sampler:
             orphan = key.startswith(_TRACE_KEY)
             if orphan or first_ns <= now - _ns(self.max_wait):
                 self._decide(key, KEPT, "no_run" if orphan else "max_wait", now, out, counts, known=True)
-        forget = now - _ns(self.remember)
-        self._db.execute("DELETE FROM runs WHERE decision IS NOT NULL AND seen_ns < ?", (forget,))
+        forget, forget_live = now - _ns(self.remember), now - _ns(self.remember_live)
+        self._db.execute(
+            "DELETE FROM runs WHERE decision IS NOT NULL AND seen_ns < ?"
+            " AND (ended OR reason NOT IN ('error', 'max_wait', 'buffer_full') OR seen_ns < ?)",
+            (forget, forget_live),
+        )
         self._db.execute("DELETE FROM traces WHERE seen_ns < ?", (now - _ns(min(self.remember, _LINK_MEMORY)),))
 
 

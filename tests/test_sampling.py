@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -333,6 +334,55 @@ def test_a_run_left_open_goes_after_max_wait(harness_runs, tmp_path):
     assert set(upstream.span_ids()) == quiet[0].span_ids | set(_ids(quiet[1].partial))
     assert sampler.stats().runs == {("kept", "max_wait"): 2}
     assert sampler.stats().buffered_bytes == 0
+
+
+def test_a_run_kept_before_its_end_is_remembered_through_a_long_sleep(harness_runs, tmp_path):
+    """A durable workflow sleeps for days: kept at ``max_wait`` (its first spans went upstream), it is
+    remembered past ``remember`` until its end comes, so the end follows the head even at rate 0.
+    Once it has ended, and for any run decided at its end, the usual ``remember`` applies."""
+    quiet = [r for r in harness_runs.values() if not r.errors and r.status == "completed"]
+    sleeper, finished = quiet[0], quiet[1]
+    clock = Clock()
+    upstream = Upstream()
+    day = 24 * 3600
+
+    async def go() -> Sampler:
+        sampler = _sampler(tmp_path, upstream, "completed=0", max_wait=600, clock=clock)
+        await sampler.offer(sleeper.partial)
+        await sampler.offer(finished.body)  # decided at its end: dropped (rate 0)
+        clock.now += 601
+        await sampler.expire()
+        assert set(upstream.span_ids()) == set(_ids(sleeper.partial))
+        clock.now += 7 * day  # the sleep: past ``remember``, within ``remember_live``
+        await sampler.expire()
+        assert sampler.decision(sleeper.run_id) == ("kept", "max_wait")
+        assert sampler.decision(finished.run_id) is None  # forgotten after a day, as before
+        await sampler.offer(sleeper.end)
+        clock.now += 2 * day
+        await sampler.expire()
+        assert sampler.decision(sleeper.run_id) is None  # ended: the usual memory from then on
+        return sampler
+
+    asyncio.run(go())
+    assert set(upstream.span_ids()) == sleeper.span_ids
+
+
+def test_a_buffer_from_before_the_long_memory_opens(harness_runs, tmp_path):
+    """A sampling buffer written before ``runs.ended`` existed is given the column and used as is."""
+    path = tmp_path / "sampling.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE runs (key TEXT PRIMARY KEY, first_ns INTEGER NOT NULL, seen_ns INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL DEFAULT 0, decision TEXT, reason TEXT);"
+        "INSERT INTO runs VALUES ('wrun_old', 1, 1, 0, 'kept', 'max_wait');"
+    )
+    old.close()
+    upstream = Upstream()
+    sampler = _sampler(tmp_path, upstream, "completed=0", clock=Clock())
+    assert sampler.decision("wrun_old") == ("kept", "max_wait")
+    run = next(r for r in harness_runs.values() if not r.errors and r.status == "completed")
+    asyncio.run(sampler.offer(run.body))
+    assert sampler.decision(run.run_id) == ("dropped", "completed")
 
 
 def test_the_buffer_bound_sends_the_oldest_runs_early_and_loses_nothing(harness_runs, tmp_path):
