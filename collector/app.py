@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from telemetry.backends import open_backend
+from telemetry.backends import open_backend, poll_interval
 from telemetry.backends.local import LocalWorld
 from telemetry.backends.postgres import PostgresWorld
 from telemetry.backends.vercel import VercelWorld
@@ -231,7 +231,9 @@ def build(settings: Settings) -> Service:
             metrics,
             checkpoint,
             world_kind=settings.world.kind,
-            interval=settings.tail_interval,
+            interval=settings.tail_interval
+            if settings.tail_interval is not None
+            else poll_interval(settings.world.kind),
             forward=forward,
         )
         _make_private(_checkpoint_files(settings.store) - existed)

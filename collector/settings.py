@@ -29,7 +29,7 @@ class Settings:
     retention_age_s: float | None = 7 * 24 * 3600
     retention_bytes: int | None = 1024**3
     world: BackendConfig | None = None  # None: no tailer
-    tail_interval: float = 0.25
+    tail_interval: float | None = None  # seconds between the tailer's polls; None: the world kind's (``poll_interval``)
     forward_otlp: str | None = None
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024

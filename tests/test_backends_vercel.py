@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -884,6 +885,20 @@ def test_wft_export_and_reconcile_read_many_vercel_runs_at_once(fake, otlp_recei
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["checked"] == 30
     assert fake.max_in_flight >= 2
+
+
+def test_a_vercel_world_is_polled_every_two_seconds_unless_told(fake, collector, monkeypatch, tmp_path):
+    """Each pass over a vercel world is three or more calls to Vercel's API: the tailer and ``wft
+    follow`` poll it every 2 s by default (a local or postgres world: every 0.25 s); an interval
+    given is kept. Counted at the fake server over a live collector's first seconds."""
+    from telemetry.backends import BackendConfig
+
+    monkeypatch.setenv("VERCEL_TOKEN", fake.token)
+    service = collector(world=BackendConfig("vercel", url=fake.url))
+    assert service.tailer.interval == 2.0
+    time.sleep(3.0)
+    listed = [p for m, p, _ in fake.requests if m == "GET" and "/v2/runs?" in p]
+    assert 1 <= len(listed) <= 6  # two passes (the first lists once, the next three times); 0.25 s: 12 or more
 
 
 def test_run_keys_are_derived_as_both_sdks_derive_them():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..errors import WorkflowWorldError
 
@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from .postgres import PostgresWorld
     from .vercel import VercelWorld
 
-__all__ = ["BackendConfig", "backend_config", "open_backend", "world_kind", "DEFAULT_LOCAL_DIR"]
+__all__ = [
+    "BackendConfig",
+    "backend_config",
+    "open_backend",
+    "poll_interval",
+    "world_kind",
+    "DEFAULT_LOCAL_DIR",
+    "POLL_INTERVALS",
+]
 
 #: world-local's default data directory (the SDK's, when ``WORKFLOW_LOCAL_DATA_DIR`` is unset).
 DEFAULT_LOCAL_DIR = ".workflow-data"
@@ -87,6 +95,18 @@ def backend_config(
     if kind == "vercel":
         return BackendConfig("vercel", url=url)
     return BackendConfig("local", data_dir=data_dir or env.get("WORKFLOW_LOCAL_DATA_DIR") or DEFAULT_LOCAL_DIR)
+
+
+#: seconds between a follower's polls, by world kind: a pass over world-local or world-postgres is a
+#: folder listing or an index probe on this machine or the next, so a quarter second keeps spans
+#: fresh for little; a world-vercel pass is at least three calls to Vercel's API, which at 4 Hz would
+#: be ~700 requests a minute from every sidecar, all day
+POLL_INTERVALS: Final = {"local": 0.25, "postgres": 0.25, "vercel": 2.0}
+
+
+def poll_interval(kind: str) -> float:
+    """The default seconds between polls of a world of ``kind`` (``POLL_INTERVALS``)."""
+    return POLL_INTERVALS.get(kind, 0.25)
 
 
 def open_backend(config: BackendConfig, *, allow_missing: bool = False) -> LocalWorld | PostgresWorld | VercelWorld:

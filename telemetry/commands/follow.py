@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..backends import backend_config
+from ..backends import backend_config, poll_interval
 from ..errors import WorkflowWorldError
 from ..export import ExportError, OtlpSink, run_resource
 from ..follow import Checkpoint, Delivery, Follower, ParallelCatchUp
@@ -50,7 +50,12 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         help=f"where progress is kept across restarts (default: {DEFAULT_CHECKPOINT}; a JSON checkpoint of an"
         " earlier version is migrated)",
     )
-    parser.add_argument("--interval", type=float, default=0.25, help="seconds between polls (default %(default)s)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between polls (default 0.25; 2 on world-vercel, where each poll is calls to Vercel's API)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)"
     )
@@ -78,12 +83,15 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         otlp_endpoint(args.otlp)  # a typo in --otlp or the OTel variables fails now, not in every pass
         if args.jobs is not None and args.jobs < 1:
             raise CliError(f"--jobs: expected 1 or more, got {args.jobs}")
-        if args.interval <= 0 or args.max_backoff <= 0 or args.timeout <= 0:
+        if (args.interval is not None and args.interval <= 0) or args.max_backoff <= 0 or args.timeout <= 0:
             raise CliError("--interval, --max-backoff and --timeout must be positive")
         from ..backends.postgres import PostgresWorld  # here: psycopg loads only for this command
 
         # a daemon waits for a world that is not there yet (or down); --once says now what is wrong
         world = world_from(args, allow_missing=True, probe=args.once)
+        if args.interval is None:
+            config = backend_config(args.world, data_dir=args.dir, url=args.url)
+            args.interval = poll_interval(config.kind if config is not None else "local")
         if isinstance(world, PostgresWorld):
             world.retries = 0  # whole passes are retried (the daemon with backoff, cron next time): no log per retry
         try:
