@@ -7,8 +7,10 @@ payloads stay the SDK's own) into requests of ~512 spans.
 - Throughput: 8 clients post the requests one after another; spans/s answered 200 (durably stored:
   group commit, ``synchronous=FULL``), and spans per CPU-second of the server process (user +
   system from ``/proc``, of the server and its decoder processes: "per core", whatever else the
-  shared machine runs). Baseline: a null
-  receiver that only parses the same bodies.
+  shared machine runs). Baseline: a null receiver that only parses the same bodies.
+- A reference row, no target (``_floor``): the same bodies through the least a durable store of
+  them does in Python, in process, and what converting their attributes into values costs alone;
+  it says how far a design in Python can go against the throughput target.
 - One long run: a 40,001-span run (20,000 steps grown from a real harness run by ``synth.long_run``,
   built by the runtrace and sent in 512-span requests by 2 clients); linear when the last quarter of
   its requests takes the server no more CPU than the first (wall times shown too). Meanwhile a probe
@@ -22,6 +24,7 @@ payloads stay the SDK's own) into requests of ~512 spans.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,10 @@ from pathlib import Path
 
 import aiohttp
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from zstandard import ZstdCompressor
+
+from collector.otlp import records_from
 
 from .common import child_pids, free_port, peak_rss_mib, start_server, tree_cpu_s, verdict
 from .overload import Copies, exported_request
@@ -113,6 +120,7 @@ def _throughput(copies: Copies, tmp: Path) -> list[dict]:
         _stop(server)
     ours, per_core = total / seconds, total / cpu if cpu else float("inf")
     return [
+        *_floor(payload, total, tmp),
         {
             "benchmark": "2. collector ingest of real workflow spans (`wft export` of the harness, copied),"
             f" 8 clients × ~{SPANS_PER_REQUEST}-span requests, durably stored (1 server process + its decoder process)",
@@ -124,6 +132,71 @@ def _throughput(copies: Copies, tmp: Path) -> list[dict]:
             "ratio": f"{ours / base:.2f}× (wall)",
             "target": f"≥ {TARGET:,} spans/s per core",
             "verdict": verdict(per_core, TARGET, higher_is_better=True, unit="spans/s"),
+        },
+    ]
+
+
+# ---- what a durable store of these spans costs at the least, in Python --------------------------------
+
+
+def _floor(payload: list[bytes], total: int, tmp: Path) -> list[dict]:
+    """The same bodies through the least a durable span store does, in this process: parse, one
+    index row per span (ids, run id, times, status: the run id found by scanning the attribute keys),
+    the body as one zstd blob, a ``synchronous=FULL`` commit per request. Nothing validated, no
+    attribute converted, no run summary, no HTTP. Then, alone, what converting the spans' attributes
+    into values costs (``records_from``: what validating them and storing them as values needs).
+    No target: it says what a design in Python can reach, against the ingest row's target."""
+    conn = sqlite3.connect(tmp / "floor.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE blobs (blob_id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+    conn.execute(
+        "CREATE TABLE span_index (trace_id BLOB, span_id BLOB, run_id TEXT, start_ns INT, end_ns INT, status INT,"
+        " blob_id INT, pos INT, PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID"
+    )
+    compress = ZstdCompressor(level=1).compress
+    started = time.process_time()
+    for blob_id, body in enumerate(payload):
+        rows = []
+        for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for pos, span in enumerate(scope_spans.spans):
+                    run = next((kv.value.string_value for kv in span.attributes if kv.key == "workflow.run.id"), None)
+                    rows.append(
+                        (
+                            span.trace_id,
+                            span.span_id,
+                            run,
+                            span.start_time_unix_nano,
+                            span.end_time_unix_nano,
+                            span.status.code,
+                            blob_id,
+                            pos,
+                        )
+                    )
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO blobs VALUES (?,?)", (blob_id, compress(body)))
+        conn.executemany("INSERT INTO span_index VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
+        conn.execute("COMMIT")
+    floor = (time.process_time() - started) / total
+    conn.close()
+    messages = [ExportTraceServiceRequest.FromString(body) for body in payload]
+    started = time.process_time()
+    for message in messages:
+        records_from(message)
+    convert = (time.process_time() - started) / total
+    budget = 1 / TARGET
+    return [
+        {
+            "benchmark": "2. reference, no target: the same bodies through the least a durable store of them does in"
+            " Python (parse, an index row per span, the body as one zstd blob, a synchronous commit per request;"
+            " nothing validated, converted or summarised, no HTTP), in process",
+            "ours": f"{1 / floor:,.0f} spans per CPU-second ({floor * 1e6:.1f} µs a span); converting the spans'"
+            f" attributes into values alone (`records_from`): {convert * 1e6:.1f} µs a span",
+            "baseline": f"the ingest target's budget: {budget * 1e6:.1f} µs a span",
+            "ratio": f"{floor / budget:.2f}× (floor) / {(floor + convert) / budget:.2f}× (floor + conversion)",
+            "target": "",
+            "verdict": "",
         }
     ]
 
