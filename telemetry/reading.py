@@ -130,9 +130,10 @@ async def run_logs(
     """Each of ``runs`` with its whole log (as ``event_log`` reads it), or the
     ``UnreadableEventsError`` that reading it raised; in the order they were read, not ``runs``'.
 
-    A world that reads many logs in one statement (world-postgres ``events.logs``: one per few
-    thousand events, however many runs) is asked that way: one round trip per run was most of the
-    cost of reading small runs. Other worlds read one log at a time."""
+    A world that reads many logs at once (``events.logs``: world-postgres in one statement per few
+    thousand events, however many runs; world-vercel several runs' reads in flight) is asked that
+    way: one round trip per run, waited out in turn, was most of the cost of reading small runs.
+    world-local reads one log at a time."""
     logs = getattr(world.events, "logs", None)
     if logs is None:
         for run in runs:
