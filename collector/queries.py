@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import time
@@ -10,7 +11,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from telemetry.reading import workflow_needles
 from telemetry.world import TERMINAL_STATUSES, epoch_ns
@@ -22,6 +23,7 @@ __all__ = [
     "TRACE_ID",
     "QueryError",
     "check_trace_url_template",
+    "finite",
     "list_runs",
     "lookup_run",
     "run_events",
@@ -292,9 +294,17 @@ def _json_text(value: Any) -> str:
     return "[]" if value == [] else json.dumps(value, separators=(",", ":"), default=str)
 
 
-def own_spans(rows: Sequence[sqlite3.Row], run_id: str) -> list[sqlite3.Row]:
+class _Keyed(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+#: a row ``own_spans`` reads: an SQL row or a dict with its ``o_*`` keys
+Origin = TypeVar("Origin", bound=_Keyed)
+
+
+def own_spans(rows: Sequence[Origin], run_id: str) -> list[Origin]:
     """The run's own work among the rows stitched for it (each with ``o_trace, o_span, o_parent,
-    o_name, o_run, o_scope``), in their order. Left out:
+    o_name, o_run, o_scope``: SQL rows, or dicts of those), in their order. Left out:
 
     - spans of another run: a span belongs to the run its nearest ancestor-or-self carrying
       ``workflow.run.id`` names (a step that starts a child workflow puts the child's whole run in
@@ -316,7 +326,7 @@ def own_spans(rows: Sequence[sqlite3.Row], run_id: str) -> list[sqlite3.Row]:
     return _walk(rows, run_id, own_traces, keep=True)
 
 
-def _walk(rows: Sequence[sqlite3.Row], run_id: str, own_traces: set[str], *, keep: bool) -> list[sqlite3.Row]:
+def _walk(rows: Sequence[Origin], run_id: str, own_traces: set[str], *, keep: bool) -> list[Origin]:
     """``own_spans``' rule over ``rows``: the rows kept (``keep``) or the rows left out."""
     by_id = {(r["o_trace"], r["o_span"]): r for r in rows}
     owner: dict[tuple[str, str], tuple[str | None, str]] = {}  # span → (its run, the name of its topmost span)
@@ -388,6 +398,18 @@ def run_json(
         "waitingOn": [wait_json(w) for w in waits[:max_waits]],
         "waitingCount": len(waits),
     }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity in it (nested too) as the string the OTLP-JSON mapping
+    writes: "NaN", "Infinity", "-Infinity" (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _whole_ms(ms: float | None) -> int | None:
@@ -509,8 +531,9 @@ def run_view(conn: sqlite3.Connection, run_id: str, *, trace_url_template: str |
 
 def own_decoded_spans(conn: sqlite3.Connection, run_id: str) -> list[tuple[Any, ...]]:
     """``stitched_spans``' spans as the store decodes them (tuples in ``SPAN_COLUMNS`` order, JSON
-    values as Python values), in start order: for readers of every span of a long run (the run page),
-    which would otherwise pay for rows and JSON text they read straight back."""
+    values as Python values), in start order: for readers of every span of a long run (the run view,
+    the analysis), which would otherwise pay for rows and JSON text they read straight back. The
+    run page reads the same spans with only the fields it shows decoded (``waterfall.PageSpan``)."""
     decoded = _stitched_in_order(conn, run_id)
     run, scope = SPAN_COLUMNS.index("run_id"), SPAN_COLUMNS.index("scope")
     own_traces = {s[0] for s in decoded if s[run] == run_id and s[scope] == EVENT_LOG_SCOPE}

@@ -60,6 +60,7 @@ from .summaries import (
 __all__ = [
     "LAYOUT",
     "SPAN_COLUMNS",
+    "non_finite",
     "EventRow",
     "PreparedSpans",
     "RunInfo",
@@ -258,7 +259,7 @@ def encode_blob(spans: Sequence[SpanRecord], *, cbor: bool = False) -> bytes:
         except orjson.JSONEncodeError:  # an int past 64 bits, a value of another type: CBOR keeps it
             pass
         else:  # orjson writes a NaN or an infinity as null: look for one only where a null was written
-            if b"null" not in data or not _non_finite(document):
+            if b"null" not in data or not non_finite(document):
                 return _compressor().compress(data)
     return _compressor().compress(cbor2.dumps(document, default=_as_text))
 
@@ -272,7 +273,7 @@ def _not_json(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _non_finite(value: Any) -> bool:
+def non_finite(value: Any) -> bool:
     """Whether a NaN or an infinity is anywhere in ``value`` (spans validated at the edge hold
     none: ``validate`` writes them as strings; a span from elsewhere may)."""
     stack = [value]

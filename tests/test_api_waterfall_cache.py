@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -21,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from collector.api import Api, KeptWaterfall, WaterfallCache, strict_dumps
+from collector.api import Api, KeptWaterfall, WaterfallCache, finite_dumps, strict_dumps
 from collector.metrics import Metrics
 from collector.store import Store
 from collector.waterfall import waterfall
@@ -171,3 +173,54 @@ def test_the_cache_holds_at_most_its_bytes_least_recently_used_dropped_first():
     assert [r for r in "abcdef" if cache.get(r) is not None] == ["a", "c", "d", "e", "f"]
     cache.put("huge", kept(251))  # over a quarter of the budget: never kept (it would empty the rest)
     assert cache.get("huge") is None and all(cache.get(r) is not None for r in "acdef")
+
+
+def _strict(text: str) -> Any:
+    """``json.loads`` refusing what RFC 8259 does (bare NaN, Infinity, -Infinity)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _odd(record: Any, **attributes: Any) -> Any:
+    return dataclasses.replace(record, attributes={**record.attributes, **attributes})
+
+
+def test_non_finite_values_a_waterfall_shows_are_sent_as_the_otlp_json_strings(store):
+    """The answer is written by orjson (``finite_dumps``), which would write a NaN as null: a store
+    holding spans with NaN and infinities where the page reads them (spans kept before the edge turned
+    them into strings, or not from the edge) must still answer "NaN", "Infinity", "-Infinity"."""
+    log = otel_cut.run_log("fatal")
+    records = []
+    for record in log.records():
+        kind = record.attributes.get("workflow.span.kind")
+        if kind == "step":
+            record = _odd(record, **{"step.attempt": math.nan, "step.status": math.inf})
+        elif kind == "attempt":
+            record = _odd(record, **{"step.retry.delay_ms": -math.inf})
+        elif kind == "run":
+            record = _odd(record, **{"error.type": math.inf})
+            record.events = [
+                {**e, "attributes": {**e["attributes"], "exception.type": math.nan}} if e["name"] == "exception" else e
+                for e in record.events
+            ]
+        records.append(record)
+    commit(store, records, log.event_rows(), [log.info()])
+
+    async def go() -> None:
+        async with _serve(store) as (_, get):
+            answer = _strict(await get(log.run_id))
+            steps = [r for r in answer["rows"] if r["kind"] == "step"]
+            assert steps and all(r["attempts"] == "NaN" and r["stepStatus"] == "Infinity" for r in steps)
+            segments = [g for r in steps for g in r["segments"]]
+            assert segments and all(g["retryMs"] == "-Infinity" for g in segments)
+            assert answer["failure"]["type"] == "NaN" and answer["failure"]["code"] == "Infinity"
+
+    asyncio.run(go())
+
+
+def test_what_orjson_refuses_is_written_as_strict_dumps_writes_it():
+    for value in ({"big": 2**70}, {"lone": "\ud800"}, {1: "a key that is no string"}, {"ok": [1.5, "é", None]}):
+        assert json.loads(finite_dumps(value)) == json.loads(strict_dumps(value))

@@ -5,12 +5,17 @@ the polling and other runs' spans left out)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
+import zstandard
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from collector.otlp import SpanRecord, records_from
 from collector.store import Store
-from collector.waterfall import waterfall
+from collector.waterfall import PageSpan, waterfall
+from telemetry.span_blobs import BLOB_FIELDS
 
 from . import otel_cut
 from .conftest import summary
@@ -320,3 +325,39 @@ def test_retry_gaps_carry_their_backoff(store):
     assert second["retryMs"] == retry.attributes["step.retry.delay_ms"] > 0
     assert second["retryMs"] == pytest.approx(second["s"] - (first["s"] + first["d"]), abs=1)
     assert first["retryMs"] is None
+
+
+# ---- how the page reads its spans: only what it shows, straight from the span blobs ------------------------
+
+
+def test_page_spans_are_read_in_the_blobs_field_order():
+    """``PageSpan`` decodes a blob's span lists by position: a change of ``BLOB_FIELDS`` must change it too."""
+    assert PageSpan.__struct_fields__ == BLOB_FIELDS
+
+
+def _with_an_unshown_nan(records: list[SpanRecord]) -> list[SpanRecord]:
+    """The spans with one more attribute the page does not show, a NaN: their blobs are CBOR (JSON has
+    no NaN), read the store's own way."""
+    return [dataclasses.replace(r, attributes={**r.attributes, "unshown": math.nan}) for r in records]
+
+
+def test_a_run_read_the_stores_way_draws_the_same_as_read_from_json(tmp_path):
+    """Page spans (JSON blobs, only the shown fields decoded) and the store's own decoder (CBOR blobs)
+    give the same waterfall, for real runs with the app's spans stitched in: rows, SDK spans, failure."""
+    plain, cbor = Store(tmp_path / "json.sqlite3"), Store(tmp_path / "cbor.sqlite3")
+    otel_cut.commit_everything(plain)
+    for scenario in otel_cut.SCENARIOS:
+        log = otel_cut.run_log(scenario)
+        commit(cbor, _with_an_unshown_nan(log.records()), log.event_rows(), [log.info()])
+    commit(cbor, _with_an_unshown_nan(otel_cut.sdk_records()))
+    conn = cbor.connect()
+    try:
+        blobs = [zstandard.ZstdDecompressor().decompress(row[0]) for row in conn.execute("SELECT data FROM blobs")]
+        assert blobs and all(blob[:1] != b"[" for blob in blobs)  # none is JSON
+    finally:
+        conn.close()
+    for scenario, expected in otel_cut.SCENARIOS.items():
+        now = 2_000_000_000_000_000_000
+        read, stored = view(plain, expected["runId"], now), view(cbor, expected["runId"], now)
+        assert read == stored and read["rows"] and read["sdk"], scenario
+    assert view(plain, otel_cut.SCENARIOS["fatal"]["runId"])["failure"]["step"]

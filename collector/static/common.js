@@ -24,6 +24,12 @@ const fmtTime = (iso) => iso ? new Date(iso).toLocaleString() : '–';
 const badge = (status) => `<span class="badge ${esc(status)}">${esc(status)}</span>`;
 const fmtClock = (ns, precise) => ns == null ? '–' : new Date(ns / 1e6).toLocaleTimeString(undefined,
   precise ? { hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3 } : undefined);
+// The first date a page formats loads the locale's data (20-40 ms in Chromium): a page calls this while
+// its data is on its way, so that its first draw does not wait for that after the data arrived.
+function warmDateFormats() {
+  fmtTime(new Date(0).toISOString());
+  fmtClock(0, true);
+}
 // A wait's age, coarse as a person reads it: 42 s, 3 m 12 s, 2 h 5 m, 3 d 4 h.
 function fmtAge(ms) {
   if (ms == null || !isFinite(ms)) return '–';

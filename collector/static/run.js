@@ -44,7 +44,9 @@ function early(path) {
 
 async function load() {
   const path = `/api/runs/${encodeURIComponent(runId)}/waterfall`;
-  data = await api(path, early(path));
+  const answer = api(path, early(path));
+  if (!data) warmDateFormats();  // the first view: while the server builds the waterfall
+  data = await answer;
   fetchedAt = performance.now();
   const r = data.run;
   document.title = `${shortName(r.workflowName)} · ${r.status}`;
