@@ -391,6 +391,15 @@ class SpanReader:
         self._load(b for b, _ in refs)
         return [self._blobs[b][p] for b, p in refs if b in self._blobs and p < len(self._blobs[b])]
 
+    def run_blobs(self, run_id: str) -> Iterator[tuple[bool, bytes]]:
+        """The blobs of the spans carrying ``run_id``, oldest first, as stored: (whether it has dead
+        slots, its bytes), for a reader that decodes them its own way (``span_blobs.blob_json``);
+        a blob with dead slots is ``run``'s to read (which copy of a span is live is said here)."""
+        for dead, data in self.conn.execute(
+            "SELECT dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id", (run_id,)
+        ):
+            yield bool(dead), data
+
     def run(self, run_id: str) -> list[tuple[Any, ...]]:
         """The live spans carrying ``run_id`` (a re-sent span's older copy left out)."""
         out: list[tuple[Any, ...]] = []

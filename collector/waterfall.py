@@ -16,17 +16,16 @@ says, in a few index lookups, whether it did (``api.WaterfallCache`` sends the k
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any, NamedTuple
 
 import msgspec
-import zstandard
 
 from telemetry.runtrace import short_name
 from telemetry.semconv import ERROR_TYPE, STEP_ATTEMPT, STEP_ID, STEP_NAME, WORKFLOW_SPAN_KIND, SpanKinds
+from telemetry.span_blobs import blob_json
 from telemetry.world import TERMINAL_STATUSES
 
 from .queries import finite, own_spans, run_json, sentry_drops, wait_json
@@ -120,7 +119,6 @@ _NO_JSON = msgspec.Raw(b"[]")
 _RUN, _SCOPE, _SOURCE, _BENIGN, _ATTRS, _EVENTS = (
     SPAN_COLUMNS.index(c) for c in ("run_id", "scope", "source", "benign", "attributes", "events")
 )
-_codecs = threading.local()  # zstandard's decompressor objects are not for two threads at once
 _START_ORDER = attrgetter("start_ns", "span_id")
 
 
@@ -153,13 +151,10 @@ def _from_stored(t: tuple[Any, ...]) -> _StoredSpan:
 
 
 def _blob_spans(data: bytes) -> list[PageSpan] | None:
-    """A span blob's spans as page spans; None for a blob to be read the store's way (CBOR, told by
-    its first byte as ``span_blobs.read_blob`` tells it, or spans of other types than the store's)."""
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_codecs, "d", None)
-    if decompressor is None:
-        decompressor = _codecs.d = zstandard.ZstdDecompressor()
-    raw = decompressor.decompress(data)
-    if raw[:1] != b"[":
+    """A span blob's spans as page spans; None for a blob to be read the store's way (CBOR, or
+    spans of other types than the store's)."""
+    raw = blob_json(data)
+    if raw is None:
         return None
     try:
         return _DECODER.decode(raw)[1]
@@ -167,12 +162,12 @@ def _blob_spans(data: bytes) -> list[PageSpan] | None:
         return None
 
 
-def _run_spans(conn: sqlite3.Connection, run_id: str) -> list[PageSpan] | None:
+def _run_spans(reader: SpanReader, run_id: str) -> list[PageSpan] | None:
     """The spans carrying ``run_id``, read from the run's blobs; None when one of them is to be read
     the store's way (``_blob_spans``) or has dead slots (a span re-sent or dropped since: which copy
     is live is ``SpanReader.run``'s to say)."""
     spans: list[PageSpan] = []
-    for dead, data in conn.execute("SELECT dead, data FROM blobs WHERE run_id = ? ORDER BY blob_id", (run_id,)):
+    for dead, data in reader.run_blobs(run_id):
         read = None if dead else _blob_spans(data)
         if read is None:
             return None
@@ -190,7 +185,7 @@ def _page_spans(conn: sqlite3.Connection, run_id: str) -> tuple[list[PageSpan], 
         conn.execute("BEGIN")
     try:
         reader = SpanReader(conn)
-        spans = _run_spans(conn, run_id)
+        spans = _run_spans(reader, run_id)
         non_finite = False
         if spans is None:
             stored = [_from_stored(t) for t in reader.run(run_id)]

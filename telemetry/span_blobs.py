@@ -17,7 +17,7 @@ import cbor2
 import orjson
 import zstandard
 
-__all__ = ["BLOB_FIELDS", "read_blob"]
+__all__ = ["BLOB_FIELDS", "blob_json", "read_blob"]
 
 #: the positions of a span's fields in a blob
 BLOB_FIELDS: Final = (
@@ -42,11 +42,22 @@ BLOB_FIELDS: Final = (
 _codecs = threading.local()  # zstandard's decompressor objects are not for two threads at once
 
 
-def read_blob(data: bytes) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    """A blob's resources and its spans (each a list in ``BLOB_FIELDS`` order)."""
+def _decompressed(data: bytes) -> bytes:
     d: zstandard.ZstdDecompressor | None = getattr(_codecs, "d", None)
     if d is None:
         d = _codecs.d = zstandard.ZstdDecompressor()
-    raw = d.decompress(data)
+    return d.decompress(data)
+
+
+def blob_json(data: bytes) -> bytes | None:
+    """A blob's JSON text (``[resources, spans]``), for a reader that decodes it its own way; None
+    for a CBOR blob (told apart by the first byte: a JSON blob starts with ``[``)."""
+    raw = _decompressed(data)
+    return raw if raw[:1] == b"[" else None
+
+
+def read_blob(data: bytes) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """A blob's resources and its spans (each a list in ``BLOB_FIELDS`` order)."""
+    raw = _decompressed(data)
     resources, items = orjson.loads(raw) if raw[:1] == b"[" else cbor2.loads(raw)
     return resources, items
