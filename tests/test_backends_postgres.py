@@ -161,6 +161,31 @@ def test_run_logs_reads_many_runs_logs_in_one_statement(harness_pg_url):
     assert statements == 1
 
 
+def test_run_logs_through_traced_is_a_span_per_statement(harness_pg_url, spans):
+    """``run_logs`` over ``traced(world)``: the one statement that reads many runs' logs is a
+    ``world.events.list`` span (it made none: only per-run reads were traced)."""
+    from opentelemetry.trace import SpanKind
+
+    from telemetry.world import traced
+
+    provider, exporter = spans
+
+    async def go() -> dict[str, list]:
+        inner = PostgresWorld(harness_pg_url)
+        world = traced(inner, peer_service="world-postgres", tracer_provider=provider)
+        try:
+            runs = [run async for run in all_runs(inner)]
+            return {run.run_id: log async for run, log in run_logs(world, runs)}
+        finally:
+            await inner.close()
+
+    logs = asyncio.run(go())
+    assert len(logs) == 11
+    [span] = exporter.get_finished_spans()
+    assert span.name == "world.events.list" and span.kind is SpanKind.CLIENT
+    assert span.attributes["peer.service"] == "world-postgres" and "workflow.run.id" not in span.attributes
+
+
 def test_change_feed_reports_each_new_event_once_and_an_idle_pass_nothing(pg_world_url):
     world = PostgresWorld(pg_world_url)
     writer = _Writer(pg_world_url)

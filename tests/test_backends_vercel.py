@@ -770,6 +770,45 @@ def test_many_runs_logs_are_read_at_once_and_equal_reading_them_in_turn(fake):
     run(scenario())
 
 
+def test_many_runs_logs_through_traced_are_a_span_per_round_trip(fake, spans, harness_out):
+    """``traced(world).events.logs``: each page it reads is a ``world.events.list`` span with its run,
+    as a traced ``list`` makes (it was untraced: the readers of many runs made no span at all); a
+    failed read is a span through ``throw_with_trace``. A world without ``logs`` still has none."""
+    from opentelemetry.trace import StatusCode
+    from ulid import ULID
+
+    from telemetry.backends.local import LocalWorld
+
+    provider, exporter = spans
+    runs = [f"wrun_{ULID()}" for _ in range(6)]
+    for run_id in runs:
+        _seed(fake, run_id, 1)
+    inner = reader(fake)
+    world = traced(inner, peer_service=inner.peer_service, rpc_system=inner.rpc_system, tracer_provider=provider)
+
+    async def scenario() -> None:
+        read = {r: len(events) async for r, events in world.events.logs(dict.fromkeys(runs))}
+        assert sorted(read) == sorted(runs) and set(read.values()) == {6}  # created, started, a step's 3, completed
+        fake.fail("GET", f"/v4/runs/{runs[2]}/events$", 404, body={"message": "Run not found", "code": "NOT_FOUND"})
+        try:
+            with pytest.raises(WorkflowWorldError):
+                async for _ in world.events.logs({runs[2]: None}):
+                    pass
+        finally:
+            await inner.close()
+
+    run(scenario())
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == ["world.events.list"] * (len(runs) + 1)
+    assert sorted(s.attributes["workflow.run.id"] for s in finished[:-1]) == sorted(runs)
+    assert all(s.attributes["rpc.system"] == "http" and s.status.status_code is StatusCode.UNSET for s in finished[:-1])
+    failed = finished[-1]
+    assert failed.attributes["workflow.run.id"] == runs[2] and failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes["error.type"] and failed.events[0].name == "exception"
+    local = traced(LocalWorld(harness_out / "local-data"), peer_service="world-local")
+    assert getattr(local.events, "logs", None) is None and getattr(local.events, "read_log", None) is not None
+
+
 def test_a_follower_reads_many_runs_at_once_and_a_failed_read_is_read_again_on_its_own(fake):
     """A follower's pass over a vercel world reads its runs' logs several at a time. A read that fails
     there (a 503 once, say) does not fail the pass: the runs not read yet are read one by one, as

@@ -29,6 +29,7 @@ from ulid import ULID
 
 from ..errors import HookNotFoundError, WorkflowRunNotFoundError, WorkflowWorldError
 from ..world import (
+    Around,
     Changes,
     Event,
     EventRequest,
@@ -730,20 +731,26 @@ class _Events:
         )
 
     async def logs(
-        self, after: Mapping[str, str | None], *, resolve_data: str = "all", page_size: int = 5000
+        self,
+        after: Mapping[str, str | None],
+        *,
+        resolve_data: str = "all",
+        page_size: int = 5000,
+        around: Around | None = None,
     ) -> AsyncIterator[tuple[str, builtins.list[Event]]]:
         """Many runs' logs at once: each run of ``after`` (in run-id order) with its events after
         the id given (the whole log for ``None``), oldest first.
 
         A follower catching up on many runs, or a pass over every run that changed, reads them
         with one statement per ``page_size`` events (an index probe per run, keyset over
-        (run id, event id)) instead of one per run: the round trips were most of its cost."""
+        (run id, event id)) instead of one per run: the round trips were most of its cost. Each
+        statement goes through ``around`` (``traced``: a ``world.events.list`` span each)."""
         cursors = dict(after)
         pending = sorted(cursors)
         held: dict[str, builtins.list[Event]] = {}
         resolve = resolve_data == "all"
         while pending:
-            rows = await self.w.query_tuples(
+            query = self.w.query_tuples(
                 f"SELECT {_EVENT_COLUMNS_E} FROM unnest(%s::text[], %s::text[]) AS c(run_id, after)"
                 " CROSS JOIN LATERAL (SELECT * FROM workflow.workflow_events e"
                 " WHERE e.run_id = c.run_id AND (c.after IS NULL OR e.id > c.after)) e"
@@ -751,6 +758,7 @@ class _Events:
                 [pending, [cursors[r] for r in pending], page_size + 1],
                 binary=True,
             )
+            rows = await (query if around is None else around(query, pending[0] if len(pending) == 1 else None))
             more = len(rows) > page_size
             rows = rows[:page_size]
             log: builtins.list[Event] = []

@@ -58,6 +58,7 @@ from ..payloads import Encrypted, Opaque, decode_payload
 from ..stream_format import VERCEL_DONE_HEADER, VERCEL_MULTI_HEADER, StreamDecoder, encode_chunk, vercel_multi_body
 from ..world import (
     TERMINAL_STATUSES,
+    Around,
     Changes,
     Event,
     EventRequest,
@@ -484,22 +485,30 @@ class _Events:
         cursor = out[-1].event_id if out and has_more else None
         return Page(data=out, cursor=cursor, has_more=has_more)
 
-    async def _log(self, run_id: str, after: str | None, resolve_data: ResolveData) -> builtins.list[Event]:
+    async def _log(
+        self, run_id: str, after: str | None, resolve_data: ResolveData, around: Around | None
+    ) -> builtins.list[Event]:
         events: list[Event] = []
         cursor = after
         while True:
-            page = await self.list(
+            pending = self.list(
                 run_id=run_id,
                 pagination=Pagination(limit=_LOG_PAGE, cursor=cursor, sort_order="asc"),
                 resolve_data=resolve_data,
             )
+            page = await (pending if around is None else around(pending, run_id))
             events.extend(page.data)
             if not page.has_more or not page.cursor:
                 return events
             cursor = page.cursor
 
     async def logs(
-        self, after: Mapping[str, str | None], *, resolve_data: ResolveData = "all", in_flight: int = LOGS_IN_FLIGHT
+        self,
+        after: Mapping[str, str | None],
+        *,
+        resolve_data: ResolveData = "all",
+        in_flight: int = LOGS_IN_FLIGHT,
+        around: Around | None = None,
     ) -> AsyncIterator[tuple[str, builtins.list[Event]]]:
         """Many runs' logs, ``in_flight`` read at once: each run of ``after`` with its events after the
         id given (the whole log for ``None``), oldest first, in the order the reads finish.
@@ -508,13 +517,14 @@ class _Events:
         what changed) ask for logs this way, as they do world-postgres for one statement per many
         runs: here the cost of a run is round trips, and reading one run at a time waits them out
         one after another. The first read that fails stops the rest and raises, as reading them in
-        turn would; so does leaving the loop early (nothing is left running)."""
+        turn would; so does leaving the loop early (nothing is left running). Each page read goes
+        through ``around`` (``traced``: a ``world.events.list`` span each, as a traced ``list`` makes)."""
         todo = iter(after.items())
         running: dict[asyncio.Task[builtins.list[Event]], str] = {}
 
         def start() -> None:
             for run_id, since in todo:
-                running[asyncio.ensure_future(self._log(run_id, since, resolve_data))] = run_id
+                running[asyncio.ensure_future(self._log(run_id, since, resolve_data, around))] = run_id
                 if len(running) >= max(1, in_flight):
                     return
 

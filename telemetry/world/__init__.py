@@ -23,10 +23,11 @@ from .model import (
     WorkflowRun,
     epoch_ns,
 )
-from .protocol import Events, Hooks, Runs, Steps, Streams, World
+from .protocol import Around, Events, Hooks, Runs, Steps, Streams, World
 from .traced import TracedEvents, TracedHooks, TracedRuns, TracedSteps, TracedStreams, TracedWorld, traced
 
 __all__ = [
+    "Around",
     "Changes",
     "TERMINAL_RUN_EVENT_TYPES",
     "TERMINAL_STATUSES",

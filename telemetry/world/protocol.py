@@ -6,8 +6,8 @@ to write streams. Streams use the 4.x argument order (name first), as the SDK's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from .model import (
     Event,
@@ -23,6 +23,16 @@ from .model import (
     StreamInfo,
     WorkflowRun,
 )
+
+R = TypeVar("R")
+
+
+class Around(Protocol):
+    """What a world call that is made of several round trips (``events.logs``) runs each of them
+    through: ``traced`` passes one that makes each a span, as it makes its own calls spans.
+    ``pending`` is the round trip, made but not started; ``run_id`` the run it reads, if one."""
+
+    def __call__(self, pending: Awaitable[R], run_id: str | None, /) -> Awaitable[R]: ...
 
 
 class Runs(Protocol):

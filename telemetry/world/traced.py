@@ -9,7 +9,9 @@ so our spans line up with the SDK's own in any backend. Failures go through
 Each World call has one explicit method below that names its span and the run/step it is
 about, so a reader sees what is traced without running anything; they all share
 :meth:`_Tracing.call`. Anything not listed (a backend's extra methods and attributes) is the
-wrapped world's, untraced. With no tracer provider a call costs one check and one extra await (bench section 3).
+wrapped world's, untraced; ``events.logs`` (many runs' logs in one call) passes each of its
+round trips through :class:`~telemetry.world.Around`, so those are spans too. With no tracer
+provider a call costs one check and one extra await (bench section 3).
 """
 
 from __future__ import annotations
@@ -169,6 +171,24 @@ class TracedSteps(_TracedNamespace[Steps]):
 
 
 class TracedEvents(_TracedNamespace[Events]):
+    """Also ``logs`` (many runs' logs in one call) where the world has it, each of its round trips a
+    ``world.events.list`` span: a world without it still has none, so readers read log by log."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "logs":
+            return super().__getattr__(name)
+        inner: Any = self._inner  # ``logs`` is no part of the Events protocol: some worlds have it
+        logs = inner.logs  # AttributeError for a world without it, as for the world itself
+        tracing = self._tracing
+
+        def around(pending: Awaitable[R], run_id: str | None) -> Awaitable[R]:
+            return tracing.call("world.events.list", run_id, None, pending)
+
+        def traced_logs(after: Any, **options: Any) -> Any:
+            return logs(after, around=around, **options)
+
+        return traced_logs
+
     async def get(self, run_id: str, event_id: str, *, resolve_data: ResolveData = "all") -> Event:
         return await self._tracing.call(
             "world.events.get", run_id, None, self._inner.get(run_id, event_id, resolve_data=resolve_data)
