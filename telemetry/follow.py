@@ -65,7 +65,7 @@ from ulid import ULID
 from .backends.records import UnreadableRun
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from .otlp_encode import OtlpEncoder, RequestBatcher
-from .reading import empty_log, run_records, stalled_runs
+from .reading import empty_log, event_log, run_records, stalled_runs
 from .runtrace import RunTraceBuilder, SpanData, readable_span
 from .world import Event, Pagination, WorkflowRun
 
@@ -108,20 +108,6 @@ def _resume_before(event_id: str, seconds: float) -> str:
     except ValueError:
         return event_id
     return prefix + str(ULID.from_int(max(0, ms - int(seconds * 1000)) << 80))
-
-
-async def _read_log(world: Any, run_id: str, after: str | None) -> list[Event]:
-    """A run's events after ``after`` (all when ``None``), oldest first, a page at a time."""
-    events: list[Event] = []
-    cursor = after
-    while True:
-        page = await world.events.list(
-            run_id=run_id, pagination=Pagination(limit=1000, cursor=cursor, sort_order="asc")
-        )
-        events.extend(page.data)
-        if not page.has_more or not page.cursor:
-            return events
-        cursor = page.cursor
 
 
 @dataclass
@@ -476,7 +462,7 @@ class Follower:
 
     async def _read(self, run_id: str, after: str | None) -> list[Event]:
         """The run's events after ``after`` (all when ``None``), oldest first."""
-        events = await _read_log(self.world, run_id, after)
+        events = await event_log(self.world, run_id, after=after)
         self.events_read += len(events)
         return events
 
@@ -899,7 +885,7 @@ class _CatchUpWorker:
         requests: list[tuple[bytes, int]] = []
         for run in runs:
             try:
-                events = logs[run.run_id] if run.run_id in logs else await _read_log(self.world, run.run_id, None)
+                events = logs[run.run_id] if run.run_id in logs else await event_log(self.world, run.run_id)
             except UnreadableEventsError:
                 out.left.append(run.run_id)  # the follower reads it again and reports it, once
                 continue

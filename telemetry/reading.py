@@ -28,6 +28,7 @@ from .backends.records import UnreadableRun, unreadable_run
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from .runtrace import RunTrace, build_run_trace
 from .world import Event, Page, Pagination, ResolveData, WorkflowRun
+from .world.log import read_log
 
 __all__ = [
     "RAN_STATUSES",
@@ -93,18 +94,7 @@ async def event_log(
     (``stalled_runs`` then names the run), and raises ``UnreadableEventsError`` for a record
     that stayed unreadable: either way no event after a gap is ever returned.
     """
-    events: list[Event] = []
-    cursor = after
-    while True:
-        page = await world.events.list(
-            run_id=run_id,
-            pagination=Pagination(limit=page_size, cursor=cursor, sort_order="asc"),
-            resolve_data=resolve_data,
-        )
-        events.extend(page.data)
-        cursor = page.cursor or (page.data[-1].event_id if page.data else None)
-        if not page.has_more or cursor is None:
-            return events
+    return await read_log(world.events, run_id, after=after, page_size=page_size, resolve_data=resolve_data)
 
 
 async def run_records(world: Any, entries: Sequence[WorkflowRun | str]) -> list[tuple[str, WorkflowRun | None]]:

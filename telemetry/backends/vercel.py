@@ -74,6 +74,7 @@ from ..world import (
     StreamInfo,
     WorkflowRun,
 )
+from ..world.log import read_log
 from . import records
 from .vercel_http import Http, VercelConfig, decode_cbor
 from .vercel_keys import DeploymentKey, RunKey
@@ -485,23 +486,6 @@ class _Events:
         cursor = out[-1].event_id if out and has_more else None
         return Page(data=out, cursor=cursor, has_more=has_more)
 
-    async def _log(
-        self, run_id: str, after: str | None, resolve_data: ResolveData, around: Around | None
-    ) -> builtins.list[Event]:
-        events: list[Event] = []
-        cursor = after
-        while True:
-            pending = self.list(
-                run_id=run_id,
-                pagination=Pagination(limit=_LOG_PAGE, cursor=cursor, sort_order="asc"),
-                resolve_data=resolve_data,
-            )
-            page = await (pending if around is None else around(pending, run_id))
-            events.extend(page.data)
-            if not page.has_more or not page.cursor:
-                return events
-            cursor = page.cursor
-
     async def logs(
         self,
         after: Mapping[str, str | None],
@@ -524,7 +508,8 @@ class _Events:
 
         def start() -> None:
             for run_id, since in todo:
-                running[asyncio.ensure_future(self._log(run_id, since, resolve_data, around))] = run_id
+                log = read_log(self, run_id, after=since, page_size=_LOG_PAGE, resolve_data=resolve_data, around=around)
+                running[asyncio.ensure_future(log)] = run_id
                 if len(running) >= max(1, in_flight):
                     return
 
