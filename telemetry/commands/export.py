@@ -283,51 +283,56 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                     progress.total = len(chosen.run_ids) if chosen.run_ids else await count_runs(listing)
                 waiting: list[WorkflowRun] = []
                 config = backend_config(args.world, data_dir=args.dir, url=args.url)
-                if args.jobs > 1 and config is not None and config.kind in PARALLEL_KINDS:
-                    try:
-                        waiting = await export_in_processes(
-                            listing,
-                            config,
-                            sink,
-                            resource,
-                            totals,
-                            jobs=args.jobs,
-                            include_payloads=not args.no_payloads,
-                            on_progress=lambda: progress.update(totals.runs + len(totals.skipped), totals.events),
-                        )
-                    except WorkflowWorldError:
-                        if config.kind == "local":  # a worker's error arrives as words: the layout's is its own kind
-                            from ..backends.local_layout import detect_layout
+                try:
+                    if args.jobs > 1 and config is not None and config.kind in PARALLEL_KINDS:
+                        try:
+                            waiting = await export_in_processes(
+                                listing,
+                                config,
+                                sink,
+                                resource,
+                                totals,
+                                jobs=args.jobs,
+                                include_payloads=not args.no_payloads,
+                                on_progress=lambda: progress.update(totals.runs + len(totals.skipped), totals.events),
+                            )
+                        except WorkflowWorldError:
+                            if config.kind == "local":  # a worker's error arrives as words: the layout's is its own
+                                from ..backends.local_layout import detect_layout
 
-                            detect_layout(Path(config.data_dir or "."), thorough=True)
-                        raise
-                else:
+                                detect_layout(Path(config.data_dir or "."), thorough=True)
+                            raise
+                    else:
 
-                    async def export_chunk(runs: list[WorkflowRun]) -> None:
-                        """A chunk of listed runs, their logs read together (``run_logs``: one
-                        statement on world-postgres, several reads at once on world-vercel)."""
-                        readable = [run for run in runs if not isinstance(run, UnreadableRun)]
-                        for run in runs:
-                            if isinstance(run, UnreadableRun) and not await export_run(run):
-                                waiting.append(run)
-                        async for run, read in run_logs(world, readable):
-                            if not await export_run(run, read):
-                                waiting.append(run)
-                            progress.update(totals.runs + len(totals.skipped), totals.events)
+                        async def export_chunk(runs: list[WorkflowRun]) -> None:
+                            """A chunk of listed runs, their logs read together (``run_logs``: one
+                            statement on world-postgres, several reads at once on world-vercel)."""
+                            readable = [run for run in runs if not isinstance(run, UnreadableRun)]
+                            for run in runs:
+                                if isinstance(run, UnreadableRun) and not await export_run(run):
+                                    waiting.append(run)
+                            async for run, read in run_logs(world, readable):
+                                if not await export_run(run, read):
+                                    waiting.append(run)
+                                progress.update(totals.runs + len(totals.skipped), totals.events)
 
-                    try:
                         chunk: list[WorkflowRun] = []
-                        async for run in all_runs(listing):
-                            chunk.append(run)
-                            if len(chunk) >= LOG_CHUNK:
+                        try:
+                            async for run in all_runs(listing):
+                                chunk.append(run)
+                                if len(chunk) >= LOG_CHUNK:
+                                    runs, chunk = chunk, []
+                                    await export_chunk(runs)
+                        except WorkflowWorldError:  # the listing failed: the runs listed before it still go out
+                            with contextlib.suppress(WorkflowWorldError):
                                 await export_chunk(chunk)
-                                chunk = []
+                            raise
                         await export_chunk(chunk)
-                    except WorkflowWorldError:  # the runs read before it still go out (the error is the one to tell)
-                        with contextlib.suppress(CliError):
-                            await flush()
-                        raise
-                await retry(waiting)
+                    await retry(waiting)
+                except WorkflowWorldError:  # the runs read before it still go out (the error is the one to tell)
+                    with contextlib.suppress(CliError):
+                        await flush()
+                    raise
                 await flush()
                 progress.update(totals.runs + len(totals.skipped), totals.events, force=True)
             finally:

@@ -30,6 +30,7 @@ handing back the runs it did not reach, once a chunk holds ``CHUNK_SPANS`` spans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.util
 import os
@@ -93,8 +94,15 @@ class Tally(Protocol):
     def skip(self, run_id: str, path: str, reason: str) -> None: ...
 
 
+#: runs a failed request's line names (a request holds up to hundreds: the line stays readable)
+NAMED_RUNS = 5
+
+
 def _named(runs: list[str]) -> str:
-    return f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs ({', '.join(runs)})"
+    if len(runs) == 1:
+        return f"run {runs[0]}"
+    more = f" and {len(runs) - NAMED_RUNS} more" if len(runs) > NAMED_RUNS else ""
+    return f"{len(runs)} runs ({', '.join(runs[:NAMED_RUNS])}{more})"
 
 
 class Delivery:
@@ -419,19 +427,26 @@ async def export_in_processes(
 
     try:
         chunk: list[WorkflowRun | str] = []
-        async for run in entries():
-            listed[_run_id(run)] = len(listed)
-            if isinstance(run, UnreadableRun):
-                if run.run_id in stalled_runs(world):  # its run file is being written: later
-                    waiting.append(run)
-                else:
-                    skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
-                continue
-            chunk.append(run)
-            if len(chunk) >= CHUNK_RUNS:
+        try:
+            async for run in entries():
+                listed[_run_id(run)] = len(listed)
+                if isinstance(run, UnreadableRun):
+                    if run.run_id in stalled_runs(world):  # its run file is being written: later
+                        waiting.append(run)
+                    else:
+                        skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
+                    continue
+                chunk.append(run)
+                if len(chunk) >= CHUNK_RUNS:
+                    submit(chunk)
+                    chunk = []
+                    await settle(2 * jobs)
+        except WorkflowWorldError:  # the listing failed: the runs it listed still go out (the error is told)
+            if chunk:
                 submit(chunk)
-                chunk = []
-                await settle(2 * jobs)
+            with contextlib.suppress(WorkflowWorldError, CliError):
+                await settle(0)
+            raise
         if chunk:
             submit(chunk)
         await settle(0)
