@@ -276,3 +276,48 @@ def test_one_line_errors(tmp_path, collector):
     assert code == 2 and stderr.strip() == "wft reconcile: the collector wants a token: pass --token or set WFT_TOKEN"
     code, stdout, stderr = _reconcile("--collector", service.url, env={"WFT_TOKEN": token})
     assert code == 0 and stdout.strip() == "0 runs checked: 0 with gaps (0 gaps)", stderr
+
+
+def test_logs_are_checked_as_they_are_read_not_held_a_chunk_at_a_time(harness_out, tmp_path, monkeypatch):
+    """``wft reconcile`` from the world checks each log as it arrives: a chunk of 256 long runs' logs
+    held at once would be gigabytes (it held the whole chunk's before checking one). The findings
+    still come in the order the runs were listed."""
+    import argparse
+    import asyncio
+
+    from collector.store import Store
+    from telemetry.backends.local import LocalWorld
+    from telemetry.commands import reconcile as command
+
+    real_logs, real_reconcile = command.run_logs, command.reconcile
+    held = {"read": 0, "checked": 0, "most": 0}
+
+    async def counted_logs(*args, **kwargs):
+        async for item in real_logs(*args, **kwargs):
+            held["read"] += 1
+            held["most"] = max(held["most"], held["read"] - held["checked"])
+            yield item
+
+    def counted_reconcile(*args, **kwargs):
+        held["checked"] += 1
+        return real_reconcile(*args, **kwargs)
+
+    monkeypatch.setattr(command, "run_logs", counted_logs)
+    monkeypatch.setattr(command, "reconcile", counted_reconcile)
+    world = LocalWorld(harness_out / "local-data")
+    args = argparse.Namespace(status=None, workflow=None, limit=None)
+    found = asyncio.run(command.from_world(world, Store(tmp_path / "store.sqlite3").connect(), args, 0))
+    listed = [run.run_id for run in asyncio.run(_listed(harness_out / "local-data"))]
+    assert held["checked"] == found.checked == len(listed) > 1
+    assert held["most"] == 1  # one log read and not yet checked at a time
+
+
+async def _listed(data: Path) -> list:
+    from telemetry.backends.local import LocalWorld
+    from telemetry.reading import all_runs
+
+    world = LocalWorld(data)
+    try:
+        return [run async for run in all_runs(world, resolve_data="none")]
+    finally:
+        await world.close()

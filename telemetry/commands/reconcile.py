@@ -120,11 +120,12 @@ async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namesp
     now = time.time_ns()
 
     async def check(chunk: list[WorkflowRun]) -> None:
-        logs = {run.run_id: log async for run, log in run_logs(world, chunk, resolve_data="none")}
-        for run in chunk:
-            events = logs[run.run_id]
+        """Each log checked as it comes (a chunk of 10^4-step runs' logs held at once would be
+        gigabytes); the findings, small, added in the order the runs were listed."""
+        checked: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        async for run, events in run_logs(world, chunk, resolve_data="none"):
             if isinstance(events, UnreadableEventsError):
-                found.skipped.append((run.run_id, f"unreadable event record {events.path}: {events.reason}"))
+                checked[run.run_id] = (f"unreadable event record {events.path}: {events.reason}", None)
                 continue
             try:
                 spans = _store_spans(conn, run.run_id)
@@ -138,7 +139,13 @@ async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namesp
                 now_ns=now,
                 grace_ns=grace_ns,
             )
-            found.add(run.run_id, run.workflow_name, run.status, result.to_json())
+            checked[run.run_id] = ("", result.to_json())
+        for run in chunk:
+            why, reconciliation = checked[run.run_id]
+            if reconciliation is None:
+                found.skipped.append((run.run_id, why))
+            else:
+                found.add(run.run_id, run.workflow_name, run.status, reconciliation)
 
     try:
         chunk: list[WorkflowRun] = []
