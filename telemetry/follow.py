@@ -80,6 +80,9 @@ _UNREAD = object()  # the token was not read from the checkpoint yet
 _TOKEN_SAVE_EVERY = 5.0  # seconds: how stale the saved token of an idle follower may get
 _LIST_RUNS_AT = 200  # runs in one pass from which their records are read by listing, a page at a time
 _CHUNK = 100  # runs read together (their logs in one statement where the world can)
+#: events a chunk's prefetch holds at most: past it the chunk's other runs are read on their own, so a
+#: chunk of long runs (10^4 steps: ~3×10^4 events, ~35 MB each) is not held whole
+PREFETCH_EVENTS = 50_000
 _STATUSES = frozenset({"pending", "running", "completed", "failed", "cancelled"})
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -559,17 +562,27 @@ class Follower:
         world-postgres in one statement, world-vercel several at a time); otherwise nothing, and each
         run is read on its own. A read that fails ends the prefetch with what it has: the runs left
         are read on their own, where a run's failure is that run's (one gone missing waits for the
-        next pass) and does not fail the pass."""
+        next pass) and does not fail the pass. Once it holds ``PREFETCH_EVENTS`` events it stops
+        too, and the runs left are read on their own, one at a time."""
         logs = getattr(self.world.events, "logs", None)
         wanted = [run_id for run_id, _ in chunk if run_id not in self.problems]
         if logs is None or len(wanted) < 2:
             return {}
         plans = {run_id: self._plan(run_id, since.get(run_id)) for run_id in wanted}
         out: dict[str, tuple[_Plan, list[Event]]] = {}
-        with contextlib.suppress(WorkflowWorldError):
-            async for run_id, events in logs({r: p.after for r, p in plans.items()}):
+        held = 0
+        reads = logs({r: p.after for r, p in plans.items()})
+        try:
+            async for run_id, events in reads:
                 out[run_id] = (plans[run_id], events)
                 self.events_read += len(events)
+                held += len(events)
+                if held >= PREFETCH_EVENTS:
+                    break
+        except WorkflowWorldError as error:  # the run that failed is read on its own, and reports it there
+            log.debug("reading %d runs' logs at once stopped (%s): the rest are read one by one", len(plans), error)
+        finally:
+            await reads.aclose()
         return out
 
     async def _follow(

@@ -438,6 +438,37 @@ def test_follower_on_postgres_sends_each_span_once(harness_pg_url, tmp_path):
     assert sorted(s.context.span_id for b in batches for s in b) == sorted(s.context.span_id for s in expected)
 
 
+def test_a_pass_holds_a_bounded_number_of_events_and_reads_the_rest_one_by_one(harness_pg_url, monkeypatch):
+    """A chunk's prefetch stops once it holds ``PREFETCH_EVENTS`` events (a chunk of 100 runs of
+    10^4 steps held whole is gigabytes): the chunk's other runs are read on their own, and every
+    span still goes out once."""
+    from telemetry import follow
+
+    monkeypatch.setattr(follow, "PREFETCH_EVENTS", 1)
+    world = PostgresWorld(harness_pg_url)
+    batches: list[list] = []
+    alone: list[str] = []
+    real_list = world.events.list
+
+    async def counted_list(*, run_id: str, **options):
+        alone.append(run_id)
+        return await real_list(run_id=run_id, **options)
+
+    async def go():
+        expected = [s async for run in all_runs(world) for s in (await run_trace(world, run)).spans]
+        runs = {run.run_id async for run in all_runs(world)}
+        world.events.list = counted_list  # the reads of one run's log, counted
+        follower = Follower(world, lambda run, events, spans: batches.append(spans), Checkpoint(None))
+        sent = await follower.poll()
+        await world.close()
+        return runs, expected, sent
+
+    runs, expected, sent = asyncio.run(go())
+    assert sent == len(expected) and len(runs) > 2
+    assert sorted(s.context.span_id for b in batches for s in b) == sorted(s.context.span_id for s in expected)
+    assert len(set(alone)) == len(runs) - 1  # one run came with the prefetch, which then stopped
+
+
 # -- the daemon ----------------------------------------------------------------------------------
 class _Lines:
     """A subprocess's stderr, collected line by line as it comes."""
