@@ -79,13 +79,17 @@ _LINK_MEMORY = 3600.0  # a trace's tie to its run is forgotten this long after i
 _WARN_EVERY = 60.0
 _SCALE = 2**64
 
+#: a run kept before its end that has not ended: its decision is remembered ``remember_live``, the
+#: others' ``remember``. Each kind has its own index on ``seen_ns``, so forgetting one kind never
+#: walks the other (30 days of kept live runs under a 24-hour memory would be walked every tick).
+_LIVE_KEPT = "(NOT ended AND coalesce(reason, '') IN ('error', 'max_wait', 'buffer_full'))"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   key TEXT PRIMARY KEY, first_ns INTEGER NOT NULL, seen_ns INTEGER NOT NULL, bytes INTEGER NOT NULL DEFAULT 0,
   decision TEXT, reason TEXT, ended INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_waiting ON runs (first_ns) WHERE decision IS NULL;
-CREATE INDEX IF NOT EXISTS runs_seen ON runs (seen_ns) WHERE decision IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pending (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, spans INTEGER NOT NULL, body BLOB NOT NULL
 );
@@ -93,6 +97,18 @@ CREATE INDEX IF NOT EXISTS pending_by_key ON pending (key, seq);
 CREATE TABLE IF NOT EXISTS traces (trace_id BLOB PRIMARY KEY, run_id TEXT NOT NULL, seen_ns INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS traces_seen ON traces (seen_ns);
 """
+#: made once ``ended`` exists (a buffer from before it gains the column first); ``runs_seen``, the one
+#: index of both kinds, was a buffer's from before
+_SEEN_INDEXES = f"""
+DROP INDEX IF EXISTS runs_seen;
+CREATE INDEX IF NOT EXISTS runs_seen_short ON runs (seen_ns) WHERE decision IS NOT NULL AND NOT {_LIVE_KEPT};
+CREATE INDEX IF NOT EXISTS runs_seen_live ON runs (seen_ns) WHERE decision IS NOT NULL AND {_LIVE_KEPT};
+"""
+#: forgetting decisions, the two kinds (``remember``, ``remember_live``): each served by its own index
+FORGET_STATEMENTS = (
+    f"DELETE FROM runs WHERE decision IS NOT NULL AND NOT {_LIVE_KEPT} AND seen_ns < ?",
+    f"DELETE FROM runs WHERE decision IS NOT NULL AND {_LIVE_KEPT} AND seen_ns < ?",
+)
 
 
 def parse_sample_rates(text: str) -> dict[str, float]:
@@ -198,6 +214,7 @@ class Sampler:
         self._db.executescript(_SCHEMA)
         if "ended" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:  # a buffer from before
             self._db.execute("ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0")
+        self._db.executescript(_SEEN_INDEXES)
         row = self._db.execute("SELECT coalesce(sum(bytes), 0), count(*) FROM runs WHERE decision IS NULL").fetchone()
         self._bytes, self._waiting = int(row[0]), int(row[1])
         self._runs: Counter[tuple[str, str]] = Counter()
@@ -497,11 +514,8 @@ class Sampler:
             if orphan or first_ns <= now - _ns(self.max_wait):
                 self._decide(key, KEPT, "no_run" if orphan else "max_wait", now, out, counts, known=True)
         forget, forget_live = now - _ns(self.remember), now - _ns(self.remember_live)
-        self._db.execute(
-            "DELETE FROM runs WHERE decision IS NOT NULL AND seen_ns < ?"
-            " AND (ended OR reason NOT IN ('error', 'max_wait', 'buffer_full') OR seen_ns < ?)",
-            (forget, forget_live),
-        )
+        for statement, before in zip(FORGET_STATEMENTS, (forget, forget_live), strict=True):
+            self._db.execute(statement, (before,))
         self._db.execute("DELETE FROM traces WHERE seen_ns < ?", (now - _ns(min(self.remember, _LINK_MEMORY)),))
 
 
