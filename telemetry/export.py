@@ -49,7 +49,12 @@ GZIP_LEVEL = 3
 
 
 class ExportError(Exception):
-    """An export that failed after the retries."""
+    """An export that failed after the retries. ``status``: the receiver's last HTTP status (None
+    when none answered), so a caller can tell a refusal of the data (400, 413) from one of anything."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def traces_endpoint(base: str | None = None) -> str:
@@ -211,7 +216,7 @@ class OtlpSink:
                 break
             time.sleep(backoff)
         what = "gave up" if status in RETRYABLE or status is None else "was refused"
-        raise ExportError(f"OTLP export of {spans} spans to {self.endpoint} failed ({what}): {reason}")
+        raise ExportError(f"OTLP export of {spans} spans to {self.endpoint} failed ({what}): {reason}", status=status)
 
     def close(self) -> None:
         self._http.clear()

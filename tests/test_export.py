@@ -52,6 +52,7 @@ class Scripted:
     seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    refuse_run: str | None = None  # answer 400 to any request with a span of this run
 
 
 @pytest.fixture
@@ -63,6 +64,8 @@ def endpoint():
         with scripted.lock:
             scripted.seen.append((dict(request.headers), body))
             answer = scripted.script.pop(0) if scripted.script else scripted.always
+            if scripted.refuse_run is not None and scripted.refuse_run in _runs_in(body):
+                answer = (400, {"Content-Type": "text/plain"}, b"a span of " + scripted.refuse_run.encode())
         if answer is not None:
             status, headers, text = answer
             return web.Response(status=status, headers=headers, body=text)
@@ -243,13 +246,13 @@ def test_the_export_path_makes_no_sdk_span_objects(harness_out, otlp_receiver, c
 
 def test_a_refused_request_counts_its_runs_as_errors(harness_out, endpoint, capsys, monkeypatch):
     monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 4)  # 11 runs: three requests
-    endpoint.script = [(400, {}, b"")]
+    endpoint.script = [(403, {}, b"")]  # refused, not for its data (a 400 sends it again run by run)
     code, err = _export(capsys, "--dir", str(harness_out / "local-data"), "--otlp", endpoint.url, "--jobs", "2")
     assert code == 1 and "Traceback" not in err
     line = next(x for x in err.splitlines() if x.startswith("exported "))
     runs, errors = int(line.split()[1]), int(line.split(", ")[2].split()[0])
     assert runs + errors == 11 and errors in (3, 4)  # the runs of the refused request, no others
-    assert "HTTP 400" in err
+    assert "HTTP 403" in err
 
 
 def test_a_collector_refusing_everything_ends_the_export_in_one_line(harness_out, endpoint, capsys, monkeypatch):
@@ -436,7 +439,7 @@ def test_a_request_names_exactly_the_runs_with_spans_in_it(harness_out, bound):
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_refused_batch_counts_and_names_exactly_its_runs(many_runs, endpoint, capsys, jobs):
     traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
-    endpoint.script = [(200, {}, b""), (400, {"Content-Type": "text/plain"}, b"bad batch")]  # the second request
+    endpoint.script = [(200, {}, b""), (403, {"Content-Type": "text/plain"}, b"bad batch")]  # the second request
     code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)
     assert code == 1 and "Traceback" not in err and "giving up" not in err
     refused = _runs_in(endpoint.seen[1][1])
@@ -447,11 +450,29 @@ def test_a_refused_batch_counts_and_names_exactly_its_runs(many_runs, endpoint, 
         len(refused),
     )
     [line] = _failures(err)
-    assert line.startswith(f"{len(refused)} runs (") and "HTTP 400 Bad Request: bad batch" in line
+    assert line.startswith(f"{len(refused)} runs (") and "HTTP 403 Forbidden: bad batch" in line
     named = [word.strip("(),:") for word in line.split() if word.strip("(),:") in traces]
     assert named == refused[: export_parallel.NAMED_RUNS]  # the first few: a request holds up to hundreds
     if len(refused) > export_parallel.NAMED_RUNS:
         assert f" and {len(refused) - export_parallel.NAMED_RUNS} more)" in line
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_request_refused_for_one_runs_data_fails_that_run_alone(many_runs, endpoint, capsys, jobs):
+    """A receiver that answers 400 to one run's spans (its data, not the client): the request that
+    held it with others is sent again a run at a time, and only that run fails (all of the
+    request's runs did)."""
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    bad = sorted(traces)[len(traces) // 2]
+    endpoint.refuse_run = bad
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)
+    assert code == 1 and "Traceback" not in err and "giving up" not in err
+    assert _summary(err) == (len(traces) - 1, sum(traces.values()) - traces[bad], 1)
+    shared, alone = _failures(err)
+    assert "HTTP 400 Bad Request" in shared and shared.endswith("sending them again a run at a time")
+    assert alone.startswith(f"run {bad}: OTLP export of {traces[bad]} spans") and f"a span of {bad}" in alone
+    delivered = [run for _, body in endpoint.seen if bad not in _runs_in(body) for run in _runs_in(body)]
+    assert sorted(set(delivered)) == sorted(set(traces) - {bad})
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

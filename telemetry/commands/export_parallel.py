@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import multiprocessing
 import multiprocessing.util
 import os
@@ -51,7 +52,7 @@ from ..backends.local_layout import FlatSnapshot, event_ids
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
 from ..export import ExportError, OtlpSink, gzip_body
-from ..otlp_encode import OtlpEncoder, RunBatcher
+from ..otlp_encode import OtlpEncoder, RunBatcher, split_by_run
 from ..reading import all_runs, empty_log, event_log, run_logs, run_records, stalled_runs
 from ..runtrace import RunTraceBuilder
 from ..world import Event, WorkflowRun
@@ -94,6 +95,10 @@ class Tally(Protocol):
     def skip(self, run_id: str, path: str, reason: str) -> None: ...
 
 
+#: HTTP statuses that refuse a request's data (malformed, too large, unprocessable), not the client:
+#: a request of several runs refused so is sent again a run at a time
+DATA_REFUSALS = frozenset({400, 413, 422})
+
 #: runs a failed request's line names (a request holds up to hundreds: the line stays readable)
 NAMED_RUNS = 5
 
@@ -124,15 +129,33 @@ class Delivery:
         self._failed: set[str] = set()  # runs with spans in a failed request, not yet tallied
 
     async def post(self, body: bytes, spans: int, runs: list[str]) -> None:
-        """One request of ``spans`` spans of ``runs``; raises ``CliError`` when it is time to give up."""
+        """One request of ``spans`` spans of ``runs``; raises ``CliError`` when it is time to give up.
+        A request of several runs refused for its data (``DATA_REFUSALS``) is sent again a run at a
+        time: one run's span the receiver will not take fails that run, not the others with it."""
         try:
             await asyncio.to_thread(self.sink.post, body, spans, gzipped=self.gzipped)
         except ExportError as error:
-            self.failures += 1
-            self._failed.update(runs)
-            print(f"wft export: {_named(runs)}: {error}", file=sys.stderr)
-            if self.tally.runs == 0 and self.failures >= GIVE_UP_AFTER:
-                raise CliError(f"giving up: {error}", status=RUNTIME) from None
+            if error.status not in DATA_REFUSALS or len(runs) < 2:
+                self._refused(runs, error)
+                return
+            print(f"wft export: {_named(runs)}: {error}; sending them again a run at a time", file=sys.stderr)
+            parts = split_by_run(gzip.decompress(body) if self.gzipped else body)
+            for run_id in [*runs, None]:
+                part = parts.pop(run_id, None)
+                if part is None:
+                    continue
+                try:
+                    await asyncio.to_thread(self.sink.post, *part)
+                except ExportError as alone:  # this run alone fails (spans of no run: all of them)
+                    self._refused(runs if run_id is None else [run_id], alone)
+
+    def _refused(self, runs: list[str], error: ExportError) -> None:
+        """A request of ``runs`` failed: they count as errors; ``CliError`` when it is time to give up."""
+        self.failures += 1
+        self._failed.update(runs)
+        print(f"wft export: {_named(runs)}: {error}", file=sys.stderr)
+        if self.tally.runs == 0 and self.failures >= GIVE_UP_AFTER:
+            raise CliError(f"giving up: {error}", status=RUNTIME) from None
 
     def settle(self, run_id: str, spans: int, events: int) -> None:
         """Every request holding ``run_id``'s spans has been posted: count the run, once."""
