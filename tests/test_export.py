@@ -475,6 +475,21 @@ def test_a_request_refused_for_one_runs_data_fails_that_run_alone(many_runs, end
     assert sorted(set(delivered)) == sorted(set(traces) - {bad})
 
 
+def test_a_receiver_that_refuses_every_request_for_its_data_is_not_sent_each_run(many_runs, endpoint, capsys):
+    """400 to every request after the first: each request is tried again run by run only until
+    ``GIVE_UP_AFTER`` of its runs were refused too; its other runs then fail together, unsent."""
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    endpoint.script = [(200, {}, b"")]
+    endpoint.always = (400, {"Content-Type": "text/plain"}, b"no")
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", "1")
+    assert code == 1 and "Traceback" not in err
+    first = set(_runs_in(endpoint.seen[0][1]))
+    shared = [body for _, body in endpoint.seen[1:] if len(set(_runs_in(body))) > 1]
+    alone = [body for _, body in endpoint.seen[1:] if len(set(_runs_in(body))) == 1]
+    assert len(shared) >= 2 and len(alone) == GIVE_UP_AFTER * len(shared)
+    assert _summary(err) == (len(first), sum(traces[r] for r in first), len(traces) - len(first))
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_an_endpoint_that_is_down_ends_the_export_after_three_failed_requests(many_runs, capsys, jobs):
     with socket.socket() as closed:  # a port nobody listens on

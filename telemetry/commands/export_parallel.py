@@ -140,13 +140,18 @@ class Delivery:
                 return
             print(f"wft export: {_named(runs)}: {error}; sending them again a run at a time", file=sys.stderr)
             parts = split_by_run(gzip.decompress(body) if self.gzipped else body)
-            for run_id in [*runs, None]:
-                part = parts.pop(run_id, None)
-                if part is None:
-                    continue
+            order = [run_id for run_id in [*runs, None] if run_id in parts]
+            taken = 0
+            for at, run_id in enumerate(order):
                 try:
-                    await asyncio.to_thread(self.sink.post, *part)
+                    await asyncio.to_thread(self.sink.post, *parts[run_id])
+                    taken += 1
                 except ExportError as alone:  # this run alone fails (spans of no run: all of them)
+                    if at + 1 >= GIVE_UP_AFTER and not taken and run_id is not None:
+                        # the first few all refused too: the receiver takes none of them, so the rest
+                        # are not sent one by one (hundreds of requests to refuse), they fail together
+                        self._refused([r for r in order[at:] if r is not None], alone)
+                        return
                     self._refused(runs if run_id is None else [run_id], alone)
 
     def _refused(self, runs: list[str], error: ExportError) -> None:
