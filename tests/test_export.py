@@ -52,7 +52,7 @@ class Scripted:
     seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
-    refuse_run: str | None = None  # answer 400 to any request with a span of this run
+    refuse_runs: set[str] = field(default_factory=set)  # answer 400 to any request with a span of these runs
 
 
 @pytest.fixture
@@ -64,8 +64,9 @@ def endpoint():
         with scripted.lock:
             scripted.seen.append((dict(request.headers), body))
             answer = scripted.script.pop(0) if scripted.script else scripted.always
-            if scripted.refuse_run is not None and scripted.refuse_run in _runs_in(body):
-                answer = (400, {"Content-Type": "text/plain"}, b"a span of " + scripted.refuse_run.encode())
+            bad = sorted(scripted.refuse_runs.intersection(_runs_in(body))) if scripted.refuse_runs else []
+            if bad:
+                answer = (400, {"Content-Type": "text/plain"}, ("a span of " + ", ".join(bad)).encode())
         if answer is not None:
             status, headers, text = answer
             return web.Response(status=status, headers=headers, body=text)
@@ -464,7 +465,7 @@ def test_a_request_refused_for_one_runs_data_fails_that_run_alone(many_runs, end
     request's runs did)."""
     traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
     bad = sorted(traces)[len(traces) // 2]
-    endpoint.refuse_run = bad
+    endpoint.refuse_runs = {bad}
     code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)
     assert code == 1 and "Traceback" not in err and "giving up" not in err
     assert _summary(err) == (len(traces) - 1, sum(traces.values()) - traces[bad], 1)
@@ -486,8 +487,56 @@ def test_a_receiver_that_refuses_every_request_for_its_data_is_not_sent_each_run
     first = set(_runs_in(endpoint.seen[0][1]))
     shared = [body for _, body in endpoint.seen[1:] if len(set(_runs_in(body))) > 1]
     alone = [body for _, body in endpoint.seen[1:] if len(set(_runs_in(body))) == 1]
-    assert len(shared) >= 2 and len(alone) == GIVE_UP_AFTER * len(shared)
+    refused = len(shared) // 2  # each refused request, then the rest of its runs together once
+    assert refused >= 2 and len(shared) == 2 * refused and len(alone) == GIVE_UP_AFTER * refused
     assert _summary(err) == (len(first), sum(traces[r] for r in first), len(traces) - len(first))
+
+
+def _first_requests(many_runs: Path, endpoint: Scripted, capsys, jobs: str) -> list[list[str]]:
+    """The runs of each request a clean export sends (the next export sends the same)."""
+    assert _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)[0] == 0
+    requests = [_runs_in(body) for _, body in endpoint.seen]
+    endpoint.seen.clear()
+    return requests
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_three_bad_runs_at_the_start_do_not_end_the_export(many_runs, endpoint, capsys, jobs):
+    """Three runs' data refused before any run was counted: the runs sent alone meanwhile went
+    through, so the endpoint takes data; the export goes on (it gave up: 3 failures, 0 runs counted)."""
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    first = _first_requests(many_runs, endpoint, capsys, jobs)[0]
+    endpoint.refuse_runs = {first[1], first[4], first[7]}
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", jobs)
+    assert code == 1 and "giving up" not in err
+    assert _summary(err) == (len(traces) - 3, sum(traces.values()) - sum(traces[r] for r in endpoint.refuse_runs), 3)
+
+
+def test_a_request_whose_first_runs_are_bad_still_sends_its_others(many_runs, endpoint, capsys):
+    """The first three runs of a refused request refused alone too: the others are tried once
+    together, not failed unsent (a receiver refusing everything would refuse that too)."""
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    second = _first_requests(many_runs, endpoint, capsys, "1")[1]
+    endpoint.refuse_runs = set(second[:3])
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", "1")
+    assert code == 1 and "giving up" not in err
+    assert _summary(err)[::2] == (len(traces) - 3, 3)
+    together = [set(_runs_in(body)) for _, body in endpoint.seen if set(_runs_in(body)) == set(second[3:])]
+    assert len(together) == 1
+
+
+def test_a_receiver_down_while_a_request_is_sent_run_by_run_fails_the_rest_at_once(many_runs, endpoint, capsys):
+    """A refused request being sent again run by run, and the receiver goes down (503 until the
+    timeout): the request's other runs fail with that run, unsent (each would wait out the timeout)."""
+    traces = {t.run_id: len(t.data) for t in _traces(LocalWorld(many_runs))}
+    requests = _first_requests(many_runs, endpoint, capsys, "1")
+    endpoint.script = [(200, {}, b""), (400, {}, b""), (200, {}, b"")]  # the second refused, its first run taken
+    endpoint.always = (503, {"Retry-After": "0.1"}, b"")
+    code, err = _export(capsys, "--dir", str(many_runs), "--otlp", endpoint.url, "--jobs", "1", "--timeout", "0.5")
+    assert code == 1 and "Traceback" not in err
+    alone = [body for _, body in endpoint.seen if len(set(_runs_in(body))) == 1]
+    assert len({_runs_in(body)[0] for body in alone}) == 2  # the run taken, and the one the outage failed
+    assert _summary(err)[0] == len(requests[0]) + 1 and sum(_summary(err)[::2]) == len(traces)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

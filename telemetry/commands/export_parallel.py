@@ -126,40 +126,68 @@ class Delivery:
         self.tally = tally
         self.gzipped = gzipped  # bodies already compressed (``gzip_body``), as workers send them
         self.failures = 0  # requests refused or never answered
+        self.acknowledged = 0  # requests the endpoint took (whole, or a run's part of a refused one)
         self._failed: set[str] = set()  # runs with spans in a failed request, not yet tallied
 
     async def post(self, body: bytes, spans: int, runs: list[str]) -> None:
         """One request of ``spans`` spans of ``runs``; raises ``CliError`` when it is time to give up.
         A request of several runs refused for its data (``DATA_REFUSALS``) is sent again a run at a
-        time: one run's span the receiver will not take fails that run, not the others with it."""
+        time (``_one_by_one``): one run's span the receiver will not take fails that run alone."""
         try:
-            await asyncio.to_thread(self.sink.post, body, spans, gzipped=self.gzipped)
+            await self._send(body, spans, gzipped=self.gzipped)
         except ExportError as error:
             if error.status not in DATA_REFUSALS or len(runs) < 2:
                 self._refused(runs, error)
                 return
             print(f"wft export: {_named(runs)}: {error}; sending them again a run at a time", file=sys.stderr)
-            parts = split_by_run(gzip.decompress(body) if self.gzipped else body)
-            order = [run_id for run_id in [*runs, None] if run_id in parts]
-            taken = 0
-            for at, run_id in enumerate(order):
-                try:
-                    await asyncio.to_thread(self.sink.post, *parts[run_id])
-                    taken += 1
-                except ExportError as alone:  # this run alone fails (spans of no run: all of them)
-                    if at + 1 >= GIVE_UP_AFTER and not taken and run_id is not None:
-                        # the first few all refused too: the receiver takes none of them, so the rest
-                        # are not sent one by one (hundreds of requests to refuse), they fail together
-                        self._refused([r for r in order[at:] if r is not None], alone)
-                        return
-                    self._refused(runs if run_id is None else [run_id], alone)
+            await self._one_by_one(split_by_run(gzip.decompress(body) if self.gzipped else body), runs)
+
+    async def _one_by_one(self, parts: dict[str | None, tuple[bytes, int]], runs: list[str]) -> None:
+        """A refused request's parts (``split_by_run``), a run's each, in the request's order; spans of
+        no run, or of a run it did not name (none are made so), last, failing all its runs if refused.
+
+        Bounded whatever the receiver does: once ``GIVE_UP_AFTER`` parts were refused and none taken,
+        it is refusing everything, and the rest go once together; a part that fails for anything but
+        its data (the receiver down, overloaded, timing out) fails the rest with it, unsent."""
+        named = {run_id for run_id in runs if run_id in parts}
+        order: list[str | None] = [
+            *(run_id for run_id in runs if run_id in named),
+            *(k for k in parts if k not in named),
+        ]
+
+        def owners(keys: list[str | None]) -> list[str]:
+            return list(dict.fromkeys(owner for key in keys for owner in ([key] if key in named else runs)))
+
+        taken = 0
+        for at, key in enumerate(order):
+            try:
+                await self._send(*parts[key])
+                taken += 1
+                continue
+            except ExportError as error:
+                if error.status not in DATA_REFUSALS:
+                    self._refused(owners(order[at:]), error)
+                    return
+                self._refused(owners([key]), error)
+            rest = order[at + 1 :]
+            if rest and not taken and at + 1 >= GIVE_UP_AFTER:
+                try:  # one request: concatenated protobuf messages are one message (repeated fields merge)
+                    await self._send(b"".join(parts[k][0] for k in rest), sum(parts[k][1] for k in rest))
+                except ExportError as error:
+                    self._refused(owners(rest), error)
+                return
+
+    async def _send(self, body: bytes, spans: int, *, gzipped: bool = False) -> None:
+        await asyncio.to_thread(self.sink.post, body, spans, gzipped=gzipped)
+        self.acknowledged += 1
 
     def _refused(self, runs: list[str], error: ExportError) -> None:
-        """A request of ``runs`` failed: they count as errors; ``CliError`` when it is time to give up."""
+        """A request of ``runs`` failed: they count as errors; ``CliError`` when it is time to give
+        up (``GIVE_UP_AFTER`` requests failed and the endpoint took none)."""
         self.failures += 1
         self._failed.update(runs)
         print(f"wft export: {_named(runs)}: {error}", file=sys.stderr)
-        if self.tally.runs == 0 and self.failures >= GIVE_UP_AFTER:
+        if self.acknowledged == 0 and self.failures >= GIVE_UP_AFTER:
             raise CliError(f"giving up: {error}", status=RUNTIME) from None
 
     def settle(self, run_id: str, spans: int, events: int) -> None:
