@@ -879,26 +879,34 @@ class _CatchUpWorker:
                 runs.append(run)
         return runs
 
+    async def _logs(
+        self, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None
+    ) -> AsyncIterator[tuple[WorkflowRun, list[Event] | None]]:
+        """Each run with its log as it is read (None: to be read the usual way), one at a time: a
+        chunk of long runs' logs held at once would be gigabytes. World-local (flat layout) reads
+        the ids the follower's index has; a world that reads many logs at once, that way."""
+        bulk = getattr(self.world.events, "logs", None)
+        if known is None and bulk is not None:
+            by_id = {run.run_id: run for run in runs}
+            async with contextlib.aclosing(bulk(dict.fromkeys(by_id))) as reads:
+                async for run_id, log in reads:
+                    yield by_id[run_id], log
+            return
+        for run in runs:
+            events: list[Event] | None = None
+            if known is not None:
+                ids, listed = known.get(run.run_id, ([], False))
+                with contextlib.suppress(UnreadableEventsError):  # read again the usual way, and left to the follower
+                    events = self.world.events.read_log(run.run_id, ids, True, listed=listed)
+            yield run, events
+
     async def chunk(self, entries: list[WorkflowRun | str], known: dict[str, tuple[list[str], bool]] | None) -> _Answer:
         out = _Answer()
         runs = await self._records(entries, out)
-        logs: dict[str, list[Event]] = {}
-        bulk = getattr(self.world.events, "logs", None)
-        if known is not None:  # world-local, flat layout: the ids the follower's index has
-            for run in runs:
-                ids, listed = known.get(run.run_id, ([], False))
-                try:
-                    logs[run.run_id] = self.world.events.read_log(run.run_id, ids, True, listed=listed)
-                except UnreadableEventsError:
-                    pass  # read again below, the usual way, and left to the follower
-        elif bulk is not None:
-            async for run_id, events in bulk(dict.fromkeys(r.run_id for r in runs)):
-                logs[run_id] = events
         batcher = RequestBatcher(self.encoder, self.batch_spans)
-        requests: list[tuple[bytes, int]] = []
-        for run in runs:
+        async for run, read in self._logs(runs, known):
             try:
-                events = logs[run.run_id] if run.run_id in logs else await event_log(self.world, run.run_id)
+                events = read if read is not None else await event_log(self.world, run.run_id)
             except UnreadableEventsError:
                 out.left.append(run.run_id)  # the follower reads it again and reports it, once
                 continue
@@ -910,13 +918,12 @@ class _CatchUpWorker:
             if not builder.complete:
                 out.left.append(run.run_id)
                 continue
-            requests.extend(batcher.add(builder.trace().data))
+            out.bodies.extend((self.gzip(body), spans) for body, spans in batcher.add(builder.trace().data))
             out.done.append((run.run_id, RunState(builder.events, builder.last_event_id, True)))
             out.events += len(events)
         last = batcher.flush()
         if last is not None:
-            requests.append(last)
-        out.bodies = [(self.gzip(body), spans) for body, spans in requests]
+            out.bodies.append((self.gzip(last[0]), last[1]))
         return out
 
 

@@ -968,6 +968,63 @@ def test_follower_on_postgres_with_a_parallel_first_pass_sends_each_span_once(ha
     assert Counter(ids) == Counter(f"{s.context.span_id:016x}" for s in expected)
 
 
+def test_catch_up_workers_build_each_log_as_it_is_read(harness_pg_url, tmp_path, monkeypatch):
+    """A catch-up worker builds each run as its log arrives: it read its whole chunk's logs first
+    (64 runs of 10^4 steps held at once: gigabytes). The workers are forked, so what they do is
+    written to a file: a log read ("r") is built ("b") before the next is read."""
+    from telemetry import follow
+    from telemetry.backends import BackendConfig
+    from telemetry.follow import ParallelCatchUp
+
+    trail = tmp_path / "trail"
+    logs_type = type(PostgresWorld(harness_pg_url).events)
+    real_logs, real_feed = logs_type.logs, follow.RunTraceBuilder.feed
+
+    def note(mark: str) -> None:
+        with open(trail, "a") as out:
+            out.write(f"{os.getpid()} {mark}\n")
+
+    async def noted_logs(self, after, **options):
+        async for item in real_logs(self, after, **options):
+            note("r")
+            yield item
+
+    def noted_feed(self, events):
+        note("b")
+        return real_feed(self, events)
+
+    monkeypatch.setattr(logs_type, "logs", noted_logs)
+    monkeypatch.setattr(follow.RunTraceBuilder, "feed", noted_feed)
+    received, post = _catch_up_collector()
+    world = PostgresWorld(harness_pg_url)
+
+    async def go():
+        follower = Follower(
+            world,
+            None,
+            Checkpoint(tmp_path / "cp.sqlite3"),
+            span_data=True,
+            deliver_many=lambda batch: None,
+            catch_up=ParallelCatchUp(BackendConfig("postgres", url=harness_pg_url), post, jobs=2, min_runs=2),
+        )
+        await follower.poll()
+        await world.close()
+
+    asyncio.run(go())
+    assert received
+    by_worker: dict[str, list[str]] = {}
+    for line in trail.read_text().splitlines():
+        pid, mark = line.split()
+        by_worker.setdefault(pid, []).append(mark)
+    worked = [marks for marks in by_worker.values() if "b" in marks and marks.count("r") > 1]
+    assert worked
+    for marks in worked:
+        held = 0
+        for mark in marks:
+            held += 1 if mark == "r" else -1
+            assert held <= 1, marks  # never a second log read before the first was built
+
+
 def test_a_queue_notification_wakes_a_waiting_follower_at_once(pg_server, harness_out):
     """world-postgres's queue (graphile-worker) NOTIFYs when the SDK adds a job, as it does right
     after each step_completed: a follower waiting out its interval reads at once."""
