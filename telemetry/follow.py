@@ -890,7 +890,9 @@ class _CatchUpWorker:
             by_id = {run.run_id: run for run in runs}
             async with contextlib.aclosing(bulk(dict.fromkeys(by_id))) as reads:
                 async for run_id, log in reads:
-                    yield by_id[run_id], log
+                    yield by_id.pop(run_id), log
+            for run in by_id.values():  # not given (none should be): read the usual way
+                yield run, None
             return
         for run in runs:
             events: list[Event] | None = None

@@ -117,8 +117,8 @@ class Delivery:
     A run counts as exported once every request holding its spans was acknowledged, and as an
     error when one was not: each run of a refused request is named with the request's error
     (``RunBatcher`` says whose spans a request holds). Once ``GIVE_UP_AFTER`` requests failed and
-    no run got through, the endpoint is taking nothing (down, or refusing everything), and the
-    export stops rather than wait out every request left.
+    the endpoint took none, it is taking nothing (down, or refusing everything), and the export
+    stops rather than wait out every request left.
     """
 
     def __init__(self, sink: OtlpSink, tally: Tally, *, gzipped: bool = False) -> None:
