@@ -939,22 +939,34 @@ def test_postgres_reads_many_logs_in_one_statement_as_each_alone(harness_pg_url)
         assert [e.event_id for e in after[run_id]] == [e.event_id for e in alone[run_id] if e.event_id > middle[run_id]]
 
 
-def test_follower_on_postgres_with_a_parallel_first_pass_sends_each_span_once(harness_pg_url, tmp_path):
+def _parallel_follower(world: PostgresWorld, url: str, tmp_path: Path, post, deliver_many) -> Follower:
+    """A follower whose first pass goes through two catch-up workers (from two runs on)."""
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
+
+    return Follower(
+        world,
+        None,
+        Checkpoint(tmp_path / "cp.sqlite3"),
+        span_data=True,
+        deliver_many=deliver_many,
+        catch_up=ParallelCatchUp(BackendConfig("postgres", url=url), post, jobs=2, min_runs=2),
+    )
+
+
+def test_follower_on_postgres_with_a_parallel_first_pass_sends_each_span_once(harness_pg_url, tmp_path):
 
     received, post = _catch_up_collector()
     delivered: list[str] = []
     world = PostgresWorld(harness_pg_url)
 
     async def go():
-        follower = Follower(
+        follower = _parallel_follower(
             world,
-            None,
-            Checkpoint(tmp_path / "cp.sqlite3"),
-            span_data=True,
-            deliver_many=lambda batch: delivered.extend(i for d in batch for i in _ids(d.spans)),
-            catch_up=ParallelCatchUp(BackendConfig("postgres", url=harness_pg_url), post, jobs=2, min_runs=2),
+            harness_pg_url,
+            tmp_path,
+            post,
+            lambda batch: delivered.extend(i for d in batch for i in _ids(d.spans)),
         )
         await follower.poll()
         second = await follower.poll()
@@ -973,8 +985,6 @@ def test_catch_up_workers_build_each_log_as_it_is_read(harness_pg_url, tmp_path,
     (64 runs of 10^4 steps held at once: gigabytes). The workers are forked, so what they do is
     written to a file: a log read ("r") is built ("b") before the next is read."""
     from telemetry import follow
-    from telemetry.backends import BackendConfig
-    from telemetry.follow import ParallelCatchUp
 
     trail = tmp_path / "trail"
     logs_type = type(PostgresWorld(harness_pg_url).events)
@@ -999,14 +1009,7 @@ def test_catch_up_workers_build_each_log_as_it_is_read(harness_pg_url, tmp_path,
     world = PostgresWorld(harness_pg_url)
 
     async def go():
-        follower = Follower(
-            world,
-            None,
-            Checkpoint(tmp_path / "cp.sqlite3"),
-            span_data=True,
-            deliver_many=lambda batch: None,
-            catch_up=ParallelCatchUp(BackendConfig("postgres", url=harness_pg_url), post, jobs=2, min_runs=2),
-        )
+        follower = _parallel_follower(world, harness_pg_url, tmp_path, post, lambda batch: None)
         await follower.poll()
         await world.close()
 
