@@ -462,26 +462,24 @@ def split_by_run(body: bytes) -> dict[str | None, tuple[bytes, int]]:
     bad span fails that run alone."""
     request = ExportTraceServiceRequest.FromString(body)
     parts: dict[str | None, ExportTraceServiceRequest] = {}
-    counts: dict[str | None, int] = {}
     resources: dict[tuple[str | None, int], Any] = {}  # (run, resource's place) → its ResourceSpans in the part
     scopes: dict[tuple[str | None, int, int], Any] = {}  # (run, resource's place, scope's place) → ScopeSpans
     for r, resource_spans in enumerate(request.resource_spans):
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             for span in scope_spans.spans:
                 run_id = next((kv.value.string_value for kv in span.attributes if kv.key == WORKFLOW_RUN_ID), None)
-                target = scopes.get((run_id, r, s))
-                if target is None:
-                    into = resources.get((run_id, r))
-                    if into is None:
-                        part = parts.get(run_id)
-                        if part is None:
-                            part = parts[run_id] = ExportTraceServiceRequest()
-                        into = resources[(run_id, r)] = part.resource_spans.add(
+                key = (run_id, r, s)
+                if key not in scopes:
+                    part = parts.setdefault(run_id, ExportTraceServiceRequest())
+                    if (run_id, r) not in resources:
+                        resources[(run_id, r)] = part.resource_spans.add(
                             resource=resource_spans.resource, schema_url=resource_spans.schema_url
                         )
-                    target = scopes[(run_id, r, s)] = into.scope_spans.add(
+                    scopes[key] = resources[(run_id, r)].scope_spans.add(
                         scope=scope_spans.scope, schema_url=scope_spans.schema_url
                     )
-                target.spans.append(span)
-                counts[run_id] = counts.get(run_id, 0) + 1
-    return {run_id: (part.SerializeToString(), counts[run_id]) for run_id, part in parts.items()}
+                scopes[key].spans.append(span)
+    return {
+        run_id: (part.SerializeToString(), sum(len(ss.spans) for rs in part.resource_spans for ss in rs.scope_spans))
+        for run_id, part in parts.items()
+    }

@@ -122,10 +122,10 @@ async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namesp
     async def check(chunk: list[WorkflowRun]) -> None:
         """Each log checked as it comes (a chunk of 10^4-step runs' logs held at once would be
         gigabytes); the findings, small, added in the order the runs were listed."""
-        checked: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        checked: dict[str, dict[str, Any] | str] = {}  # run id → its reconciliation, or why it was skipped
         async for run, events in run_logs(world, chunk, resolve_data="none"):
             if isinstance(events, UnreadableEventsError):
-                checked[run.run_id] = (f"unreadable event record {events.path}: {events.reason}", None)
+                checked[run.run_id] = f"unreadable event record {events.path}: {events.reason}"
                 continue
             try:
                 spans = _store_spans(conn, run.run_id)
@@ -139,11 +139,11 @@ async def from_world(world: Any, conn: sqlite3.Connection, args: argparse.Namesp
                 now_ns=now,
                 grace_ns=grace_ns,
             )
-            checked[run.run_id] = ("", result.to_json())
+            checked[run.run_id] = result.to_json()
         for run in chunk:
-            why, reconciliation = checked[run.run_id]
-            if reconciliation is None:
-                found.skipped.append((run.run_id, why))
+            reconciliation = checked[run.run_id]
+            if isinstance(reconciliation, str):
+                found.skipped.append((run.run_id, reconciliation))
             else:
                 found.add(run.run_id, run.workflow_name, run.status, reconciliation)
 
