@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from telemetry.tracing import reset_benign_counts
 
 from .harness_app import run_status, start_workflow
-from .pgserver import destroy, start_pg
+from .pgserver import destroy, free_port, start_pg
 
 #: helpers the test modules import from here along with the fixtures
 __all__ = ["run_status", "start_workflow"]
@@ -40,12 +40,30 @@ def _fresh_benign_counts():
 HARNESS = Path(__file__).resolve().parents[2] / "shared" / "sdk-harness"
 
 
+#: how often the harness's PostgreSQL is started on a fresh port when the one picked was taken
+HARNESS_PG_ATTEMPTS = 3
+
+
 def _run_harness(world: str, out: Path) -> None:
+    """Run the harness for one world into ``out``.
+
+    The harness's PostgreSQL would listen on 55432 unless told otherwise. That port sits in the
+    kernel's ephemeral range, so any client connection of the suite may hold it as its local port
+    at that moment (CI failed on exactly that): it gets a port just found free, and a new one if
+    that was taken before the server bound it."""
     log = out / f"harness-{world}.log"
-    with log.open("w") as fh:
-        result = subprocess.run(
-            ["bash", str(HARNESS / "run.sh"), world, str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=1200
-        )
+    for _ in range(HARNESS_PG_ATTEMPTS if world == "postgres" else 1):
+        env = {**os.environ, "PGPORT": str(free_port())}
+        with log.open("w") as fh:
+            result = subprocess.run(
+                ["bash", str(HARNESS / "run.sh"), world, str(out)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=1200,
+                env=env,
+            )
+        if result.returncode == 0 or "already in use" not in log.read_text():
+            break
     if result.returncode != 0:
         raise RuntimeError(
             f"sdk-harness {world} failed (exit {result.returncode}); see {log}:\n{log.read_text()[-3000:]}"
