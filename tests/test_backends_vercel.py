@@ -17,7 +17,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -865,6 +865,67 @@ def test_the_change_feed_costs_the_live_and_new_runs(fake):
         await world.close()
 
     run(scenario())
+
+
+def test_live_runs_are_read_at_their_own_pace(fake):
+    """A follower over a vercel world reads a live run's log on every pass while it grows; once a
+    read finds nothing new, only after 2 s, then 4 s… (up to the cap); a pending sleep's resumeAt
+    brings the read forward; a run that finishes is read on the next pass whatever its pace; new
+    events are seen once the run is due. Without the pace, 3 waiting runs cost 3 reads a pass."""
+    from ulid import ULID
+
+    from telemetry.follow import Checkpoint, Follower
+
+    live = [f"wrun_{ULID()}" for _ in range(3)]
+    for run_id in live:
+        _seed(fake, run_id, 1, finish=False)
+    world = reader(fake)
+    clock = [1000.0]
+    world.pace.clock = lambda: clock[0]
+    world.pace.most = 5.0
+    delivered: list[str] = []
+    follower = Follower(
+        world, lambda run, events, spans: delivered.extend(e.event_type for e in events), Checkpoint(None)
+    )
+
+    loop = asyncio.new_event_loop()  # one loop for the world's HTTP session across passes
+
+    def read(at: float) -> set[str]:
+        """The runs whose logs one pass at ``at`` reads."""
+        clock[0] = at
+        fake.requests.clear()
+        loop.run_until_complete(follower.poll())
+        return {p.split("/v4/runs/")[1].split("/")[0] for p in _event_requests(fake) if "/v4/runs/" in p}
+
+    try:
+        assert read(1000.0) == set(live)  # the first pass reads every log
+        assert read(1000.5) == set(live)  # their tails: nothing new, so each is next due at +2 s
+        assert read(1001.0) == set()  # none due: the pass lists runs and reads no log
+        fake.apply(
+            live[0], "step_created", correlation_id="step_x", spec_version=2, data={"stepName": "s"}, payload=None
+        )
+        assert read(1002.4) == set()
+        assert read(1002.6) == set(live) and "step_created" in delivered  # due again: the new event is seen
+        assert read(1003.0) == {live[0]}  # it grew, so it is read on the next pass; the others wait 4 s now
+        assert read(1004.5) == set()  # live[0] found nothing at 1003: next at 1005; the others at 1006.6
+        assert read(1006.7) == set(live)  # now 4 s for live[0], the cap (5 s here) for the others
+        assert read(1011.0) == {live[0]}
+        assert read(1011.8) == {live[1], live[2]}  # 5 s after 1006.7, not 8: the cap
+        assert read(1016.5) == {live[0]}  # the cap too (from 1011.0)
+        assert read(1017.0) == {live[1], live[2]}
+        resume_at = datetime.now(UTC) + timedelta(seconds=1.8)
+        fake.apply(
+            live[1], "wait_created", correlation_id="wait_1", spec_version=2, data={"resumeAt": resume_at}, payload=None
+        )
+        assert read(1022.0) == set(live)
+        assert read(1022.1) == {live[1]}  # it grew: read on the next pass too, found quiet: next at 1024.1…
+        assert read(1022.9) == set()
+        assert read(1024.0) == {live[1]}  # …but its sleep ends before that (about 1023.9): read then
+        fake.apply(live[2], "run_completed", correlation_id=None, spec_version=2, data={}, payload=serialize_value(1))
+        assert read(1024.05) == {live[2]} and delivered[-1] == "run_completed"  # finished: read at once
+    finally:
+        loop.run_until_complete(world.close())
+        loop.close()
 
 
 # ---- the commands on a vercel world -------------------------------------------------------------

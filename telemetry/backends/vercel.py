@@ -35,6 +35,15 @@ one that finished in between is read once more). A pass costs three list calls p
 200 live or new runs, not the history; the token carries the live run ids and those created in
 the rewind window (already reported, so listing them again is no news).
 
+**Live runs are read at their own pace** (:class:`LivePace`). A live run's log can only be read
+run by run, so a follower that read every live run's tail on every pass would ask a deployment
+with 2,000 runs waiting on hooks for 1,000 logs a second, nearly all of them empty. A run whose
+log had nothing new is reported again after ``IDLE_READ_FIRST`` seconds, then twice as long each
+time it has nothing new, up to ``IDLE_READ_MAX``; a run whose log grew is reported on every pass;
+a pending sleep brings the next read forward to its ``resumeAt``; a run that finishes is reported
+on the next pass whatever its pace (its status is listed every pass). So a run that wakes after a
+quiet spell is seen at most about as late as it was quiet, never later than ``IDLE_READ_MAX``.
+
 Read-only but for streams: events cannot be created through this reader; a stream can be
 written (:meth:`_Streams.write_values` serializes and frames values as the SDK does, encrypted
 when the deployment key is known) because ``StreamWriter`` writes through the world.
@@ -46,6 +55,7 @@ import asyncio
 import builtins
 import json
 import logging
+import time
 from bisect import bisect_right, insort
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -79,7 +89,7 @@ from . import records
 from .vercel_http import Http, VercelConfig, decode_cbor
 from .vercel_keys import DeploymentKey, RunKey
 
-__all__ = ["VercelConfig", "VercelWorld"]
+__all__ = ["LivePace", "VercelConfig", "VercelWorld"]
 
 log = logging.getLogger("telemetry.backends.vercel")
 T = TypeVar("T")
@@ -108,6 +118,10 @@ DEFAULT_REWIND = 60.0
 #: a deployment's server for more than a browser would
 LOGS_IN_FLIGHT = 16
 _LOG_PAGE = 1000
+#: a live run whose log had nothing new is read again after this many seconds, then after twice as
+#: long each time it has nothing new, up to ``IDLE_READ_MAX`` (see the module doc)
+IDLE_READ_FIRST = 2.0
+IDLE_READ_MAX = 30.0
 _LIVE_STATUSES: tuple[RunStatus, ...] = ("pending", "running")
 _RUN_PAYLOADS = ("input", "output")
 _TOKEN_PREFIX = "vercel:2:"
@@ -163,10 +177,18 @@ class VercelWorld:
     #: world-vercel refuses writes to a finished run itself (409), so ``StreamWriter`` need not check
     accepts_post_completion_writes = False
 
-    def __init__(self, config: VercelConfig, *, rewind: float = DEFAULT_REWIND) -> None:
+    def __init__(
+        self,
+        config: VercelConfig,
+        *,
+        rewind: float = DEFAULT_REWIND,
+        idle_read_first: float = IDLE_READ_FIRST,
+        idle_read_max: float = IDLE_READ_MAX,
+    ) -> None:
         self.config = config
         self.http = Http(config)
         self.rewind = rewind
+        self.pace = LivePace(idle_read_first, idle_read_max)
         self.keys: DeploymentKey | None = None
         if config.deployment_key:
             self.keys = DeploymentKey.from_base64(config.deployment_key, config.project_id or "")
@@ -411,6 +433,71 @@ class _Resume:
         self._runs.pop((run_id, order), None)
 
 
+class LivePace:
+    """When the change feed reports a live run again: on every pass while its log grows, after
+    ``first`` seconds once a read of its tail found nothing new, then twice as long each time, up to
+    ``most``; a pending sleep's ``resumeAt`` brings the next read forward (see the module doc).
+
+    It learns from the reads themselves (``read``), so whoever reads a run's tail through this
+    world (a follower's pass, a run page) sets its pace. State is in memory and kept only for runs
+    still live (``keep``): a restarted reader reads every live run once, then finds its pace again."""
+
+    def __init__(self, first: float, most: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.first = first
+        self.most = most
+        self.clock = clock
+        self._next: dict[str, tuple[float, float]] = {}  # run → (when it is due, the interval that made it so)
+        self._sleeps: dict[str, dict[str, float]] = {}  # run → its pending sleeps' wake times (``clock``'s time)
+        self._newest: dict[str, str] = {}  # run → the newest event id read
+
+    def read(self, run_id: str, events: Sequence[Event]) -> None:
+        """A read of ``run_id``'s log, oldest first. It grew if it holds an event id newer than the
+        newest read before: readers resume a little before what they have (a follower looks back
+        for late commits), so a read that returns events need not have found anything new."""
+        newest = max((e.event_id for e in events), default=None)
+        self._note_sleeps(run_id, events)
+        known = self._newest.get(run_id)
+        if newest is not None and (known is None or newest > known):
+            self._newest[run_id] = newest
+            self._next.pop(run_id, None)
+            return
+        now = self.clock()
+        interval = min(self.most, self._next[run_id][1] * 2) if run_id in self._next else min(self.first, self.most)
+        due = now + interval
+        wakes = [at for at in self._sleeps.get(run_id, {}).values() if at > now]  # one overdue: the pace as usual
+        if wakes:
+            due = min(due, min(wakes))
+        self._next[run_id] = (due, interval)
+
+    def _note_sleeps(self, run_id: str, events: Sequence[Event]) -> None:
+        wakes = self._sleeps.get(run_id, {})
+        now, wall = self.clock(), datetime.now(UTC)
+        for event in events:
+            wait = event.correlation_id or ""
+            if event.event_type == "wait_created":
+                resume_at = (event.event_data or {}).get("resumeAt")
+                if isinstance(resume_at, datetime):
+                    wakes[wait] = now + (resume_at - wall).total_seconds()
+            elif event.event_type == "wait_completed":
+                wakes.pop(wait, None)
+        if wakes:
+            self._sleeps[run_id] = wakes
+        else:
+            self._sleeps.pop(run_id, None)
+
+    def due(self, run_id: str, now: float | None = None) -> bool:
+        """Whether ``run_id`` (live) is to be read on this pass."""
+        entry = self._next.get(run_id)
+        return entry is None or entry[0] <= (self.clock() if now is None else now)
+
+    def keep(self, live: Iterable[str]) -> None:
+        """Forget every run but these (the live ones): a finished run is read once more regardless."""
+        keep = set(live)
+        for table in (self._next, self._sleeps, self._newest):
+            for run_id in [r for r in table if r not in keep]:
+                del table[run_id]
+
+
 def _invert(event_id: str) -> str:
     """A key that sorts descending ids ascending (for the ``desc`` order's resume table)."""
     return "".join(chr(0x10FFFF - ord(c)) for c in event_id)
@@ -483,6 +570,8 @@ class _Events:
             if not next_cursor or next_cursor == server_cursor:
                 break
             server_cursor = next_cursor
+        if order == "asc":
+            self.w.pace.read(run_id, out)
         cursor = out[-1].event_id if out and has_more else None
         return Page(data=out, cursor=cursor, has_more=has_more)
 
@@ -556,7 +645,7 @@ class _Events:
     async def changes(self, token: str | None) -> Changes:
         """Runs whose log may have grown since ``token`` (see the module doc for what it costs)."""
         state = _FeedToken.parse(token)
-        runs: set[str] = set(state.live)
+        runs: set[str] = set()
         live: set[str] = set()
         newest = state.watermark
         floor = newest - timedelta(seconds=self.w.rewind) if newest is not None else None
@@ -589,11 +678,15 @@ class _Events:
                         status=status, pagination=Pagination(limit=200, cursor=cursor), resolve_data="none"
                     )
                     for run in page.data:
-                        runs.add(run.run_id)
                         live.add(run.run_id)
                     if not page.has_more or not page.cursor:
                         break
                     cursor = page.cursor
+        pace = self.w.pace
+        pace.keep(live)
+        now = pace.clock()
+        runs.update(r for r in state.live if r not in live)  # finished since the last pass: read once more
+        runs.update(r for r in live if pace.due(r, now))
         keep_after = newest - timedelta(seconds=self.w.rewind) if newest is not None else None
         window = {r for r, at in recent.items() if keep_after is not None and at >= keep_after}
         return Changes(runs=sorted(runs), token=_FeedToken(newest, live, window).dump())
