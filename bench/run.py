@@ -22,7 +22,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from sections import dashboard, export_pace, freshness, ingest, overload, scaling, store_size, traced_overhead  # noqa: E402 (after sys.path)
+from sections import (  # noqa: E402 (after sys.path)
+    dashboard,
+    export_pace,
+    freshness,
+    ingest,
+    overload,
+    scaling,
+    store_size,
+    traced_overhead,
+    vercel_pace,
+)
 
 HARNESS = ROOT.parent / "shared" / "sdk-harness"
 RESULTS = HERE / "results.md"
@@ -40,6 +50,7 @@ SECTIONS = {
     "export": (export_pace, "7"),
     "overload": (overload, "8"),
     "size": (store_size, "9"),
+    "vercel": (vercel_pace, "10"),
 }
 
 

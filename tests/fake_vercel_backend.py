@@ -36,7 +36,7 @@ import cbor2
 from aiohttp import web
 from ulid import ULID
 
-from telemetry.stream_format import split_multi_chunks
+from telemetry.stream_format import serialize_value, split_multi_chunks
 
 from .threaded_server import serve_in_thread
 
@@ -718,3 +718,33 @@ class _Conflict(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+def seed_run(fake: FakeVercelBackend, run_id: str, steps: int, *, finish: bool = True) -> None:
+    """A run as the SDK logs one: created, started, ``steps`` steps (created, started, completed), and
+    completed unless ``finish`` is False (then it is live: running, its last step done)."""
+    fake.apply(
+        run_id,
+        "run_created",
+        correlation_id=None,
+        spec_version=2,
+        data={"workflowName": "wf", "deploymentId": "d"},
+        payload=serialize_value([]),
+    )
+    fake.apply(run_id, "run_started", correlation_id=None, spec_version=2, data={}, payload=None)
+    for i in range(steps):
+        step = f"step_{run_id[5:]}{i:04d}"
+        fake.apply(
+            run_id,
+            "step_created",
+            correlation_id=step,
+            spec_version=2,
+            data={"stepName": "s"},
+            payload=serialize_value([i]),
+        )
+        fake.apply(run_id, "step_started", correlation_id=step, spec_version=2, data={}, payload=None)
+        fake.apply(run_id, "step_completed", correlation_id=step, spec_version=2, data={}, payload=serialize_value(i))
+    if finish:
+        fake.apply(
+            run_id, "run_completed", correlation_id=None, spec_version=2, data={}, payload=serialize_value(steps)
+        )

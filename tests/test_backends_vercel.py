@@ -43,6 +43,7 @@ from telemetry.world import Pagination, traced
 
 from .conftest import wft
 from .fake_vercel_backend import FakeVercelBackend
+from .fake_vercel_backend import seed_run as _seed
 
 NODE_DIR = Path(__file__).resolve().parent / "vercel_node"
 
@@ -667,34 +668,6 @@ def test_calls_are_traced_like_the_other_worlds(fake, direct, spans):
 
 
 # ---- paging and the change feed: cost is what is new -------------------------------------------
-def _seed(fake: FakeVercelBackend, run_id: str, steps: int, *, finish: bool = True) -> None:
-    fake.apply(
-        run_id,
-        "run_created",
-        correlation_id=None,
-        spec_version=2,
-        data={"workflowName": "wf", "deploymentId": "d"},
-        payload=serialize_value([]),
-    )
-    fake.apply(run_id, "run_started", correlation_id=None, spec_version=2, data={}, payload=None)
-    for i in range(steps):
-        step = f"step_{run_id[5:]}{i:04d}"
-        fake.apply(
-            run_id,
-            "step_created",
-            correlation_id=step,
-            spec_version=2,
-            data={"stepName": "s"},
-            payload=serialize_value([i]),
-        )
-        fake.apply(run_id, "step_started", correlation_id=step, spec_version=2, data={}, payload=None)
-        fake.apply(run_id, "step_completed", correlation_id=step, spec_version=2, data={}, payload=serialize_value(i))
-    if finish:
-        fake.apply(
-            run_id, "run_completed", correlation_id=None, spec_version=2, data={}, payload=serialize_value(steps)
-        )
-
-
 def _event_requests(fake: FakeVercelBackend) -> list[str]:
     return [path for method, path, _ in fake.requests if method == "GET" and "/events" in path]
 
