@@ -872,6 +872,9 @@ def test_live_runs_are_read_at_their_own_pace(fake):
 
     try:
         assert read(1000.0) == set(live)  # the first pass reads every log
+        clock[0] = 1000.2  # a page short of the end (the first event) says nothing of the tail
+        first = loop.run_until_complete(world.events.list(run_id=live[0], pagination=Pagination(limit=1)))
+        assert first.has_more and first.data[0].event_type == "run_created"
         assert read(1000.5) == set(live)  # their tails: nothing new, so each is next due at +2 s
         assert read(1001.0) == set()  # none due: the pass lists runs and reads no log
         fake.apply(

@@ -450,16 +450,20 @@ class LivePace:
         self._sleeps: dict[str, dict[str, float]] = {}  # run → its pending sleeps' wake times (``clock``'s time)
         self._newest: dict[str, str] = {}  # run → the newest event id read
 
-    def read(self, run_id: str, events: Sequence[Event]) -> None:
-        """A read of ``run_id``'s log, oldest first. It grew if it holds an event id newer than the
-        newest read before: readers resume a little before what they have (a follower looks back
-        for late commits), so a read that returns events need not have found anything new."""
+    def read(self, run_id: str, events: Sequence[Event], *, to_the_end: bool) -> None:
+        """A read of ``run_id``'s log, oldest first; ``to_the_end``: nothing lies after its last event.
+        It grew if it holds an event id newer than the newest read before: readers resume a little
+        before what they have (a follower looks back for late commits), so a read that returns
+        events need not have found anything new. Only a read to the end says there is nothing new
+        (a page short of it, the first event say, says nothing of the tail)."""
         newest = max((e.event_id for e in events), default=None)
         self._note_sleeps(run_id, events)
         known = self._newest.get(run_id)
         if newest is not None and (known is None or newest > known):
             self._newest[run_id] = newest
             self._next.pop(run_id, None)
+            return
+        if not to_the_end:
             return
         now = self.clock()
         interval = min(self.most, self._next[run_id][1] * 2) if run_id in self._next else min(self.first, self.most)
@@ -571,7 +575,7 @@ class _Events:
                 break
             server_cursor = next_cursor
         if order == "asc":
-            self.w.pace.read(run_id, out)
+            self.w.pace.read(run_id, out, to_the_end=not has_more)
         cursor = out[-1].event_id if out and has_more else None
         return Page(data=out, cursor=cursor, has_more=has_more)
 
