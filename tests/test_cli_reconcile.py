@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from telemetry.reconcile import GapKinds
 
 from .conftest import HARNESS, get_json, http, summary, wft
+from .pgserver import free_port
 from .threaded_server import serve_in_thread
 
 PROTOBUF = "application/x-protobuf"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Serve:
@@ -46,7 +40,7 @@ class Serve:
 
     def __init__(self, store: Path, data_dir: Path) -> None:
         self.store = store
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         store.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = store.parent / "serve.log"
@@ -266,7 +260,7 @@ def test_one_line_errors(tmp_path, collector):
     (tmp_path / "not-a-store").write_text("hello")
     code, _, stderr = _reconcile("--store", str(tmp_path / "not-a-store"), "--dir", str(tmp_path))
     assert code == 2 and "is not a collector store" in stderr and len(stderr.strip().splitlines()) == 1
-    code, _, stderr = _reconcile("--collector", f"http://user:secret@127.0.0.1:{_free_port()}/")
+    code, _, stderr = _reconcile("--collector", f"http://user:secret@127.0.0.1:{free_port()}/")
     assert code == 2 and "cannot reach the collector at http://127.0.0.1:" in stderr and "secret" not in stderr
     code, _, stderr = _reconcile("--collector", "http://127.0.0.1:1", "--grace", "soon")
     assert code == 2 and "--grace: not a duration" in stderr

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +15,8 @@ from aiohttp import web
 
 from collector.forward import Forwarder
 from collector.metrics import Metrics
+
+from .pgserver import free_port
 
 
 @dataclass
@@ -70,12 +71,6 @@ async def _running(forwarder: Forwarder):
 
 def _files(spool) -> list:
     return sorted(spool.glob("*.pb"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the spool ------------------------------------------------------------------------------------
@@ -227,7 +222,7 @@ def test_a_refused_batch_is_dropped_counted_and_the_next_one_sent(tmp_path, stat
 
 
 def test_upstream_not_listening_then_coming_up(tmp_path):
-    port = _free_port()
+    port = free_port()
     metrics = Metrics()
 
     async def go():
@@ -247,7 +242,7 @@ def test_upstream_not_listening_then_coming_up(tmp_path):
 
 def test_the_spool_survives_a_restart(tmp_path):
     spool = tmp_path / "spool"
-    port = _free_port()  # upstream keeps its address across our restart
+    port = free_port()  # upstream keeps its address across our restart
 
     async def before_restart():
         async with _upstream([503] * 100, port=port) as down:  # upstream failing the whole time
@@ -347,8 +342,6 @@ def _serve_sampling(tmp_path, name: str, world, receiver_url: str, *args: str):
     """A `wft serve` process of its own (store, spool, sampling buffer) logging to a file."""
     import subprocess
     import sys
-
-    from .pgserver import free_port
 
     home = tmp_path / name
     home.mkdir(exist_ok=True)

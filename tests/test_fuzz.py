@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from yarl import URL
 
 from .fuzz import corpus, mutate
+from .pgserver import free_port
 from .sdk_spans import RUN
 
 CASES = int(os.environ.get("WFT_FUZZ_CASES", "3000"))
@@ -86,12 +87,6 @@ def seeds(harness_out) -> dict[str, list[Any]]:
         "json": [corpus.otlp_json(b) for b in protobuf],
         "envelopes": [body for path, body in sentry if path.endswith("/envelope/")],
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Fuzzer:
@@ -331,7 +326,7 @@ async def _served_strictly(url: str, store: Path) -> dict[str, int]:
 
 def test_fuzz_the_collector(tmp_path, seeds):
     rng = random.Random(SEED)
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "store.sqlite3"
     log_path = tmp_path / "serve.log"
     with corpus.Capture() as upstream:
