@@ -231,6 +231,54 @@ def test_a_full_chunk_answers_early_and_its_other_runs_are_sent_once(
     assert len(otlp_receiver.spans) == len(whole) and _spans(otlp_receiver) == whole  # each span once
 
 
+def _task_sizes(runs: int, jobs: int) -> list[int]:
+    sizes = []
+    while runs:
+        sizes.append(min(runs, export_parallel.chunk_size(runs, jobs)))
+        runs -= sizes[-1]
+    return sizes
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 8])
+def test_tasks_are_big_while_many_runs_are_left_and_small_at_the_end(jobs):
+    low, high = export_parallel.CHUNK_RUNS, export_parallel.CHUNK_RUNS_MAX
+    for runs in (1, low - 1, low + 1, 300, 5000, 100_000):
+        sizes = _task_sizes(runs, jobs)
+        assert sum(sizes) == runs and sizes == sorted(sizes, reverse=True)
+        left = runs
+        for size in sizes:
+            assert min(low, left) <= size <= high
+            left -= size
+        if runs >= 2 * jobs * high:  # big tasks first, and few small ones at the end
+            assert sizes[0] == high and len(sizes) <= runs / high + 8 * jobs
+        assert sizes[-1] <= low  # the last tasks are the smallest: the workers finish together
+
+
+def test_workers_get_big_tasks_from_a_big_world(harness_out, tmp_path, otlp_receiver, capsys, monkeypatch):
+    """Each task costs the parent a hand-over, an answer and a request ended short: a world of
+    many runs goes out in tasks of ``chunk_size`` runs (most of them ``CHUNK_RUNS_MAX``), not in
+    tasks of the smallest size, and every span still once."""
+    runs = 300
+    monkeypatch.setattr(export_parallel, "CHUNK_RUNS_MAX", 64)  # a big world, to scale: 300 runs
+    data = tmp_path / "data"
+    scale_local(harness_out / "local-data", data, runs)
+    tasks: list[int] = []
+
+    class Counting(export_parallel.ProcessPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if args and isinstance(args[0], list):
+                tasks.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(export_parallel, "ProcessPoolExecutor", Counting)
+    code, err = _export(capsys, "--dir", str(data), "--otlp", otlp_receiver.url, "--jobs", "2")
+    assert code == 0, err
+    assert tasks == _task_sizes(runs, 2) and tasks[0] == 64  # with 32 runs a task: ten tasks
+    assert len(tasks) < runs / export_parallel.CHUNK_RUNS
+    assert f"exported {runs} runs, {len(otlp_receiver.by_id())} spans, 0 errors" in err
+    assert len(otlp_receiver.spans) == len(otlp_receiver.by_id())  # each span once
+
+
 def test_the_export_path_makes_no_sdk_span_objects(harness_out, otlp_receiver, capsys, monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a ReadableSpan was built on the export path")

@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from telemetry.backends import BackendConfig, open_backend
-from telemetry.commands.export_parallel import CHUNK_RUNS, default_jobs, export_in_processes
+from telemetry.commands.export_parallel import CHUNK_RUNS_MAX, default_jobs, export_in_processes
 from telemetry.export import run_resource
 from telemetry.otlp_encode import OtlpEncoder, RequestBatcher
 from telemetry.reading import all_runs, event_log, run_logs
@@ -141,8 +141,8 @@ def _in_memory(loaded: list[tuple[Any, list[Any]]], path: Callable[[], Any], res
 
 def _from_world(config: BackendConfig, path: Callable[[], Any], resource: Resource) -> int:
     """Read every run's log from the world as ``wft export``'s workers do (``run_logs`` over
-    chunks of ``CHUNK_RUNS`` listed runs: world-postgres reads a chunk's logs in one statement)
-    and build + encode it. Ours and the SDK path both read this way."""
+    chunks of ``CHUNK_RUNS_MAX`` listed runs, the size of most of their tasks: world-postgres reads
+    a chunk's logs in one statement) and build + encode it. Ours and the SDK path both read this way."""
 
     async def go() -> int:
         world = open_backend(config)
@@ -162,7 +162,7 @@ def _from_world(config: BackendConfig, path: Callable[[], Any], resource: Resour
             runs: list[Any] = []
             async for run in all_runs(world, page_size=500, resolve_data="none"):
                 runs.append(run)
-                if len(runs) >= CHUNK_RUNS:
+                if len(runs) >= CHUNK_RUNS_MAX:
                     events += await chunk(runs)
                     runs = []
             events += await chunk(runs)

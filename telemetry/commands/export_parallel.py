@@ -23,6 +23,10 @@ counts against exactly those runs, and every span is sent once (as in the one-pr
 order of runs is not kept). Runs whose log ends at a record
 still being written come back to the caller, to be read again later.
 
+Runs go out in tasks of ``chunk_size`` runs: big ones (``CHUNK_RUNS_MAX``) while many are left,
+since every task costs this process a hand-over, an answer and a short request while the workers
+have the cores, and smaller ones (down to ``CHUNK_RUNS``) at the end, so the workers finish together.
+
 Memory stays bounded: at most two chunks per worker are in flight, and a worker answers early,
 handing back the runs it did not reach, once a chunk holds ``CHUNK_SPANS`` spans.
 """
@@ -38,6 +42,7 @@ import os
 import pickle
 import signal
 import sys
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -58,10 +63,22 @@ from ..runtrace import RunTraceBuilder
 from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError
 
-__all__ = ["CHUNK_RUNS", "CHUNK_SPANS", "GIVE_UP_AFTER", "Delivery", "Tally", "default_jobs", "export_in_processes"]
+__all__ = [
+    "CHUNK_RUNS",
+    "CHUNK_RUNS_MAX",
+    "CHUNK_SPANS",
+    "GIVE_UP_AFTER",
+    "Delivery",
+    "Tally",
+    "chunk_size",
+    "default_jobs",
+    "export_in_processes",
+]
 
-#: runs per task handed to a worker: enough to amortize the hand-over, few enough to share evenly
+#: runs per task handed to a worker, at least (the last tasks of an export: they share out evenly)
 CHUNK_RUNS = 32
+#: runs per task, at most: while many runs are left, each task is this big (``chunk_size``)
+CHUNK_RUNS_MAX = 256
 #: spans after which a worker answers with what it has (bounds the memory of a chunk of big runs)
 CHUNK_SPANS = 20_000
 #: run ids per page of a world-postgres listing (ids only: the workers read the runs)
@@ -74,6 +91,17 @@ PARALLEL_KINDS = frozenset({"local", "postgres"})
 #: world-local runs' files as the parent listed them: (whether these are flat file names, as
 #: ``FlatSnapshot.take`` gives them, rather than event ids), run id → (names or ids, all regular files)
 Known = tuple[bool, dict[str, tuple[list[str], bool]]]
+
+
+def chunk_size(left: int, jobs: int) -> int:
+    """Runs in the next task when ``left`` runs are still to be handed out: a share of them
+    (guided self-scheduling), between ``CHUNK_RUNS`` and ``CHUNK_RUNS_MAX``. Every task costs the
+    parent a hand-over, an answer to take in and a request ended short, and wakes it while the
+    workers have the cores: big tasks while many runs are left (tasks of 32 runs cost 6-12% more
+    CPU per event, all processes, than tasks of 256 on the bench's worlds); small ones at the end,
+    so the workers finish together rather than one waiting out the other's big last task."""
+    share = -(-left // (2 * jobs))  # the tasks in flight are up to twice the workers
+    return max(CHUNK_RUNS, min(CHUNK_RUNS_MAX, share))
 
 
 def default_jobs() -> int:
@@ -458,13 +486,13 @@ async def export_in_processes(
                 if on_progress is not None:
                     on_progress()
 
-    async def entries() -> AsyncIterator[WorkflowRun | str]:
+    async def pages() -> AsyncIterator[tuple[list[WorkflowRun | str], bool]]:
         """Every run of a whole world as its id, the workers reading the records (they are many,
-        and the order is not kept): world-local from the listing of ``runs/``, world-postgres
-        from pages of the primary key. A selection is the listing's to apply: its runs, as listed."""
+        and the order is not kept), a page at a time with whether it is the last: world-local the
+        listing of ``runs/`` (one page), world-postgres pages of the primary key. A selection is
+        the listing's to apply: its runs, as listed, one a page (a listing error keeps those before)."""
         if isinstance(world, LocalWorld):
-            for run_id in await world.io(world.runs.unordered_ids):
-                yield run_id
+            yield list(await world.io(world.runs.unordered_ids)), True
             return
         if config.kind == "postgres":
             from ..backends.postgres import PostgresWorld
@@ -473,38 +501,44 @@ async def export_in_processes(
                 before = None
                 while True:
                     page = await world.runs.id_page(before, ID_PAGE)
-                    for run_id in page:
-                        yield run_id
+                    yield list(page), len(page) < ID_PAGE
                     if len(page) < ID_PAGE:
                         return
                     before = page[-1]
         async for run in all_runs(world, page_size=500, resolve_data="none"):
-            yield run
+            yield [run], False
+        yield [], True
+
+    pending: deque[WorkflowRun | str] = deque()  # listed, not handed out yet
+
+    def take(last: bool) -> list[WorkflowRun | str] | None:
+        """The next task's runs (``chunk_size``); before the listing's last page, only a full one."""
+        if not pending or (not last and len(pending) < CHUNK_RUNS_MAX):
+            return None
+        size = chunk_size(len(pending), jobs) if last else CHUNK_RUNS_MAX
+        return [pending.popleft() for _ in range(min(size, len(pending)))]
 
     try:
-        chunk: list[WorkflowRun | str] = []
         try:
-            async for run in entries():
-                listed[_run_id(run)] = len(listed)
-                if isinstance(run, UnreadableRun):
-                    if run.run_id in stalled_runs(world):  # its run file is being written: later
-                        waiting.append(run)
-                    else:
-                        skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
-                    continue
-                chunk.append(run)
-                if len(chunk) >= CHUNK_RUNS:
-                    submit(chunk)
-                    chunk = []
+            async for page, last in pages():
+                for run in page:
+                    listed[_run_id(run)] = len(listed)
+                    if isinstance(run, UnreadableRun):
+                        if run.run_id in stalled_runs(world):  # its run file is being written: later
+                            waiting.append(run)
+                        else:
+                            skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
+                        continue
+                    pending.append(run)
+                while (runs := take(last)) is not None:
+                    submit(runs)
                     await settle(2 * jobs)
         except WorkflowWorldError:  # the listing failed: the runs it listed still go out (the error is told)
-            if chunk:
-                submit(chunk)
+            while (runs := take(True)) is not None:
+                submit(runs)
             with contextlib.suppress(WorkflowWorldError, CliError):
                 await settle(0)
             raise
-        if chunk:
-            submit(chunk)
         await settle(0)
     finally:
         pool.shutdown(wait=not in_flight, cancel_futures=True)
