@@ -899,6 +899,11 @@ def test_live_runs_are_read_at_their_own_pace(fake):
         assert read(1024.0) == {live[1]}  # …but its sleep ends before that (about 1023.9): read then
         fake.apply(live[2], "run_completed", correlation_id=None, spec_version=2, data={}, payload=serialize_value(1))
         assert read(1024.05) == {live[2]} and delivered[-1] == "run_completed"  # finished: read at once
+        assert len(world.pace) == 2  # the finished run is forgotten
+        done = f"wrun_{ULID()}"
+        _seed(fake, done, 2)  # a finished run read outside the feed (as `wft export` reads 10^5 of them)
+        loop.run_until_complete(event_log(world, done))
+        assert len(world.pace) == 2  # holds nothing for it
     finally:
         loop.run_until_complete(world.close())
         loop.close()
