@@ -52,6 +52,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -62,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.resources import Resource
 from ulid import ULID
 
+from . import chunking
 from .backends.records import UnreadableRun
 from .errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
 from .otlp_encode import OtlpEncoder, RequestBatcher
@@ -506,18 +508,15 @@ class Follower:
 
         async def fresh() -> AsyncIterator[list[WorkflowRun | str]]:
             """The runs never seen, as ids: the workers read their records (as ``wft export``'s do),
-            since reading them all here, in order, is serial work the workers would wait on."""
-            chunk: list[WorkflowRun | str] = []
+            since reading them all here, in order, is serial work the workers would wait on. All at
+            once (they are in memory already), so chunks are sized by how many are left."""
+            new: list[WorkflowRun | str] = []
             for run_id in runs:
                 if run_id in self._live or run_id in self.problems or self.checkpoint.get(run_id) is not None:
                     left.append(run_id)
-                    continue
-                chunk.append(run_id)
-                if len(chunk) >= _CHUNK:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+                else:
+                    new.append(run_id)
+            yield new
 
         sent = done = 0
         async with contextlib.aclosing(
@@ -736,6 +735,7 @@ class _Answer:
     bodies: list[tuple[bytes, int]] = field(default_factory=list)  # gzipped requests, spans in each
     done: list[tuple[str, RunState]] = field(default_factory=list)  # finished runs whose spans the bodies hold
     left: list[str] = field(default_factory=list)  # runs for the follower itself (unfinished, unreadable…)
+    rest: list[WorkflowRun] = field(default_factory=list)  # runs not reached (answered early): to hand out again
     events: int = 0  # events read for the runs done
     fatal: str | None = None  # a world error that fails the pass
 
@@ -751,7 +751,10 @@ class ParallelCatchUp:
     the worker gzips and hands back; this process posts them (``post``) and only then records
     the runs as finished in the checkpoint. A run that is not finished, reads empty or has an
     unreadable record goes back to the follower, which reads it itself (and keeps a builder for
-    it). At most two chunks per worker are in flight, so memory stays bounded.
+    it). Chunks are sized as ``wft export`` sizes its tasks (``chunking.chunk_size``: big while
+    many runs are left, small at the end); at most two per worker are in flight, and a worker
+    answers early once a chunk's spans reach ``chunking.CHUNK_SPANS``, handing back the runs it
+    did not reach, so memory stays bounded.
 
     ``settings``: attributes to set on each worker's reader (``grace``, ``retries``), as on the
     follower's own. Workers are forked on Linux (they start at once, with the code loaded); they
@@ -766,14 +769,12 @@ class ParallelCatchUp:
         *,
         jobs: int,
         min_runs: int = 500,
-        chunk_runs: int = 64,
         settings: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.post = post
         self.jobs = max(1, jobs)
         self.min_runs = min_runs
-        self.chunk_runs = max(1, chunk_runs)
         self.settings = dict(settings or {})
 
     async def run(
@@ -821,14 +822,29 @@ class ParallelCatchUp:
                 raise WorkflowWorldError(f"a catch-up worker process died ({error or 'killed'})") from None
             if answer.fatal is not None:
                 raise WorkflowWorldError(answer.fatal)
+            if answer.rest:  # answered early: the runs it did not reach go out again
+                submit([*answer.rest])
             for body, spans in answer.bodies:
                 await self.post(body, spans)
             return answer
 
+        pending: deque[WorkflowRun | str] = deque()  # given, not handed out yet
+
+        def take(last: bool) -> list[WorkflowRun | str] | None:
+            """The next chunk's runs; before ``chunks`` ended, only a full one."""
+            if not pending or (not last and len(pending) < chunking.CHUNK_RUNS_MAX):
+                return None
+            size = chunking.chunk_size(len(pending), self.jobs) if last else chunking.CHUNK_RUNS_MAX
+            return [pending.popleft() for _ in range(min(size, len(pending)))]
+
         try:
-            async for records in chunks:
-                for start in range(0, len(records), self.chunk_runs):
-                    submit(records[start : start + self.chunk_runs])
+            given = aiter(chunks)
+            ahead = await anext(given, None)  # one ahead: whether the runs given are the last ones
+            while ahead is not None:
+                pending.extend(ahead)
+                ahead = await anext(given, None)
+                while (runs := take(ahead is None)) is not None:
+                    submit(runs)
                     while len(in_flight) > 2 * self.jobs:
                         yield await next_answer()
             while in_flight:
@@ -881,7 +897,7 @@ class _CatchUpWorker:
 
     async def _logs(
         self, runs: list[WorkflowRun], known: dict[str, tuple[list[str], bool]] | None
-    ) -> AsyncIterator[tuple[WorkflowRun, list[Event] | None]]:
+    ) -> AsyncGenerator[tuple[WorkflowRun, list[Event] | None], None]:
         """Each run with its log as it is read (None: to be read the usual way), one at a time: a
         chunk of long runs' logs held at once would be gigabytes. World-local (flat layout) reads
         the ids the follower's index has; a world that reads many logs at once, that way."""
@@ -906,27 +922,40 @@ class _CatchUpWorker:
         out = _Answer()
         runs = await self._records(entries, out)
         batcher = RequestBatcher(self.encoder, self.batch_spans)
-        async for run, read in self._logs(runs, known):
-            try:
-                events = read if read is not None else await event_log(self.world, run.run_id)
-            except UnreadableEventsError:
-                out.left.append(run.run_id)  # the follower reads it again and reports it, once
-                continue
-            if not events or run.run_id in stalled_runs(self.world):
-                out.left.append(run.run_id)
-                continue
-            builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
-            builder.feed(events)
-            if not builder.complete:
-                out.left.append(run.run_id)
-                continue
-            out.bodies.extend((self.gzip(body), spans) for body, spans in batcher.add(builder.trace().data))
-            out.done.append((run.run_id, RunState(builder.events, builder.last_event_id, True)))
-            out.events += len(events)
+        spans = 0
+        reached: set[str] = set()
+        async with contextlib.aclosing(self._logs(runs, known)) as reads:
+            async for run, read in reads:
+                if spans >= chunking.CHUNK_SPANS:
+                    out.rest = [r for r in runs if r.run_id not in reached]
+                    break
+                reached.add(run.run_id)
+                spans += await self._one(run, read, batcher, out)
         last = batcher.flush()
         if last is not None:
             out.bodies.append((self.gzip(last[0]), last[1]))
         return out
+
+    async def _one(self, run: WorkflowRun, read: list[Event] | None, batcher: RequestBatcher, out: _Answer) -> int:
+        """One run read, built and batched into ``out``; the spans it made."""
+        try:
+            events = read if read is not None else await event_log(self.world, run.run_id)
+        except UnreadableEventsError:
+            out.left.append(run.run_id)  # the follower reads it again and reports it, once
+            return 0
+        if not events or run.run_id in stalled_runs(self.world):
+            out.left.append(run.run_id)
+            return 0
+        builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
+        builder.feed(events)
+        if not builder.complete:
+            out.left.append(run.run_id)
+            return 0
+        data = builder.trace().data
+        out.bodies.extend((self.gzip(body), spans) for body, spans in batcher.add(data))
+        out.done.append((run.run_id, RunState(builder.events, builder.last_event_id, True)))
+        out.events += len(events)
+        return len(data)
 
 
 _worker: _CatchUpWorker | None = None

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from ulid import ULID
 
 from bench.synth import scale_local
+from telemetry import chunking
 from telemetry.backends.local import LocalWorld
 from telemetry.cli import main
 from telemetry.commands import export_parallel
@@ -189,7 +190,7 @@ def _spans(receiver) -> dict[str, Any]:
 def test_workers_send_every_span_once_the_same_as_one_process(
     world, request, harness_out, otlp_receiver, capsys, monkeypatch
 ):
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 2)  # 11 runs: six chunks over two workers
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 2)  # 11 runs: six chunks over two workers
     where = (
         ["--dir", str(harness_out / "local-data")]
         if world == "local"
@@ -215,7 +216,7 @@ def test_a_full_chunk_answers_early_and_its_other_runs_are_sent_once(
 ):
     """A worker stops a chunk once it holds ``CHUNK_SPANS`` spans and hands back the runs it did not
     reach; on world-postgres those are runs whose logs were being read in one statement."""
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 6)
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 6)
     where = (
         ["--dir", str(harness_out / "local-data")]
         if world == "local"
@@ -224,7 +225,7 @@ def test_a_full_chunk_answers_early_and_its_other_runs_are_sent_once(
     assert _export(capsys, *where, "--otlp", otlp_receiver.url, "--jobs", "2")[0] == 0
     whole = _spans(otlp_receiver)
     otlp_receiver.clear()
-    monkeypatch.setattr(export_parallel, "CHUNK_SPANS", 1)  # every chunk answers after its first run
+    monkeypatch.setattr(chunking, "CHUNK_SPANS", 1)  # every chunk answers after its first run
     code, err = _export(capsys, *where, "--otlp", otlp_receiver.url, "--jobs", "2")
     assert code == 0, err
     assert f"exported 11 runs, {len(whole)} spans, 0 errors" in err
@@ -234,14 +235,14 @@ def test_a_full_chunk_answers_early_and_its_other_runs_are_sent_once(
 def _task_sizes(runs: int, jobs: int) -> list[int]:
     sizes = []
     while runs:
-        sizes.append(min(runs, export_parallel.chunk_size(runs, jobs)))
+        sizes.append(min(runs, chunking.chunk_size(runs, jobs)))
         runs -= sizes[-1]
     return sizes
 
 
 @pytest.mark.parametrize("jobs", [1, 2, 8])
 def test_tasks_are_big_while_many_runs_are_left_and_small_at_the_end(jobs):
-    low, high = export_parallel.CHUNK_RUNS, export_parallel.CHUNK_RUNS_MAX
+    low, high = chunking.CHUNK_RUNS, chunking.CHUNK_RUNS_MAX
     for runs in (1, low - 1, low + 1, 300, 5000, 100_000):
         sizes = _task_sizes(runs, jobs)
         assert sum(sizes) == runs and sizes == sorted(sizes, reverse=True)
@@ -259,7 +260,7 @@ def test_workers_get_big_tasks_from_a_big_world(harness_out, tmp_path, otlp_rece
     many runs goes out in tasks of ``chunk_size`` runs (most of them ``CHUNK_RUNS_MAX``), not in
     tasks of the smallest size, and every span still once."""
     runs = 300
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS_MAX", 64)  # a big world, to scale: 300 runs
+    monkeypatch.setattr(chunking, "CHUNK_RUNS_MAX", 64)  # a big world, to scale: 300 runs
     data = tmp_path / "data"
     scale_local(harness_out / "local-data", data, runs)
     tasks: list[int] = []
@@ -274,7 +275,7 @@ def test_workers_get_big_tasks_from_a_big_world(harness_out, tmp_path, otlp_rece
     code, err = _export(capsys, "--dir", str(data), "--otlp", otlp_receiver.url, "--jobs", "2")
     assert code == 0, err
     assert tasks == _task_sizes(runs, 2) and tasks[0] == 64  # with 32 runs a task: ten tasks
-    assert len(tasks) < runs / export_parallel.CHUNK_RUNS
+    assert len(tasks) < runs / chunking.CHUNK_RUNS
     assert f"exported {runs} runs, {len(otlp_receiver.by_id())} spans, 0 errors" in err
     assert len(otlp_receiver.spans) == len(otlp_receiver.by_id())  # each span once
 
@@ -294,7 +295,7 @@ def test_the_export_path_makes_no_sdk_span_objects(harness_out, otlp_receiver, c
 
 
 def test_a_refused_request_counts_its_runs_as_errors(harness_out, endpoint, capsys, monkeypatch):
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 4)  # 11 runs: three requests
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 4)  # 11 runs: three requests
     endpoint.script = [(403, {}, b"")]  # refused, not for its data (a 400 sends it again run by run)
     code, err = _export(capsys, "--dir", str(harness_out / "local-data"), "--otlp", endpoint.url, "--jobs", "2")
     assert code == 1 and "Traceback" not in err
@@ -305,7 +306,7 @@ def test_a_refused_request_counts_its_runs_as_errors(harness_out, endpoint, caps
 
 
 def test_a_collector_refusing_everything_ends_the_export_in_one_line(harness_out, endpoint, capsys, monkeypatch):
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 2)
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 2)
     endpoint.always = (400, {}, b"")
     code, err = _export(capsys, "--dir", str(harness_out / "local-data"), "--otlp", endpoint.url, "--jobs", "2")
     assert code == 1 and "giving up" in err and "Traceback" not in err
@@ -329,7 +330,7 @@ def test_a_worker_that_dies_is_a_one_line_error(harness_out, otlp_receiver, caps
 
 
 def test_workers_export_only_the_selected_runs(harness_out, otlp_receiver, capsys, monkeypatch):
-    monkeypatch.setattr(export_parallel, "CHUNK_RUNS", 1)
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 1)
     where = ["--dir", str(harness_out / "local-data"), "--otlp", otlp_receiver.url, "--status", "completed"]
     code, err = _export(capsys, *where, "--jobs", "2")
     assert code == 0, err

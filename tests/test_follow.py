@@ -766,19 +766,30 @@ def _catch_up_collector():
     return received, post
 
 
-def test_a_parallel_first_pass_sends_what_export_sends_and_follows_the_unfinished_runs(harness_out, tmp_path):
+def _small_chunks(monkeypatch) -> None:
+    """Chunks of three runs: the harness's 11 runs go out in several, to both workers."""
+    from telemetry import chunking
+
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 3)
+    monkeypatch.setattr(chunking, "CHUNK_RUNS_MAX", 3)
+
+
+def test_a_parallel_first_pass_sends_what_export_sends_and_follows_the_unfinished_runs(
+    harness_out, tmp_path, monkeypatch
+):
     """The first pass over a history hands the finished runs to worker processes; the unfinished
     ones stay with the follower, which sends the rest as they finish: overall exactly the spans of
     an export of the final world, none twice (mid-run snapshot, then the final one, of the real SDK)."""
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
 
+    _small_chunks(monkeypatch)
     world_dir = tmp_path / "world"
     shutil.copytree(harness_out / "local-data-midrun", world_dir)
     received, post = _catch_up_collector()
     delivered: list = []
     checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
-    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5, chunk_runs=3)
+    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5)
     follower = Follower(
         LocalWorld(world_dir),
         None,
@@ -805,12 +816,15 @@ def test_a_parallel_first_pass_sends_what_export_sends_and_follows_the_unfinishe
     assert not follower.following and all(s.complete for s in checkpoint.runs().values())
 
 
-def test_a_parallel_first_pass_leaves_a_run_whose_record_cannot_be_read_to_the_follower(harness_out, tmp_path):
+def test_a_parallel_first_pass_leaves_a_run_whose_record_cannot_be_read_to_the_follower(
+    harness_out, tmp_path, monkeypatch
+):
     """The workers read the runs' records (the follower hands out ids); one cut mid-write goes back
     to the follower, which retries it on later passes, and every other run is sent and recorded."""
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
 
+    _small_chunks(monkeypatch)
     world_dir = tmp_path / "world"
     shutil.copytree(harness_out / "local-data", world_dir)
     cut = sorted((world_dir / "runs").glob("*.json"))[3]
@@ -818,7 +832,7 @@ def test_a_parallel_first_pass_leaves_a_run_whose_record_cannot_be_read_to_the_f
     cut.write_bytes(whole[: len(whole) // 2])  # as if being written
     received, post = _catch_up_collector()
     checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
-    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5, chunk_runs=3)
+    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5)
     delivered: list = []
     follower = Follower(
         LocalWorld(world_dir),
@@ -842,10 +856,80 @@ def test_a_parallel_first_pass_leaves_a_run_whose_record_cannot_be_read_to_the_f
     assert checkpoint.get(cut.stem) is not None and checkpoint.get(cut.stem).complete
 
 
-def test_a_parallel_first_pass_checkpoints_only_what_was_acknowledged(harness_out, tmp_path):
+def _parallel_first_pass(world_dir: Path, tmp_path: Path, monkeypatch) -> tuple[list, list[int], Checkpoint]:
+    """One first pass of a follower over ``world_dir`` with a parallel catch-up on two workers:
+    (the spans the workers sent, the size of every chunk handed to them, the checkpoint)."""
+    from telemetry import follow
+    from telemetry.backends import BackendConfig
+
+    tasks: list[int] = []
+
+    class Counting(follow.ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            tasks.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(follow, "ProcessPoolExecutor", Counting)
+    received, post = _catch_up_collector()
+    checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
+    catch_up = follow.ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5)
+    delivered: list = []  # the runs the follower reads itself (none of these worlds has one unfinished)
+    follower = Follower(
+        LocalWorld(world_dir), None, checkpoint, span_data=True, deliver_many=delivered.extend, catch_up=catch_up
+    )
+    asyncio.run(follower.poll())
+    assert not delivered
+    return received, tasks, checkpoint
+
+
+def test_a_parallel_first_pass_hands_out_chunks_sized_as_export_sizes_its_tasks(harness_out, tmp_path, monkeypatch):
+    """Big chunks while many runs are left, small ones at the end (``chunking.chunk_size``, as
+    ``wft export`` does): with a fixed 64 runs a chunk the catch-up fell behind an export of the
+    same world (0.88x at 10^6 events). Every span is still sent once and every run recorded."""
+    from bench.synth import scale_local
+    from telemetry import chunking
+
+    runs = 300
+    monkeypatch.setattr(chunking, "CHUNK_RUNS_MAX", 64)  # a big world, to scale: 300 runs
+    world_dir = tmp_path / "world"
+    scale_local(harness_out / "local-data", world_dir, runs)
+    received, tasks, checkpoint = _parallel_first_pass(world_dir, tmp_path, monkeypatch)
+    sizes, left = [], runs
+    while left:
+        sizes.append(min(left, chunking.chunk_size(left, 2)))
+        left -= sizes[-1]
+    assert tasks == sizes and tasks[0] == 64 and tasks[-1] <= chunking.CHUNK_RUNS
+    expected = _expected(world_dir)
+    assert Counter(s.span_id for s in received) == Counter(expected.keys())
+    assert sum(state.complete for state in checkpoint.runs().values()) == runs
+
+
+def test_a_parallel_first_pass_chunk_of_many_spans_answers_early(harness_out, tmp_path, monkeypatch):
+    """A worker answers once a chunk's spans reach ``CHUNK_SPANS`` and hands back the runs it did not
+    reach, which go out again: a chunk of long runs never holds them all at once, and each span is
+    sent once."""
+    from telemetry import chunking
+
+    monkeypatch.setattr(chunking, "CHUNK_SPANS", 1)  # every chunk answers after its first run
+    world_dir = tmp_path / "world"
+    shutil.copytree(harness_out / "local-data", world_dir)
+    received, tasks, checkpoint = _parallel_first_pass(world_dir, tmp_path, monkeypatch)
+    by_workers = {s.attributes["workflow.run.id"] for s in received}
+    assert tasks[0] == len(list((world_dir / "runs").glob("*.json")))  # one chunk held every run
+    assert len(tasks) == len(by_workers) > 1  # each chunk answered after one run; the rest went out again
+    assert tasks == sorted(set(tasks), reverse=True)
+    assert all(checkpoint.runs()[run_id].complete for run_id in by_workers)
+    expected = _expected(world_dir)
+    assert Counter(s.span_id for s in received) == Counter(expected.keys())
+
+
+def test_a_parallel_first_pass_checkpoints_only_what_was_acknowledged(harness_out, tmp_path, monkeypatch):
+    from telemetry import chunking
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
 
+    monkeypatch.setattr(chunking, "CHUNK_RUNS", 2)  # chunks of two runs: a request per chunk
+    monkeypatch.setattr(chunking, "CHUNK_RUNS_MAX", 2)
     world_dir = harness_out / "local-data"
     received, post = _catch_up_collector()
     posts = [0]
@@ -866,7 +950,7 @@ def test_a_parallel_first_pass_checkpoints_only_what_was_acknowledged(harness_ou
             Checkpoint(path),
             span_data=True,
             deliver_many=lambda batch: received.extend(s for d in batch for s in decode_spans(d.spans)),
-            catch_up=ParallelCatchUp(config, post_fn, jobs=2, min_runs=5, chunk_runs=2),  # a request per chunk
+            catch_up=ParallelCatchUp(config, post_fn, jobs=2, min_runs=5),
         )
 
     def decode_spans(spans):

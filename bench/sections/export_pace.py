@@ -41,7 +41,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from telemetry.backends import BackendConfig, open_backend
-from telemetry.commands.export_parallel import CHUNK_RUNS_MAX, default_jobs, export_in_processes
+from telemetry.chunking import CHUNK_RUNS_MAX
+from telemetry.commands.export_parallel import default_jobs, export_in_processes
 from telemetry.export import run_resource
 from telemetry.otlp_encode import OtlpEncoder, RequestBatcher
 from telemetry.reading import all_runs, event_log, run_logs

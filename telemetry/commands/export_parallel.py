@@ -23,12 +23,9 @@ counts against exactly those runs, and every span is sent once (as in the one-pr
 order of runs is not kept). Runs whose log ends at a record
 still being written come back to the caller, to be read again later.
 
-Runs go out in tasks of ``chunk_size`` runs: big ones (``CHUNK_RUNS_MAX``) while many are left,
-since every task costs this process a hand-over, an answer and a short request while the workers
-have the cores, and smaller ones (down to ``CHUNK_RUNS``) at the end, so the workers finish together.
-
-Memory stays bounded: at most two chunks per worker are in flight, and a worker answers early,
-handing back the runs it did not reach, once a chunk holds ``CHUNK_SPANS`` spans.
+Runs go out in tasks of ``chunking.chunk_size`` runs: big ones while many are left, small ones at
+the end. Memory stays bounded: at most two chunks per worker are in flight, and a worker answers
+early, handing back the runs it did not reach, once a chunk holds ``chunking.CHUNK_SPANS`` spans.
 """
 
 from __future__ import annotations
@@ -51,6 +48,7 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
 
+from .. import chunking
 from ..backends import BackendConfig, open_backend
 from ..backends.local import LocalWorld
 from ..backends.local_layout import FlatSnapshot, event_ids
@@ -64,23 +62,13 @@ from ..world import Event, WorkflowRun
 from .common import RUNTIME, CliError
 
 __all__ = [
-    "CHUNK_RUNS",
-    "CHUNK_RUNS_MAX",
-    "CHUNK_SPANS",
     "GIVE_UP_AFTER",
     "Delivery",
     "Tally",
-    "chunk_size",
     "default_jobs",
     "export_in_processes",
 ]
 
-#: runs per task handed to a worker, at least (the last tasks of an export: they share out evenly)
-CHUNK_RUNS = 32
-#: runs per task, at most: while many runs are left, each task is this big (``chunk_size``)
-CHUNK_RUNS_MAX = 256
-#: spans after which a worker answers with what it has (bounds the memory of a chunk of big runs)
-CHUNK_SPANS = 20_000
 #: run ids per page of a world-postgres listing (ids only: the workers read the runs)
 ID_PAGE = 2000
 #: failed requests, with no run exported yet, after which an export gives up
@@ -91,17 +79,6 @@ PARALLEL_KINDS = frozenset({"local", "postgres"})
 #: world-local runs' files as the parent listed them: (whether these are flat file names, as
 #: ``FlatSnapshot.take`` gives them, rather than event ids), run id → (names or ids, all regular files)
 Known = tuple[bool, dict[str, tuple[list[str], bool]]]
-
-
-def chunk_size(left: int, jobs: int) -> int:
-    """Runs in the next task when ``left`` runs are still to be handed out: a share of them
-    (guided self-scheduling), between ``CHUNK_RUNS`` and ``CHUNK_RUNS_MAX``. Every task costs the
-    parent a hand-over, an answer to take in and a request ended short, and wakes it while the
-    workers have the cores: big tasks while many runs are left (tasks of 32 runs cost 6-12% more
-    CPU per event, all processes, than tasks of 256 on the bench's worlds); small ones at the end,
-    so the workers finish together rather than one waiting out the other's big last task."""
-    share = -(-left // (2 * jobs))  # the tasks in flight are up to twice the workers
-    return max(CHUNK_RUNS, min(CHUNK_RUNS_MAX, share))
 
 
 def default_jobs() -> int:
@@ -313,7 +290,7 @@ class _Worker:
         reached: set[str] = set()
         reading = run_logs(world, runs) if known is None else known_logs(world, runs, known)
         async for run, events in reading:
-            if spans >= CHUNK_SPANS:
+            if spans >= chunking.CHUNK_SPANS:
                 out.rest = [r for r in runs if r.run_id not in reached]
                 await reading.aclose()
                 break
@@ -513,9 +490,9 @@ async def export_in_processes(
 
     def take(last: bool) -> list[WorkflowRun | str] | None:
         """The next task's runs (``chunk_size``); before the listing's last page, only a full one."""
-        if not pending or (not last and len(pending) < CHUNK_RUNS_MAX):
+        if not pending or (not last and len(pending) < chunking.CHUNK_RUNS_MAX):
             return None
-        size = chunk_size(len(pending), jobs) if last else CHUNK_RUNS_MAX
+        size = chunking.chunk_size(len(pending), jobs) if last else chunking.CHUNK_RUNS_MAX
         return [pending.popleft() for _ in range(min(size, len(pending)))]
 
     try:
