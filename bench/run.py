@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,18 @@ def main(argv: list[str]) -> int:
         print(f"bench: unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     names = argv or list(SECTIONS)
+    # every temporary file of the run (sections' scratch stores and worlds, their subprocesses')
+    # under one directory, removed at the end even when a section failed or left its own behind
+    scratch = Path(tempfile.mkdtemp(prefix="wft-bench-run-"))
+    tempfile.tempdir = str(scratch)
+    os.environ["TMPDIR"] = str(scratch)
+    try:
+        return _run(argv, names)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(argv: list[str], names: list[str]) -> int:
     out = harness_output()
     rows: list[dict] = []
     for name in names:

@@ -465,11 +465,21 @@ def _cache_total() -> str:
     return f"{total / 2**30:.1f} GiB"
 
 
+def _prune_stale(key: str) -> None:
+    """Worlds cached for another harness output (another fingerprint) are never read again, and
+    they are about 6 GB a set: removed before this one's are built."""
+    for entry in CACHE.glob("*"):
+        if entry.is_dir() and entry.name.startswith(("long-", "runs-")) and not entry.name.endswith(f"-{key}"):
+            _log(f"removing {entry.name} (cached for another harness output)")
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _local(harness_out: Path, receiver: Receiver, fixed: tuple[float, float], scratch: Path) -> dict[str, Any]:
     from synth import cached, long_run, scale_local
 
     source = harness_out / "local-data"
     key = _fingerprint(source)
+    _prune_stale(key)
     out: dict[str, Any] = {"steps": {}, "runs": {}}
     for steps in STEPS:
         runs = max(1, LONG_WORLD_STEPS // steps)
