@@ -125,17 +125,26 @@ def main(argv: list[str]) -> int:
         return 2
     names = argv or list(SECTIONS)
     # every temporary file of the run (sections' scratch stores and worlds, their subprocesses')
-    # under one directory, removed at the end even when a section failed or left its own behind
+    # under one directory, removed at the end unless a section failed (its logs are in there). Its
+    # mode lets other users through but not list it: a section's PostgreSQL runs as `postgres`,
+    # in a directory of its own made inside.
     scratch = Path(tempfile.mkdtemp(prefix="wft-bench-run-"))
+    scratch.chmod(0o711)
     tempfile.tempdir = str(scratch)
     os.environ["TMPDIR"] = str(scratch)
+    failed = True
     try:
-        return _run(argv, names)
+        failed = _run(argv, names)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if failed:
+            print(f"[bench] a section failed: its temporary files are kept in {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
 
 
-def _run(argv: list[str], names: list[str]) -> int:
+def _run(argv: list[str], names: list[str]) -> bool:
+    """Runs the sections and writes the results; whether any of them failed."""
     out = harness_output()
     rows: list[dict] = []
     for name in names:
@@ -163,7 +172,7 @@ def _run(argv: list[str], names: list[str]) -> int:
         text = f"# Benchmark results\n\nMeasured {stamp} on {machine()}.\n\n{HEADER}{''.join(_table_rows(rows))}"
     RESULTS.write_text(text)
     print(text)
-    return 0
+    return any(r["verdict"].startswith("**error**") for r in rows)
 
 
 if __name__ == "__main__":

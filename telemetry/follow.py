@@ -82,6 +82,7 @@ _UNREAD = object()  # the token was not read from the checkpoint yet
 _TOKEN_SAVE_EVERY = 5.0  # seconds: how stale the saved token of an idle follower may get
 _LIST_RUNS_AT = 200  # runs in one pass from which their records are read by listing, a page at a time
 _CHUNK = 100  # runs read together (their logs in one statement where the world can)
+_IN_CHUNK = 500  # run ids per ``IN (...)`` list of a checkpoint query
 #: events a chunk's prefetch holds at most: past it the chunk's other runs are read on their own, so a
 #: chunk of long runs (10^4 steps: ~3×10^4 events, ~35 MB each) is not held whole
 PREFETCH_EVENTS = 50_000
@@ -171,6 +172,17 @@ class Checkpoint:
     def get(self, run_id: str) -> RunState | None:
         row = self._db.execute("SELECT events, last_id, complete FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else RunState(int(row[0]), row[1], bool(row[2]))
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        """Which of ``run_ids`` the checkpoint holds, a few hundred a query: a first pass over 10^5
+        runs asked run by run spent 0.37 s here, serially, before any worker had a run."""
+        ids = list(run_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            query = f"SELECT run_id FROM runs WHERE run_id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self._db.execute(query, chunk))
+        return found
 
     def sent(self, run_id: str) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT span_id FROM sent WHERE run_id = ?", (run_id,))}
@@ -511,8 +523,9 @@ class Follower:
             since reading them all here, in order, is serial work the workers would wait on. All at
             once (they are in memory already), so chunks are sized by how many are left."""
             new: list[WorkflowRun | str] = []
+            seen = self.checkpoint.known(runs)
             for run_id in runs:
-                if run_id in self._live or run_id in self.problems or self.checkpoint.get(run_id) is not None:
+                if run_id in self._live or run_id in self.problems or run_id in seen:
                     left.append(run_id)
                 else:
                     new.append(run_id)

@@ -350,6 +350,19 @@ def test_checkpoint_writes_only_what_changed(tmp_path):
     assert checkpoint.get("wrun_000007").events == 5 and checkpoint.sent("wrun_000007") == {"00000000000000aa"}
 
 
+def test_checkpoint_tells_which_runs_it_knows_many_at_a_time(tmp_path):
+    """``known``: the runs of a list the checkpoint holds (finished or not), across its query chunks."""
+    from telemetry.follow import RunState
+
+    checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
+    held = {f"wrun_{i:06d}" for i in range(0, 1500, 7)}
+    for run_id in sorted(held):
+        checkpoint.record(run_id, RunState(1, "evnt_1", run_id.endswith("0")))
+    asked = [f"wrun_{i:06d}" for i in range(1200)] + ["wrun_x'); DROP TABLE runs; --"]
+    assert checkpoint.known(asked) == held & set(asked)
+    assert checkpoint.known([]) == set() and len(checkpoint.runs()) == len(held)
+
+
 # -- live, with kill -9 ------------------------------------------------------------------------
 def test_follow_sees_a_new_run_within_a_second(live_local_app, otlp_receiver, tmp_path):
     follower = _follower(live_local_app["DATA_DIR"], otlp_receiver.url, tmp_path / "cp.sqlite3")
