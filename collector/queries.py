@@ -17,7 +17,7 @@ from telemetry.reading import workflow_needles
 from telemetry.world import TERMINAL_STATUSES, epoch_ns
 
 from .store import SPAN_COLUMNS, SpanReader, as_sql_row, decode_waits
-from .summaries import EVENT_LOG_SCOPE, Wait, duration_ms
+from .summaries import EVENT_LOG_SCOPE, Wait, duration_ms, shown_waits
 
 __all__ = [
     "TRACE_ID",
@@ -379,9 +379,10 @@ def run_json(
     row: sqlite3.Row, *, trace_url_template: str | None = None, max_waits: int | None = None
 ) -> dict[str, Any]:
     """A run's row as the API sends it; ``waitingOn`` oldest first (at most ``max_waits`` of them,
-    ``waitingCount`` says how many there are)."""
+    ``waitingCount`` says how many there are): a live run's ``shown_waits``."""
     start, end = row["start_ns"], row["end_ns"]
-    waits = sorted(decode_waits(row["waiting"]), key=lambda w: (w.since_ns, w.id))
+    live = row["status"] not in TERMINAL_STATUSES
+    waits = sorted(shown_waits(decode_waits(row["waiting"])) if live else (), key=lambda w: (w.since_ns, w.id))
     return {
         "runId": row["run_id"],
         "workflowName": row["workflow_name"],

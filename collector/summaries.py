@@ -39,7 +39,9 @@ __all__ = [
     "WorldView",
     "duration_ms",
     "entity_kind",
+    "TURN_ID",
     "fold_waits",
+    "shown_waits",
     "summarize_run",
 ]
 
@@ -51,9 +53,10 @@ STEP_STATUS: Final = "step.status"
 _ERROR: Final = 2  # OTLP status code ERROR
 _HOOK_OPENS: Final = "hook_created"
 _WAIT_OPENS: Final = "wait_created"
-#: a hook is waited on until its first payload (where its span ends too) or its disposal, a sleep
-#: until it completes, a step until it completes or fails: these end a wait for good
-_CLOSES: Final = frozenset({"hook_received", "hook_disposed", "wait_completed", "step_completed", "step_failed"})
+#: a hook is waited on until its disposal (after a payload, as ``WaitKinds.PAYLOAD``), a sleep until
+#: it completes, a step until it completes or fails: these end a wait for good
+_CLOSES: Final = frozenset({"hook_disposed", "wait_completed", "step_completed", "step_failed"})
+_HOOK_RECEIVED: Final = "hook_received"
 _STEP_CREATED: Final = "step_created"
 _STEP_STARTED: Final = "step_started"
 _STEP_RETRYING: Final = "step_retrying"
@@ -67,7 +70,26 @@ class WaitKinds:
     QUEUED: Final = "queued"  # a step created and not started yet: the queue
     STEP: Final = SpanKinds.STEP  # a step attempt running
     RETRY: Final = "retry"  # a step whose attempt failed, before its next attempt (resume_at when the world says)
-    ALL: Final = (HOOK, SLEEP, QUEUED, STEP, RETRY)
+    #: a hook that received a payload and is still open: the workflow may await another one (``for
+    #: await`` over the hook) or have moved on; shown only when nothing else is open (``shown_waits``)
+    PAYLOAD: Final = "payload"
+    #: nothing else is open and the run has not ended: it waits for its workflow's next turn (the
+    #: queue to replay it), since its newest event. Brief between steps; long, a lost turn.
+    TURN: Final = "turn"
+    ALL: Final = (HOOK, SLEEP, QUEUED, STEP, RETRY, PAYLOAD, TURN)
+
+
+#: the id of the one ``WaitKinds.TURN`` wait of a run
+TURN_ID: Final = "turn"
+
+
+def shown_waits(waits: Iterable[Wait]) -> tuple[Wait, ...]:
+    """What a run is shown waiting on: a hook's wait after a payload (``PAYLOAD``) only when nothing
+    else is open, since with the SDK 4.x a hook stays open until the run ends, however it was used."""
+    waits = tuple(waits)
+    if all(w.kind == WaitKinds.PAYLOAD for w in waits):
+        return waits
+    return tuple(w for w in waits if w.kind != WaitKinds.PAYLOAD)
 
 
 #: each kind's own constant (the value a span carries is an equal string of its own; one object per
@@ -169,8 +191,9 @@ class WorldView:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Something a live run waits on, since when: a hook's first payload, the end of a sleep, a
-    queued step's start, a running step's end, a failed step's next attempt (``WaitKinds``)."""
+    """Something a live run waits on, since when: a hook's first payload (or, open after one, another),
+    the end of a sleep, a queued step's start, a running step's end, a failed step's next attempt, or
+    with nothing else open its workflow's next turn (``WaitKinds``)."""
 
     kind: str  # one of WaitKinds
     id: str  # the hook, wait or step id (the events' correlation id)
@@ -553,10 +576,15 @@ def fold_waits(
     Incremental, so a commit costs what it brings, and safe to feed an event again (a follower
     resends a run's whole log): a wait opens or changes (a step's queued → running → retry →
     running) only from an event past the cursor, while what ends a wait for good (a hook's
-    payload, a sleep's or a step's end, the run's end) is harmless to repeat.
+    payload, a sleep's or a step's end, the run's end) is harmless to repeat. Whether the run waits on
+    its next turn (nothing open, not ended) is decided again whenever an event past the cursor comes,
+    since that event (``WaitKinds.TURN``).
     """
-    open_waits = {w.id: w for w in waiting}
+    open_waits = {w.id: w for w in waiting if w.kind != WaitKinds.TURN}
+    turn = next((w for w in waiting if w.kind == WaitKinds.TURN), None)
     last = cursor
+    newest: EventLike | None = None  # the newest event past the cursor: the log moved on
+    ended = False
     for event in sorted(events, key=lambda e: e.event_id):
         fresh = cursor is None or event.event_id > cursor
         kind, key = event.event_type, event.correlation_id
@@ -565,13 +593,25 @@ def fold_waits(
                 open_waits.pop(key, None)
         elif kind in TERMINAL_RUN_EVENT_TYPES:
             open_waits.clear()
+            ended = True
+        elif kind == _HOOK_RECEIVED:
+            before = open_waits.get(key) if key else None
+            if key and (fresh or (before is not None and before.kind == WaitKinds.HOOK)):
+                token = before.token if before is not None else _text(_event_data(event).get("token"))
+                open_waits[key] = Wait(WaitKinds.PAYLOAD, key, event.created_ns, token=token)
         elif fresh and key:
             opened = _opened(kind, key, event, open_waits.get(key))
             if opened is not None:
                 open_waits[key] = opened
+        if fresh:
+            newest = event
         if last is None or event.event_id > last:
             last = event.event_id
-    return tuple(open_waits.values()), last
+    if newest is not None:  # what the run waits for next is decided again from the newest event
+        turn = None
+        if not ended and not open_waits:
+            turn = Wait(WaitKinds.TURN, TURN_ID, newest.created_ns)
+    return (*open_waits.values(), *((turn,) if turn is not None else ())), last
 
 
 def _opened(kind: str, key: str, event: EventLike, before: Wait | None) -> Wait | None:

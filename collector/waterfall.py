@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -30,7 +30,7 @@ from telemetry.world import TERMINAL_STATUSES
 
 from .queries import finite, own_spans, run_json, sentry_drops, wait_json
 from .store import SPAN_COLUMNS, SpanReader, decode_waits, non_finite
-from .summaries import EVENT_LOG_SCOPE, STEP_STATUS, Wait, WaitKinds, entity_kind
+from .summaries import EVENT_LOG_SCOPE, STEP_STATUS, Wait, WaitKinds, entity_kind, shown_waits
 
 __all__ = ["Built", "PageAttributes", "PageSpan", "build_waterfall", "ended_run_stamp", "waterfall"]
 
@@ -273,7 +273,7 @@ def build_waterfall(
         return None
     spans, traces, non_finite = _page_spans(conn, run_id)  # only what the page reads: 20k spans on a first view
     live = run["status"] not in TERMINAL_STATUSES
-    waits = decode_waits(run["waiting"]) if live else ()
+    waits = shown_waits(decode_waits(run["waiting"])) if live else ()
     now = time.time_ns() if now_ns is None else now_ns
     starts = [w.since_ns for w in waits]
     if spans:
@@ -421,13 +421,13 @@ def _open_rows(
         )
     for w in waits:
         since = ms(w.since_ns)
-        if w.kind in (WaitKinds.HOOK, WaitKinds.SLEEP):
+        if w.kind in _WAIT_ROWS:
             rows.append(
                 {
                     "id": None,
                     "trace": None,
                     "kind": w.kind,
-                    "name": f"hook {w.token}" if w.kind == WaitKinds.HOOK and w.token else w.kind,
+                    "name": _wait_row_name(w),
                     "s": since,
                     "d": round(max(0.0, now - since), 3),
                     "status": 0,
@@ -463,6 +463,18 @@ def _open_rows(
             )
         elif w.kind == WaitKinds.RETRY:
             row["retryAt"] = w.resume_at
+
+
+#: waits drawn as a row of their own (the others mark their step's row)
+_WAIT_ROWS: Final = frozenset({WaitKinds.HOOK, WaitKinds.SLEEP, WaitKinds.PAYLOAD, WaitKinds.TURN})
+
+
+def _wait_row_name(w: Wait) -> str:
+    if w.kind == WaitKinds.TURN:
+        return "next turn"
+    if w.kind in (WaitKinds.HOOK, WaitKinds.PAYLOAD) and w.token:
+        return f"hook {w.token}" + (" (after a payload)" if w.kind == WaitKinds.PAYLOAD else "")
+    return w.kind
 
 
 def _sdk_rows(app: list[PageSpan], ms: Callable[[int], float]) -> list[dict[str, Any]]:

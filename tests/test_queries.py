@@ -214,6 +214,31 @@ def test_stuck_lists_live_runs_whose_every_wait_is_that_old(store):
     assert hook.run_id not in stuck(60, moved + 30 * 10**9) and hook.run_id in stuck(60, moved + 61 * 10**9)
 
 
+def test_a_run_whose_next_turn_never_came_is_stuck(store):
+    """Cut just after a step completed, the run still running: nothing is open, so it waits on its
+    workflow's next turn since then, and past the threshold it is stuck (before, it waited on nothing
+    and no "stuck" list ever showed it: a turn the queue lost went unseen). The turn coming (the next
+    step created) ends it; the run ending leaves nothing."""
+    log = cut_run("retry")
+    done = log.index("step_completed")
+    commit(store, log.records(upto=done), log.event_rows(upto=done), [log.info("running")])
+    conn = store.connect()
+    since = ns(log.events[done].created_at)
+
+    def stuck(seconds: float, now: int) -> set[str]:
+        return {r["runId"] for r in list_runs(conn, stuck_s=seconds, now_ns=now)["data"]}
+
+    (run,) = list_runs(conn)["data"]
+    assert [(w["kind"], w["sinceNs"]) for w in run["waitingOn"]] == [("turn", since)]
+    assert log.run_id in stuck(60, since + 61 * 10**9) and log.run_id not in stuck(60, since + 59 * 10**9)
+    commit(store, events=log.event_rows(start=done + 1, upto=done + 1), runs=[log.info("running")])
+    (run,) = list_runs(conn)["data"]
+    assert [w["kind"] for w in run["waitingOn"]] == ["queued"]
+    commit_run(store, log)
+    (run,) = list_runs(conn)["data"]
+    assert run["waitingOn"] == [] and log.run_id not in stuck(0, since + 10**12)
+
+
 def test_a_run_lists_its_oldest_waits_and_how_many(store):
     log = cut_run("sleep")
     waited = log.index("wait_created")

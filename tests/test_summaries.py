@@ -3,6 +3,7 @@ the runs list over OTLP (``wft export`` into a collector, the real exporter end 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -14,6 +15,7 @@ from collector.otlp import SpanRecord, records_from
 from collector.policy import apply_benign_policy
 from collector.summaries import (
     EVENT_LOG_SCOPE,
+    TURN_ID,
     SpanFacts,
     Wait,
     WaitKinds,
@@ -21,6 +23,7 @@ from collector.summaries import (
     duration_ms,
     entity_kind,
     fold_waits,
+    shown_waits,
     summarize_run,
 )
 from telemetry.runtrace import short_name
@@ -183,8 +186,13 @@ def test_a_hook_or_sleep_is_waited_on_until_it_resolves(scenario, opens, closes)
         )
     assert cursor == created.event_id
     rest, cursor = fold_waits(waiting, cursor, log.event_rows(start=cut + 1, upto=log.index(closes)))
-    assert rest == () and cursor == log.events[log.index(closes)].event_id
-    # the whole log again (a follower resends it): nothing reopens
+    closed = log.events[log.index(closes)]
+    assert cursor == closed.event_id
+    if scenario == "hook":  # still open after its payload: the workflow may await another
+        assert rest == (Wait(WaitKinds.PAYLOAD, wait.id, ns(closed.created_at), token=wait.token),)
+    else:  # nothing else open: the run waits for its workflow's next turn, since the sleep ended
+        assert rest == (Wait(WaitKinds.TURN, TURN_ID, ns(closed.created_at)),)
+    # the whole log again (a follower resends it): nothing reopens, and the run's end ends every wait
     again, cursor_again = fold_waits(rest, cursor, log.event_rows())
     assert again == () and cursor_again == log.events[-1].event_id
 
@@ -327,3 +335,58 @@ def test_failed_runs_exported_over_otlp_count_their_errors(collector, harness_ou
             assert got["errors"] == 0, name
         view = get_json(f"{service.url}/api/runs/{run['runId']}")
         assert got["steps"] == sum(1 for s in view["spans"] if s["attributes"].get("workflow.span.kind") == "step")
+
+
+# ---- between turns: nothing open, the workflow's next turn awaited ------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["retry", "fatal", "sleep", "hook"])
+def test_a_run_with_nothing_open_waits_on_its_next_turn(scenario):
+    """The real logs event by event: whenever nothing is open and the run has not ended (queued to
+    start, started, a step done and the next not created yet, a sleep ended), the run waits on its
+    next turn since that event; never while something else is open, never once it ended. A turn
+    lost there (the queue dropped it) leaves the run waiting on it, so it shows as stuck."""
+    log = cut_run(scenario)
+    waiting, cursor = (), None
+    turns = []
+    for i, event in enumerate(log.events):
+        waiting, cursor = fold_waits(waiting, cursor, log.event_rows(start=i, upto=i))
+        turn = [w for w in waiting if w.kind == WaitKinds.TURN]
+        others = [w for w in waiting if w.kind != WaitKinds.TURN]
+        if event.event_type in ("run_completed", "run_failed"):
+            assert waiting == (), i
+        elif others:
+            assert turn == [], i
+        else:
+            assert turn == [Wait(WaitKinds.TURN, TURN_ID, ns(event.created_at))], i
+            turns.append(event.event_type)
+    assert turns[:2] == ["run_created", "run_started"] and "step_completed" in turns
+    # the whole log resent to a run cut after a step: the same turn, since the same event
+    done = log.index("step_completed")
+    cut, at = fold_waits((), None, log.event_rows(upto=done))
+    assert cut == (Wait(WaitKinds.TURN, TURN_ID, ns(log.events[done].created_at)),)
+    assert fold_waits(cut, at, log.event_rows(upto=done)) == (cut, at)
+
+
+def test_a_hook_after_its_payload_is_shown_only_while_nothing_else_is_open():
+    """With the SDK 4.x a hook stays open until the run ends: after a payload the workflow may await
+    another (no turn is assumed) or go on; once it goes on, its step is what the run is shown
+    waiting on. Disposing of the hook closes it, and then the run waits on its next turn."""
+    log = cut_run("hook")
+    received = log.index("hook_received")
+    waiting, cursor = fold_waits((), None, log.event_rows(upto=received))
+    (payload,) = waiting
+    assert (
+        payload.kind == WaitKinds.PAYLOAD and payload.token == log.events[log.index("hook_created")].event_data["token"]
+    )
+    assert shown_waits(waiting) == waiting
+    created = next(i for i in range(received, len(log.events)) if log.events[i].event_type == "step_created")
+    moved, _ = fold_waits(waiting, cursor, log.event_rows(start=received + 1, upto=created))
+    assert {w.kind for w in moved} == {WaitKinds.PAYLOAD, WaitKinds.QUEUED}
+    assert [w.kind for w in shown_waits(moved)] == [WaitKinds.QUEUED]
+    # the harness's runs never dispose of a hook before they end: the received event, as its disposal
+    disposed = dataclasses.replace(
+        log.event_rows(start=received, upto=received)[0], event_type="hook_disposed", event_id=cursor + "1"
+    )
+    closed, _ = fold_waits(waiting, cursor, [disposed])
+    assert closed == (Wait(WaitKinds.TURN, TURN_ID, disposed.created_ns),)

@@ -113,6 +113,17 @@ def test_what_a_live_run_waits_on_is_an_open_row(store, scenario, opens):
     assert [r for r in done["rows"] if r.get("open")] == [] and [r for r in done["rows"] if r["kind"] == kind]
 
 
+def test_a_run_between_turns_has_an_open_next_turn_row(store):
+    log = cut_run("sleep")
+    cut = log.index("wait_completed")
+    commit(store, log.records(upto=cut), log.event_rows(upto=cut), [log.info("running")])
+    since = ns(log.events[cut].created_at)
+    data = view(store, log.run_id, now_ns=since + 2_000_000_000)
+    (row,) = [r for r in data["rows"] if r.get("open") and r["kind"] == "turn"]
+    assert row["name"] == "next turn" and row["d"] == 2000.0 and row["s"] == round((since - data["t0"]) / 1e6, 3)
+    assert [w["kind"] for w in data["run"]["waitingOn"]] == ["turn"]
+
+
 def test_a_run_with_only_app_spans_has_no_rows(store):
     records = records_from(encode_spans(make_sdk_spans(2)))[0]
     commit(store, records)

@@ -55,6 +55,8 @@ function fmtWait(w) {
     case 'queued': return `step ${step} queued`;
     case 'step': return `step ${step} running` + (w.attempt > 1 ? ` (attempt ${w.attempt})` : '');
     case 'retry': return `retry ${w.attempt || ''} of ${step}`.replace('  ', ' ') + (w.resumeAt ? ' at ' + fmtTime(w.resumeAt) : '');
+    case 'payload': return 'hook ' + (w.token || w.id) + ': another payload, or its next turn';
+    case 'turn': return 'its next turn (the workflow to be replayed)';
     default: return w.kind;
   }
 }

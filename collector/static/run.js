@@ -126,7 +126,7 @@ function drawNow() {
   }).join('');
   $('now').innerHTML = `<div class="panel now-panel"><div><b>Now</b> ${esc(fmtClock(at))}${running}</div>
     ${waits ? `<div class="dim">Waiting on</div><ul class="waits">${waits}</ul>`
-      : '<div class="dim">Waiting on nothing the event log shows yet (the run is being replayed, or between steps).</div>'}</div>`;
+      : '<div class="dim">Waiting on nothing the event log shows yet.</div>'}</div>`;
 }
 
 // ---- the waterfall ------------------------------------------------------------------------------------
