@@ -26,6 +26,10 @@ harness logs.
 ``wft_workflow_hook_oldest_wait_seconds{workflow}``        how long the oldest of those has waited (absent: none)
 ``wft_workflow_sleeps_waiting{workflow}``                  sleeps created and not yet completed
 ``wft_workflow_sleep_oldest_wait_seconds{workflow}``       how long the oldest of those has slept (absent: none)
+``wft_workflow_turns_waiting{workflow}``                   live runs with nothing open (no step, sleep or hook):
+                                                           waiting for their workflow's next turn
+``wft_workflow_turn_oldest_wait_seconds{workflow}``        how long the oldest of those has waited, since its
+                                                           newest event (absent: none); a lost turn grows it
 ``wft_workflow_label_overflow_total{label}``               runs and steps whose name went to ``other``
 =========================================================  ======================================================
 
@@ -86,7 +90,7 @@ from telemetry.runtrace import short_name
 from telemetry.world import TERMINAL_RUN_EVENT_TYPES, Event, WorkflowRun, epoch_ns
 
 from .store import decode_waits
-from .summaries import WaitKinds
+from .summaries import TURN_ID, WaitKinds
 
 __all__ = [
     "DEFAULT_MAX_LABEL_VALUES",
@@ -128,6 +132,8 @@ _ATTEMPT_ENDS: Final = {
 }
 _WAIT_OPENS: Final = {"hook_created": WaitKinds.HOOK, "wait_created": WaitKinds.SLEEP}
 _WAIT_CLOSES: Final = frozenset({"hook_received", "hook_disposed", "wait_completed"})
+#: what the gauges show (``collector.summaries`` has the run page's and the store's kinds)
+_GAUGED: Final = (WaitKinds.HOOK, WaitKinds.SLEEP, WaitKinds.TURN)
 _FINISHED_STATUSES: Final = frozenset(kind.removeprefix("run_") for kind in TERMINAL_RUN_EVENT_TYPES)
 
 
@@ -192,10 +198,22 @@ class _Run:
     ended: bool = False
     steps: dict[str, _Step] = field(default_factory=dict)
     waits: dict[str, bool] = field(default_factory=dict)  # hook/wait id → still open
+    #: hooks that received a payload and are not disposed of: the workflow may await another, so no
+    #: turn is assumed while one is (``collector.summaries.WaitKinds.PAYLOAD``)
+    received: set[str] = field(default_factory=set)
 
     def reset(self) -> None:
         self.start_ns, self.started, self.ended = None, False, False
-        self.steps, self.waits = {}, {}
+        self.steps, self.waits, self.received = {}, {}, set()
+
+    def between_turns(self) -> bool:
+        """Nothing is open: no step (queued, running, to retry), sleep or hook, and the run goes on."""
+        return (
+            not self.ended
+            and not self.received
+            and not any(self.waits.values())
+            and all(step.ended for step in self.steps.values())
+        )
 
 
 class _Labels:
@@ -387,6 +405,9 @@ class WorkflowMetrics(Collector):
                 if state.ended:
                     break  # what a log holds after its run's end is not counted (the run was)
                 self._apply(run_id, state, event)
+            self._waiting.remove(run_id, TURN_ID)  # the turn, if any, is since the newest event
+            if state.between_turns():
+                self._waiting.add(run_id, TURN_ID, WaitKinds.TURN, state.workflow, state.events[-1].at_ns)
             if state.ended:
                 self._drop(run_id, state)
                 self._finished[run_id] = state.events[-1].event_id
@@ -396,10 +417,10 @@ class WorkflowMetrics(Collector):
 
     def seed(self, waiting: Iterable[tuple[str, str | None, str, str, int]]) -> None:
         """What live runs wait on when the process starts: (run id, workflow name, kind, hook or wait id,
-        since ns); only hooks and sleeps count. A run fed later replaces its seeded state."""
+        since ns); only hooks, sleeps and turns count. A run fed later replaces its seeded state."""
         with self._lock:
             for run_id, workflow_name, kind, wait_id, since_ns in waiting:
-                if kind not in (WaitKinds.HOOK, WaitKinds.SLEEP):
+                if kind not in _GAUGED:
                     continue
                 state = self._runs.get(run_id)
                 if state is None:
@@ -435,6 +456,7 @@ class WorkflowMetrics(Collector):
         for wait_id, is_open in state.waits.items():
             if is_open:
                 self._waiting.remove(run_id, wait_id)
+        self._waiting.remove(run_id, TURN_ID)
 
     def _drop(self, run_id: str, state: _Run) -> None:
         self._close_waits(run_id, state)
@@ -468,6 +490,10 @@ class WorkflowMetrics(Collector):
             if state.waits.get(event.key, True):
                 state.waits[event.key] = False
                 self._waiting.remove(run_id, event.key)
+            if kind == "hook_received":
+                state.received.add(event.key)
+            elif kind == "hook_disposed":
+                state.received.discard(event.key)
         elif kind == "run_started":
             if not state.started:
                 state.started = True
@@ -552,6 +578,20 @@ class WorkflowMetrics(Collector):
                 GaugeMetricFamily(
                     "wft_workflow_sleep_oldest_wait_seconds",
                     "How long the oldest sleep still going has slept, by workflow.",
+                    labels=["workflow"],
+                ),
+            ),
+            WaitKinds.TURN: (
+                GaugeMetricFamily(
+                    "wft_workflow_turns_waiting",
+                    "Live runs with nothing open (no step, sleep or hook) waiting for their workflow's next turn,"
+                    " by workflow.",
+                    labels=["workflow"],
+                ),
+                GaugeMetricFamily(
+                    "wft_workflow_turn_oldest_wait_seconds",
+                    "How long the oldest run waiting for its next turn has waited since its newest event, by"
+                    " workflow (a turn the queue lost grows it).",
                     labels=["workflow"],
                 ),
             ),

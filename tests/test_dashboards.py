@@ -311,6 +311,7 @@ def test_the_workflows_dashboard_covers_what_a_workflow_team_asks():
         "wft_workflow_sleeps_waiting",
         "wft_workflow_hook_oldest_wait_seconds",
         "wft_workflow_sleep_oldest_wait_seconds",
+        "wft_workflow_turn_oldest_wait_seconds",
     ):
         assert needed in queries, needed
     # every query is filtered by the two variables, and its selectors use only labels we emit
@@ -391,6 +392,9 @@ def test_every_workflows_panel_returns_data_from_a_real_prometheus(tmp_path, har
             at = midrun_at if "oldest_wait" in expr else done_at
             answer = _promql(base, query, at)
             assert answer["status"] == "success", (title, query, answer)
+            if "turn_oldest" in expr:  # a run between turns at the snapshot: as the harness's timing had it
+                assert bool(answer["data"]["result"]) == (_between_turns(midrun) > 0), (title, query, answer)
+                continue
             assert answer["data"]["result"], f"{title}: no data for {query}"
         # and the numbers say what happened between the two snapshots
         by_outcome = next(expr for title, expr in _workflow_queries() if title == "Runs by outcome")
@@ -424,6 +428,25 @@ def _still_open(logs: dict, opens: str, closes: tuple[str, ...]) -> int:
         {e.correlation_id for e in events if e.event_type == opens}
         - {e.correlation_id for e in events if e.event_type in closes}
     )
+
+
+def _between_turns(logs: dict) -> int:
+    """Runs not ended with nothing open: every step created ended, every sleep completed, no hook
+    (one that received a payload stays open until disposed of)."""
+
+    def between(events: list) -> bool:
+        def opened(kind: str, closes: tuple[str, ...]) -> set[str]:
+            return {e.correlation_id for e in events if e.event_type == kind} - {
+                e.correlation_id for e in events if e.event_type in closes
+            }
+
+        return not any(e.event_type in TERMINAL_RUN_EVENT_TYPES for e in events) and not (
+            opened("step_created", ("step_completed", "step_failed"))
+            or opened("wait_created", ("wait_completed",))
+            or opened("hook_created", ("hook_disposed",))
+        )
+
+    return sum(1 for events in logs.values() if between(events))
 
 
 def _creations(logs: dict) -> list:

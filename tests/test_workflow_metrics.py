@@ -10,6 +10,7 @@ read ``/metrics`` of a real collector with prometheus-client's parser.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 import time
@@ -199,7 +200,12 @@ def test_an_event_committed_late_is_counted_as_if_it_had_come_in_order(harness_o
             metrics.feed(run_id, run.workflow_name, [*events[:i], events[i + 1]])
             metrics.feed(run_id, run.workflow_name, [events[i]])  # read one pass later
             metrics.feed(run_id, run.workflow_name, events[i + 2 :])
-            assert _samples(metrics) == whole, (run_id, events[i].event_type)
+            # a run that waited on its turn between passes leaves its workflow's gauge at 0, not absent
+            now_waiting = {k: v for k, v in _samples(metrics).items() if not (k[0].endswith("_waiting") and v == 0)}
+            assert now_waiting == {k: v for k, v in whole.items() if not (k[0].endswith("_waiting") and v == 0)}, (
+                run_id,
+                events[i].event_type,
+            )
             late_ones += 1
     assert late_ones > 50
 
@@ -458,3 +464,43 @@ def test_metrics_endpoint_parses_and_follows_a_live_world(collector, harness_out
     _, families = _scrape(service.url)
     assert sample("wft_workflow_hooks_waiting", workflow="hookWorkflow") == 0
     assert sample("wft_workflow_hook_oldest_wait_seconds", workflow="hookWorkflow") is None
+
+
+def test_runs_waiting_for_their_next_turn_are_what_the_run_pages_say(harness_out):
+    """Every real run (finished, and the mid-run snapshot's), fed an event at a time: the turn gauges
+    count a run exactly when the store's rule (``summaries.fold_waits``, what the run page and the
+    "stuck" list show) has it waiting on its next turn, and the oldest age is since the same event.
+    A turn the queue lost is then an alert on ``wft_workflow_turn_oldest_wait_seconds``."""
+    from collector.store import EventRow
+    from collector.summaries import WaitKinds, fold_waits
+    from telemetry.payloads import to_jsonable
+
+    now = time.time()
+    seen_turn = seen_other = 0
+    for data in ("local-data", "local-data-midrun"):
+        for run_id, (run, events) in _logs(LocalWorld(harness_out / data)).items():
+            metrics = WorkflowMetrics(clock=lambda at=now: at)
+            workflow = short_name(run.workflow_name)
+            waiting, cursor = (), None
+            for event in events:
+                metrics.feed(run_id, run.workflow_name, [event])
+                row = EventRow(
+                    run_id,
+                    event.event_id,
+                    event.event_type,
+                    event.correlation_id,
+                    epoch_ns(event.created_at),
+                    json.dumps(to_jsonable(event.event_data), default=str) if event.event_data else None,
+                )
+                waiting, cursor = fold_waits(waiting, cursor, [row])
+                turn = [w for w in waiting if w.kind == WaitKinds.TURN]
+                samples = _samples(metrics)
+                assert _value(samples, "wft_workflow_turns_waiting", workflow=workflow) == len(turn), (run_id, event)
+                oldest = ("wft_workflow_turn_oldest_wait_seconds", (("workflow", workflow),))
+                if turn:
+                    assert samples[oldest] == pytest.approx(now - turn[0].since_ns / 1e9, abs=1e-3)
+                    seen_turn += 1
+                else:
+                    assert oldest not in samples
+                    seen_other += 1
+    assert seen_turn > 20 and seen_other > 20
