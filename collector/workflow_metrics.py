@@ -488,8 +488,8 @@ class WorkflowMetrics(Collector):
                 state.open_waits += 1
                 self._waiting.add(run_id, event.key, _WAIT_OPENS[kind], workflow, at)
         elif kind in _WAIT_CLOSES:
-            was_open = state.waits.get(event.key)
-            if was_open is None or was_open:
+            was_open = state.waits.get(event.key)  # None: closed before it was seen to open
+            if was_open is not False:
                 state.waits[event.key] = False
                 state.open_waits -= bool(was_open)
                 self._waiting.remove(run_id, event.key)

@@ -13,7 +13,12 @@ The values are read from this module when used, so one setting governs both user
 
 from __future__ import annotations
 
-__all__ = ["CHUNK_RUNS", "CHUNK_RUNS_MAX", "CHUNK_SPANS", "chunk_size"]
+from collections import deque
+from typing import TypeVar
+
+__all__ = ["CHUNK_RUNS", "CHUNK_RUNS_MAX", "CHUNK_SPANS", "chunk_size", "next_task"]
+
+T = TypeVar("T")
 
 #: runs per task handed to a worker, at least (the last tasks: they share out evenly)
 CHUNK_RUNS = 32
@@ -29,3 +34,13 @@ def chunk_size(left: int, jobs: int) -> int:
     event, all processes, than tasks of 256 on the bench's worlds."""
     share = -(-left // (2 * jobs))  # the tasks in flight are up to twice the workers
     return max(CHUNK_RUNS, min(CHUNK_RUNS_MAX, share))
+
+
+def next_task(pending: deque[T], jobs: int, *, last: bool) -> list[T] | None:
+    """The next task's runs, taken from ``pending`` (given, not handed out yet): ``chunk_size`` of
+    them once no more will come (``last``), before that only a full task (``CHUNK_RUNS_MAX``);
+    None when there is no task to hand out yet."""
+    if not pending or (not last and len(pending) < CHUNK_RUNS_MAX):
+        return None
+    size = chunk_size(len(pending), jobs) if last else CHUNK_RUNS_MAX
+    return [pending.popleft() for _ in range(min(size, len(pending)))]

@@ -843,20 +843,13 @@ class ParallelCatchUp:
 
         pending: deque[WorkflowRun | str] = deque()  # given, not handed out yet
 
-        def take(last: bool) -> list[WorkflowRun | str] | None:
-            """The next chunk's runs; before ``chunks`` ended, only a full one."""
-            if not pending or (not last and len(pending) < chunking.CHUNK_RUNS_MAX):
-                return None
-            size = chunking.chunk_size(len(pending), self.jobs) if last else chunking.CHUNK_RUNS_MAX
-            return [pending.popleft() for _ in range(min(size, len(pending)))]
-
         try:
             given = aiter(chunks)
             ahead = await anext(given, None)  # one ahead: whether the runs given are the last ones
             while ahead is not None:
                 pending.extend(ahead)
                 ahead = await anext(given, None)
-                while (runs := take(ahead is None)) is not None:
+                while (runs := chunking.next_task(pending, self.jobs, last=ahead is None)) is not None:
                     submit(runs)
                     while len(in_flight) > 2 * self.jobs:
                         yield await next_answer()

@@ -488,13 +488,6 @@ async def export_in_processes(
 
     pending: deque[WorkflowRun | str] = deque()  # listed, not handed out yet
 
-    def take(last: bool) -> list[WorkflowRun | str] | None:
-        """The next task's runs (``chunk_size``); before the listing's last page, only a full one."""
-        if not pending or (not last and len(pending) < chunking.CHUNK_RUNS_MAX):
-            return None
-        size = chunking.chunk_size(len(pending), jobs) if last else chunking.CHUNK_RUNS_MAX
-        return [pending.popleft() for _ in range(min(size, len(pending)))]
-
     try:
         try:
             async for page, last in pages():
@@ -507,11 +500,11 @@ async def export_in_processes(
                             skipped.append((listed[run.run_id], run.run_id, run.path, run.reason))
                         continue
                     pending.append(run)
-                while (runs := take(last)) is not None:
+                while (runs := chunking.next_task(pending, jobs, last=last)) is not None:
                     submit(runs)
                     await settle(2 * jobs)
         except WorkflowWorldError:  # the listing failed: the runs it listed still go out (the error is told)
-            while (runs := take(True)) is not None:
+            while (runs := chunking.next_task(pending, jobs, last=True)) is not None:
                 submit(runs)
             with contextlib.suppress(WorkflowWorldError, CliError):
                 await settle(0)
