@@ -10,7 +10,8 @@ the body unread. Clients get the answer all the same, as the tests and the bench
 before its send fails (the answer comes right after the headers).
 
 A body is then read in chunks and counted before and after decompression (we decompress
-ourselves, incrementally, with an output cap), so an oversized body or a gzip bomb is refused
+ourselves, incrementally, with an output cap: ``content_coding``, for gzip, deflate, br and zstd), so
+an oversized body or a compression bomb is refused
 with 413 after at most ``max_body`` bytes, never held whole; a body without ``Content-Length``
 (chunked) is charged to the budget as it arrives and refused when the budget is exceeded. Refused
 halfway, a client is still sending: then the answer goes out first and what still comes is read
@@ -43,7 +44,6 @@ import os
 import pickle
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -56,6 +56,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from telemetry.semconv import WORKFLOW_CONFLICT
 
 from .admission import DEFAULT_MAX_PENDING_BYTES, Admission, Refused, Ticket, client_key
+from .content_coding import BadData, TooLarge, UnsupportedEncoding, body_decoder
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF, BadPayload, decode_request, encode_response, records_from, set_attribute
 from .policy import apply_benign_policy
@@ -147,47 +148,6 @@ DECODE_PROCESSES = 1
 _DECODER_RETRY_S = 1
 
 
-class TooLarge(Exception):
-    pass
-
-
-class _Inflater:
-    """Incremental gzip/deflate with a hard cap on output. A gzip body may hold several members
-    (what ``cat a.gz b.gz`` makes, and what every gzip reader reads whole); each is inflated in turn."""
-
-    def __init__(self, encoding: str, limit: int) -> None:
-        self._wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        self._z = zlib.decompressobj(self._wbits) if encoding in ("gzip", "deflate") else None
-        self._gzip = encoding == "gzip"
-        self.limit = limit
-        self.out = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        if self._z is None:
-            self._append(data)
-            return
-        while data:
-            if self._z.eof:  # the member ended and more follows
-                if not self._gzip:
-                    raise zlib.error("data after the end of the deflate stream")
-                self._z = zlib.decompressobj(self._wbits)
-            chunk = self._z.decompress(data, self.limit - len(self.out) + 1)
-            self._append(chunk)
-            data = self._z.unconsumed_tail or (self._z.unused_data if self._z.eof else b"")
-
-    def finish(self) -> bytes:
-        if self._z is not None:
-            self._append(self._z.flush(self.limit - len(self.out) + 1))
-            if not self._z.eof:
-                raise zlib.error("truncated compressed body")
-        return bytes(self.out)
-
-    def _append(self, chunk: bytes) -> None:
-        if len(self.out) + len(chunk) > self.limit:
-            raise TooLarge()
-        self.out += chunk
-
-
 def admit(request: web.Request, admission: Admission, *, route: str) -> Ticket:
     """Admit ``request`` by its headers alone (``Refused`` if not): its key for fairness is the peer
     address plus User-Agent (``client_key``), its size the Content-Length (None when chunked)."""
@@ -233,17 +193,16 @@ async def answer_then_drain(request: web.Request, response: web.Response, *, lim
 async def read_limited(
     request: web.Request, limit: int, *, keep_raw: bool = False, ticket: Ticket | None = None
 ) -> tuple[bytes, bytes]:
-    """(body as received if ``keep_raw``, decompressed body), reading to EOF in chunks and refusing
-    (``TooLarge``) past ``limit`` bytes before or after decompression. ``ticket``: charged for the
-    bytes as they arrive (``Refused`` when the budget cannot take them)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "deflate"):
-        raise web.HTTPUnsupportedMediaType(
-            text=f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)"
-        )
+    """(body as received if ``keep_raw``, decoded body), reading to EOF in chunks and refusing
+    (``TooLarge``) past ``limit`` bytes before or after decoding (``content_coding``: gzip, deflate,
+    br, zstd; ``BadData`` for a body that does not decode). ``ticket``: charged for the bytes as
+    they arrive (``Refused`` when the budget cannot take them)."""
+    try:
+        inflater = body_decoder(request.headers.get("Content-Encoding", "identity"), limit)
+    except UnsupportedEncoding as error:
+        raise web.HTTPUnsupportedMediaType(text=str(error)) from None
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge()
-    inflater = _Inflater(encoding, limit)
     raw = bytearray()
     received = 0
     async for chunk in request.content.iter_chunked(_CHUNK):
@@ -343,7 +302,7 @@ class Ingest:
         try:
             _, body = await read_limited(request, self.max_body, ticket=ticket)
             decoded = await self._decode(body, content_type)
-        except zlib.error as error:
+        except BadData as error:
             self.metrics.requests_rejected += 1
             return web.Response(status=400, text=f"bad compressed body: {error}")
         except BadPayload as error:

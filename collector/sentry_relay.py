@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,8 +32,9 @@ from telemetry.sentry import SentryEvent, classify, workflow_ids
 from telemetry.sentry_envelope import BadEnvelope, Item, event_for_rules, parse_envelope
 
 from .admission import DEFAULT_MAX_PENDING_BYTES, Admission, Refused, Ticket
+from .content_coding import BadData, TooLarge
 from .forward import Forwarder
-from .ingest import TooLarge, admit, answer_then_drain, read_limited, refusal
+from .ingest import admit, answer_then_drain, read_limited, refusal
 from .writer import Batch, Overloaded, StoreUnavailable, Writer, storage_fault
 
 __all__ = ["ENVELOPE_ROUTE", "STORE_ROUTE", "SentryRelay", "sentry_key", "upstream_base", "upstream_key"]
@@ -215,7 +215,7 @@ class SentryRelay:
         try:
             raw, body = await read_limited(request, self.max_body, keep_raw=True, ticket=ticket)
             header, items = parse_envelope(body)
-        except (BadEnvelope, zlib.error) as error:
+        except (BadEnvelope, BadData) as error:
             return web.Response(status=400, text=str(error))
         kept: list[Item] = []
         drops: list[tuple[str, SentryEvent]] = []
@@ -247,7 +247,7 @@ class SentryRelay:
     async def _store(self, request: web.Request, ticket: Ticket) -> web.Response:
         try:
             raw, body = await read_limited(request, self.max_body, keep_raw=True, ticket=ticket)
-        except zlib.error as error:
+        except BadData as error:
             return web.Response(status=400, text=str(error))
         try:
             parsed = json.loads(body)

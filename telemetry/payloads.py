@@ -24,13 +24,12 @@ import json.scanner
 import math
 import struct
 import sys
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard, cast
 
-import zstandard
+from .decompress import BadData, TooLarge, decompressor
 
 __all__ = [
     "MAX_DECOMPRESSED_BYTES",
@@ -146,11 +145,6 @@ _TYPED = {
 MAX_DECOMPRESSED_BYTES: Final = 32 * 1024 * 1024
 #: Longest sparse array accepted: its length is a number in the input, not bounded by the input's size.
 MAX_SPARSE_LENGTH: Final = 1 << 20
-#: Compressed input is fed to zstd this many bytes at a time, so the output between two size checks
-#: stays bounded (one byte of a zstd RLE block can stand for 128 KiB).
-_ZSTD_FEED: Final = 256
-#: gzip output is taken this much at a time (zlib bounds each call's output exactly).
-_GZIP_PIECE: Final = 1 << 20
 #: Ceiling on the window a zstd frame may ask the decoder to allocate (the frame header says how much).
 _ZSTD_MAX_WINDOW: Final = 1 << 25
 _BYTES_PER_ELEMENT = {
@@ -462,8 +456,12 @@ def decode_payload(value: Any, *, max_decompressed: int = MAX_DECOMPRESSED_BYTES
     if prefix in (b"zstd", b"gzip"):
         name = prefix.decode()
         try:
-            inner = (_unzstd if prefix == b"zstd" else _gunzip)(raw[4:], max_decompressed)
-        except _Unpackable as problem:
+            unpacking = decompressor(name, max_decompressed, max_window=_ZSTD_MAX_WINDOW, one_frame=True)
+            unpacking.feed(raw[4:])
+            inner = unpacking.finish()
+        except TooLarge:
+            return Undecodable(name, f"unpacks to more than {max_decompressed} bytes", raw)
+        except BadData as problem:
             return Undecodable(name, str(problem), raw)
         if inner[:4] in (b"zstd", b"gzip"):  # no SDK nests them; refusing keeps the cap a cap
             return Undecodable(name, f"{inner[:4].decode('ascii', 'replace')} payload inside {name}", raw)
@@ -473,58 +471,6 @@ def decode_payload(value: Any, *, max_decompressed: int = MAX_DECOMPRESSED_BYTES
     if prefix == b"encr":
         return Encrypted(raw)
     return Opaque(prefix.decode("ascii", "replace"), raw)
-
-
-class _Unpackable(Exception):
-    """Compressed bytes that cannot be unpacked (the message says why)."""
-
-
-def _too_big(limit: int) -> _Unpackable:
-    return _Unpackable(f"unpacks to more than {limit} bytes")
-
-
-def _unzstd(data: bytes, limit: int) -> bytes:
-    """One zstd frame, unpacked to at most ``limit`` bytes: fed a little at a time, because a frame
-    need not declare its size (Node's encoder does not) and a few bytes can stand for megabytes."""
-    try:
-        declared = zstandard.frame_content_size(data)
-        if declared > limit:
-            raise _too_big(limit)
-        decoder = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW).decompressobj()
-        out = bytearray()
-        for start in range(0, len(data), _ZSTD_FEED):
-            out += decoder.decompress(data[start : start + _ZSTD_FEED])
-            if len(out) > limit:
-                raise _too_big(limit)
-            if decoder.eof:
-                if decoder.unused_data or start + _ZSTD_FEED < len(data):
-                    raise _Unpackable("trailing bytes after the zstd frame")
-                return bytes(out)
-    except zstandard.ZstdError as error:
-        raise _Unpackable(f"invalid zstd data: {error}") from None
-    raise _Unpackable("truncated zstd frame")
-
-
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """A gzip stream (one member or several, as ``gzip.decompress`` reads), at most ``limit`` bytes."""
-    out = bytearray()
-    pending = data
-    try:
-        while True:
-            decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            while not decoder.eof:
-                chunk = decoder.decompress(pending, min(limit + 1 - len(out), _GZIP_PIECE))
-                out += chunk
-                if len(out) > limit:
-                    raise _too_big(limit)
-                pending = decoder.unconsumed_tail
-                if not (chunk or pending or decoder.eof):
-                    raise _Unpackable("truncated gzip stream")
-            pending = decoder.unused_data
-            if not pending.strip(b"\0"):  # gzip pads with NULs; ``gzip.decompress`` allows them
-                return bytes(out)
-    except zlib.error as error:
-        raise _Unpackable(f"invalid gzip data: {error}") from None
 
 
 def split_frames(data: bytes) -> list[bytes]:

@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 from aiohttp import web
 
 from .threaded_server import serve_in_thread
@@ -28,6 +29,8 @@ class Arrival:
             return gzip.decompress(self.raw)
         if encoding == "deflate":
             return zlib.decompress(self.raw)
+        if encoding == "br":  # sentry-sdk's own choice wherever brotli is importable
+            return bytes(brotli.decompress(self.raw))
         return self.raw
 
     def events(self) -> list[dict[str, Any]]:

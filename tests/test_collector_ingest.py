@@ -123,10 +123,16 @@ def test_partial_success_for_spans_with_bad_ids(collector):
             "bad compressed body",
         ),
         (
-            b"x",
+            b"not brotli at all",
             {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"},
+            400,
+            "bad compressed body: invalid brotli data",
+        ),
+        (
+            b"x",
+            {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
             415,
-            "unsupported Content-Encoding",
+            "unsupported Content-Encoding 'snappy' (use gzip, deflate, br, zstd or none)",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import brotli
 import pytest
+import zstandard
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -121,24 +124,33 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_gzip_bomb_keeps_memory_bounded(tmp_path):
-    """A 1 GiB gzip bomb (about 1 MB on the wire) against a 16 MiB limit: refused with 413, and
-    the server's peak RSS grows by less than 64 MiB."""
+def _bomb(encoding: str, mib: int = 1024) -> bytes:
+    """``mib`` MiB of zeros in ``encoding``, compressed a MiB at a time (never held whole)."""
+    block = bytes(1024 * 1024)
+    if encoding == "gzip":
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as fh:
+            for _ in range(mib):
+                fh.write(block)
+        return buffer.getvalue()
+    if encoding == "br":
+        compressor = brotli.Compressor(quality=5)
+        return b"".join([*(compressor.process(block) for _ in range(mib)), compressor.finish()])
+    chunker = zstandard.ZstdCompressor(level=3).chunker()
+    return b"".join([*(b"".join(chunker.compress(block)) for _ in range(mib)), *chunker.finish()])
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_compression_bomb_keeps_memory_bounded(tmp_path, encoding):
+    """A 1 GiB bomb (at most a few MB on the wire) in each coding we decode, against a 16 MiB limit:
+    refused with 413, and the server's peak RSS grows by less than 64 MiB."""
     process, url = _serve(tmp_path, "--max-body", "16MiB")
     try:
         http("POST", f"{url}/v1/traces", encode_spans(make_sdk_spans(1)).SerializeToString(), PROTOBUF)
         before = _peak_rss_kib(process.pid)
-        compressor = gzip.GzipFile
-        import io
-
-        buffer = io.BytesIO()
-        with compressor(fileobj=buffer, mode="wb", compresslevel=9) as fh:
-            block = b"\x00" * (1024 * 1024)
-            for _ in range(1024):
-                fh.write(block)
-        bomb = buffer.getvalue()
+        bomb = _bomb(encoding)
         assert len(bomb) < 2 * 1024 * 1024
-        status, _, _ = http("POST", f"{url}/v1/traces", bomb, {**PROTOBUF, "Content-Encoding": "gzip"}, timeout=60)
+        status, _, _ = http("POST", f"{url}/v1/traces", bomb, {**PROTOBUF, "Content-Encoding": encoding}, timeout=60)
         assert status == 413
         growth_mib = (_peak_rss_kib(process.pid) - before) / 1024
         assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB"

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
+import brotli
 import pytest
+import zstandard
 from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -31,7 +33,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from collector.admission import DECODED_FACTOR, Admission
-from collector.ingest import INLINE_DECODE_BYTES, Ingest, TooLarge, read_limited
+from collector.content_coding import BadData, TooLarge
+from collector.ingest import INLINE_DECODE_BYTES, Ingest, read_limited
 from collector.metrics import Metrics
 from collector.otlp import JSON, PROTOBUF
 from collector.store import Store
@@ -64,7 +67,7 @@ async def _read_endpoint(request: web.Request) -> web.Response:
         raw, body = await read_limited(request, limit, keep_raw=request.query.get("raw") == "1")
     except TooLarge:
         return web.Response(status=413)
-    except zlib.error as error:
+    except BadData as error:
         return web.Response(status=400, text=str(error))
     return web.json_response({"raw": raw.hex(), "body": body.hex()})
 
@@ -207,10 +210,14 @@ def test_no_content_type_is_415(tmp_path):
         ("identity", lambda b: b, 200),
         ("gzip", gzip.compress, 200),
         ("GZIP", gzip.compress, 200),
+        ("x-gzip", gzip.compress, 200),
         ("deflate", zlib.compress, 200),
-        ("br", lambda b: b, 415),
-        ("gzip, br", gzip.compress, 415),
-        ("zstd", lambda b: b, 415),
+        ("br", brotli.compress, 200),
+        ("zstd", zstandard.compress, 200),
+        ("ZSTD", zstandard.compress, 200),
+        ("gzip, br", lambda b: brotli.compress(gzip.compress(b)), 415),  # codings in a row: not taken
+        ("compress", lambda b: b, 415),
+        ("lz4", lambda b: b, 415),
     ],
 )
 def test_content_encodings(tmp_path, encoding, encode, status):
@@ -247,7 +254,10 @@ def test_limit_before_decompression(tmp_path):
     assert rejected == 2
 
 
-@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("br", brotli.compress), ("zstd", zstandard.compress)],
+)
 def test_limit_after_decompression(tmp_path, encoding, compress):
     body, ids = _protobuf(3)
     limit = len(body)
@@ -270,18 +280,46 @@ def test_limit_after_decompression(tmp_path, encoding, compress):
     assert stored == ids
 
 
-def test_a_gzip_bomb_is_refused_quickly(tmp_path):
-    bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [
+        ("gzip", lambda b: gzip.compress(b, compresslevel=9)),
+        ("br", lambda b: brotli.compress(b, quality=5)),
+        ("zstd", zstandard.compress),
+    ],
+)
+def test_a_compression_bomb_is_refused_quickly(tmp_path, encoding, compress):
+    bomb = compress(bytes(64 * 1024 * 1024))
 
     async def go():
         async with _serve(tmp_path, max_body=1 << 20) as served:
             started = time.monotonic()
-            status, _, text = await _post(f"{served.url}/v1/traces", bomb, {**PB, "Content-Encoding": "gzip"})
+            status, _, text = await _post(f"{served.url}/v1/traces", bomb, {**PB, "Content-Encoding": encoding})
             return status, text, time.monotonic() - started
 
     status, text, elapsed = asyncio.run(go())
     assert len(bomb) < (1 << 20) and status == 413 and b"after decompression" in text
     assert elapsed < 5  # stopped after the limit, not after inflating 64 MiB
+
+
+@pytest.mark.parametrize(
+    "encoding, body, reason",
+    [
+        ("br", b"not brotli at all", b"invalid brotli data"),
+        ("br", brotli.compress(b"\x00" * 1000)[:-2], b"truncated"),
+        ("zstd", b"not zstd at all", b"invalid zstd data"),
+        ("zstd", zstandard.compress(b"\x00" * 1000)[:-2], b"truncated"),
+        ("gzip", b"not gzip", b"bad compressed body"),
+    ],
+)
+def test_a_body_that_does_not_decode_is_a_400(tmp_path, encoding, body, reason):
+    async def go():
+        async with _serve(tmp_path) as served:
+            got = await _post(f"{served.url}/v1/traces", body, {**PB, "Content-Encoding": encoding})
+            return got, served.metrics.requests_rejected, served.span_ids()
+
+    (status, _, text), rejected, stored = asyncio.run(go())
+    assert status == 400 and reason in text and rejected == 1 and stored == set()
 
 
 def test_chunked_gzip_json(tmp_path):

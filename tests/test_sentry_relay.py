@@ -30,9 +30,16 @@ def _relay_dsn(service, project: str = "42") -> str:
     return f"http://clientkey@127.0.0.1:{service.port}/{project}"
 
 
-def test_python_sdk_through_the_relay(collector, sentry_upstream):
+@pytest.mark.parametrize(
+    "experiments, encoding",
+    [
+        ({}, "br"),  # sentry-sdk's default wherever brotli is importable (it is here, as in many apps)
+        ({"transport_compression_algo": "gzip"}, "gzip"),
+    ],
+)
+def test_python_sdk_through_the_relay(collector, sentry_upstream, experiments, encoding):
     service = collector(sentry_upstream=sentry_upstream.dsn())
-    sentry_sdk.init(dsn=_relay_dsn(service), default_integrations=False)
+    sentry_sdk.init(dsn=_relay_dsn(service), default_integrations=False, _experiments=experiments)
     try:
         for error in (
             Exception(DIAG),
@@ -54,6 +61,8 @@ def test_python_sdk_through_the_relay(collector, sentry_upstream):
     assert values == ["Stream write failed: HTTP 503", "a real failure"]
     arrival = sentry_upstream.arrivals[0]
     assert arrival.path == "/api/7/envelope/"  # the upstream DSN's project
+    # what the SDK sent, read by the relay and passed on as it came (nothing of it dropped)
+    assert {a.headers.get("Content-Encoding") for a in sentry_upstream.arrivals} == {encoding}
     assert "sentry_key=clientkey" in arrival.headers["X-Sentry-Auth"]  # the client's own auth header
     assert service.relay.dropped["vercel-stream-409"] == 2
     metrics = http("GET", f"{service.url}/metrics")[2].decode()

@@ -17,10 +17,12 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import brotli
 import sentry_sdk
 from aiohttp import web
 from google.protobuf import json_format
@@ -39,6 +41,12 @@ from ..sdk_spans import RUN, make_sdk_spans
 from ..test_sentry import DIAG, SEED
 from ..threaded_server import serve_in_thread
 
+_DECODE: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": lambda raw: bytes(brotli.decompress(raw)),
+}
+
 
 @dataclass
 class Capture:
@@ -53,9 +61,8 @@ class Capture:
         async def receive(request: web.Request) -> web.Response:
             raw = await request.read()
             encoding = request.headers.get("Content-Encoding", "")
-            body = (
-                gzip.decompress(raw) if encoding == "gzip" else zlib.decompress(raw) if encoding == "deflate" else raw
-            )
+            decode = _DECODE.get(encoding)  # sentry-sdk sends br wherever brotli is importable
+            body = decode(raw) if decode else raw
             with self.lock:
                 self.bodies.append((request.path, body))
                 self.requests.append((request.path_qs, dict(request.headers)))

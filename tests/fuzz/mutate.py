@@ -20,6 +20,8 @@ import time
 import zlib
 from typing import Any
 
+import brotli
+import zstandard
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -513,6 +515,9 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+_CODINGS = [(gzip.compress, "gzip"), (brotli.compress, "br"), (zstandard.compress, "zstd")]
+
+
 def encode(body: bytes, rng: random.Random) -> tuple[bytes, dict[str, str]]:
     """The body with a Content-Encoding, sometimes a lie about it."""
     roll = rng.random()
@@ -523,10 +528,18 @@ def encode(body: bytes, rng: random.Random) -> tuple[bytes, dict[str, str]]:
     if roll < 0.78:
         half = len(body) // 2
         return gzip.compress(body[:half]) + gzip.compress(body[half:]), {"Content-Encoding": "gzip"}
-    if roll < 0.85:
+    if roll < 0.81:
         return zlib.compress(body), {"Content-Encoding": "deflate"}
+    if roll < 0.84:
+        return brotli.compress(body), {"Content-Encoding": "br"}
+    if roll < 0.87:
+        return zstandard.compress(body), {"Content-Encoding": "zstd"}
     if roll < 0.9:
-        return gzip.compress(body)[: rng.randint(0, 40)], {"Content-Encoding": "gzip"}
+        compress, encoding = rng.choice(
+            [(gzip.compress, "gzip"), (brotli.compress, "br"), (zstandard.compress, "zstd")]
+        )
+        return compress(body)[: rng.randint(0, 40)], {"Content-Encoding": encoding}
     if roll < 0.95:
-        return body, {"Content-Encoding": rng.choice(["gzip", "deflate", "br", "x-nonsense", "GZIP"])}
-    return gzip.compress(body) + rng.randbytes(4), {"Content-Encoding": "gzip"}
+        return body, {"Content-Encoding": rng.choice(["gzip", "deflate", "br", "zstd", "x-nonsense", "GZIP"])}
+    compress, encoding = rng.choice(_CODINGS)
+    return compress(body) + rng.randbytes(4), {"Content-Encoding": encoding}
