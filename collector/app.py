@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -30,6 +31,7 @@ from .auth import auth_middleware, login_routes
 from .forward import Forwarder
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
+from .otlp_grpc import start_grpc
 from .private import FILE_MODE, private_dir, private_file, redact
 from .sampling import Sampler
 from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
@@ -60,6 +62,10 @@ class Service:
     sampler: Sampler | None = None  # between the store and the forward spool, with --forward-sample
     relay: SentryRelay | None = None
     world: LocalWorld | PostgresWorld | VercelWorld | None = None
+    ingest: Ingest | None = None
+    admission: Admission | None = None
+    grpc: grpc.aio.Server | None = None  # the OTLP/gRPC receiver, when serving one
+    grpc_port: int | None = None  # its bound port
 
     @property
     def url(self) -> str:
@@ -76,6 +82,8 @@ class Service:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.grpc is not None:
+            await self.grpc.stop(1)
         if self.runner is not None:
             await self.runner.cleanup()
         if self.world is not None:
@@ -190,6 +198,7 @@ def build(settings: Settings) -> Service:
     metrics.labelled["wft_admission_refused_total"] = ("reason", lambda: dict(admission.refusals))
     metrics.labelled["wft_request_body_read_bytes_total"] = ("route", lambda: dict(admission.bytes_read))
     ingest = Ingest(writer, metrics, max_body=settings.max_body_bytes, forward=forward, admission=admission)
+    service.ingest, service.admission = ingest, admission
     app.router.add_post("/v1/traces", ingest.handle)
     app.on_cleanup.append(ingest.cleanup)  # its decoder process
 
@@ -250,6 +259,7 @@ async def start(settings: Settings) -> Service:
         await service.runner.setup()
         site = web.TCPSite(service.runner, settings.host, settings.port)
         await site.start()
+        await _start_grpc(service)
     except BaseException:  # e.g. the port is taken: leave nothing running behind the error
         await service.runner.cleanup()
         if service.world is not None:
@@ -264,8 +274,9 @@ async def start(settings: Settings) -> Service:
     if service.sampler is not None:
         service.tasks.append(asyncio.create_task(service.sampler.run(service.stop_event)))
     log.info(
-        "listening on %s (store %s, %s, token %s)",
+        "listening on %s%s (store %s, %s, token %s)",
         service.url,
+        "" if service.grpc_port is None else f", OTLP/gRPC on {settings.host}:{service.grpc_port}",
         settings.store,
         describe_world(settings),
         "required" if settings.token else "off",
@@ -276,6 +287,31 @@ async def start(settings: Settings) -> Service:
             " (wft_sentry_unforwarded_events on /metrics), not forwarded"
         )
     return service
+
+
+async def _start_grpc(service: Service) -> None:
+    """The OTLP/gRPC receiver, when asked for; a port left to its default that cannot be bound
+    (another OTLP collector on 4317, say) is a warning, a port asked for is an error."""
+    settings = service.settings
+    if settings.grpc_port is None or service.ingest is None or service.admission is None:
+        return
+    try:
+        service.grpc, service.grpc_port = await start_grpc(
+            service.ingest,
+            service.admission,
+            host=settings.host,
+            port=settings.grpc_port,
+            token=settings.token,
+            max_body=settings.max_body_bytes,
+        )
+    except OSError as error:
+        if not settings.grpc_best_effort:
+            raise
+        log.warning(
+            "OTLP/gRPC not served: %s: %s; pass --grpc-port PORT to choose another, or --grpc-port off",
+            error.filename,
+            error.strerror,
+        )
 
 
 def serve(settings: Settings) -> None:

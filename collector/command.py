@@ -17,6 +17,8 @@ from telemetry.backends import backend_config
 from telemetry.commands.common import RUNTIME, CliError, Handler, add_world_options, check_world
 from telemetry.errors import WorkflowWorldError
 
+from .settings import GRPC_PORT
+
 NAME = "serve"
 HELP = "run the collector: OTLP receiver, store, world tailer and run API"
 
@@ -26,6 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         "--host", default="127.0.0.1", help="address to bind (default %(default)s; anything else needs --token)"
     )
     parser.add_argument("--port", type=int, default=4318, help="port (default %(default)s, the OTLP/HTTP port)")
+    parser.add_argument(
+        "--grpc-port",
+        default=None,
+        help=f"OTLP/gRPC port, or 'off' (default {GRPC_PORT}; if the default is taken, a warning and no gRPC)",
+    )
     parser.add_argument(
         "--store",
         default=os.environ.get("WFT_STORE", "wft-data/store.sqlite3"),
@@ -122,9 +129,12 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                 pending_bytes = parse_bytes(args.max_pending_bytes)
             except SettingsError as error:
                 raise SettingsError(f"--max-pending-bytes: {error}") from None
+            grpc_port, best_effort = _grpc_port(args.grpc_port)
             settings = Settings(
                 host=args.host,
                 port=args.port,
+                grpc_port=grpc_port,
+                grpc_best_effort=best_effort,
                 store=Path(args.store),
                 token=args.token or os.environ.get("WFT_TOKEN"),
                 max_body_bytes=parse_bytes(args.max_body),
@@ -152,15 +162,29 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             serve(settings)
         except SettingsError as error:  # found on opening: the store cannot be opened or is not one (--store)
             raise CliError(str(error)) from None
-        except OSError as error:  # e.g. the port is taken
-            where = f"{settings.host}:{settings.port}"
+        except OSError as error:  # e.g. a port is taken
+            grpc = "OTLP/gRPC" in str(error.filename or "")  # otlp_grpc names its port so
+            port, flag = (settings.grpc_port, "--grpc-port") if grpc else (settings.port, "--port")
+            where = f"{settings.host}:{port}"
             if error.errno == errno.EADDRINUSE or "address already in use" in str(error):
                 raise CliError(
-                    f"port {settings.port} on {settings.host} is already in use (another wft serve or OTLP"
-                    " collector?): stop it, or pass --port",
+                    f"port {port} on {settings.host} is already in use (another wft serve or OTLP"
+                    f" collector?): stop it, or pass {flag}",
                     status=RUNTIME,
                 ) from None
             raise CliError(f"cannot serve on {where}: {error.strerror or error}", status=RUNTIME) from None
         return 0
 
     return handle
+
+
+def _grpc_port(given: str | None) -> tuple[int | None, bool]:
+    """``--grpc-port``: (the port, or None for 'off'; whether it was left to its default)."""
+    if given is None:
+        return GRPC_PORT, True
+    if given.strip().lower() in ("off", "none", "no"):
+        return None, False
+    try:
+        return int(given), False
+    except ValueError:
+        raise CliError(f"--grpc-port {given!r}: a port number, or 'off'") from None

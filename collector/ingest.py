@@ -69,6 +69,7 @@ __all__ = [
     "INLINE_DECODE_BYTES",
     "Decoded",
     "Ingest",
+    "Outcome",
     "TooLarge",
     "admit",
     "answer_then_drain",
@@ -221,6 +222,18 @@ async def read_limited(
     return bytes(raw), body
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a request is answered, as an HTTP status (a transport maps it to its own): 200 with the
+    spans refused (``rejected``) and why (``message``), or an error status, its reason and, for a
+    503, when to retry (``Retry-After`` seconds)."""
+
+    status: int
+    message: str = ""
+    retry_after: str | None = None
+    rejected: int = 0
+
+
 class Ingest:
     def __init__(
         self,
@@ -301,17 +314,28 @@ class Ingest:
     async def _ingest(self, request: web.Request, content_type: str, ticket: Ticket) -> web.Response:
         try:
             _, body = await read_limited(request, self.max_body, ticket=ticket)
-            decoded = await self._decode(body, content_type)
         except BadData as error:
             self.metrics.requests_rejected += 1
             return web.Response(status=400, text=f"bad compressed body: {error}")
+        outcome = await self.accept(body, content_type)
+        if outcome.status != 200:
+            headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
+            return web.Response(status=outcome.status, headers=headers, text=outcome.message)
+        answer = encode_response(content_type, outcome.rejected, outcome.message)
+        return web.Response(body=answer, content_type=content_type)
+
+    async def accept(self, body: bytes, content_type: str) -> Outcome:
+        """Decode a request's body (protobuf or JSON), have the writer commit its spans, forward
+        them: what the client is answered, whatever the transport (OTLP/HTTP here, OTLP/gRPC in
+        ``otlp_grpc``). The caller holds the body's admission ticket until this returns."""
+        try:
+            decoded = await self._decode(body, content_type)
         except BadPayload as error:
             self.metrics.requests_rejected += 1
-            return web.Response(status=400, text=str(error))
+            return Outcome(400, str(error))
         except BrokenProcessPool:
             self.metrics.requests_unavailable += 1
-            headers = {"Retry-After": str(_DECODER_RETRY_S)}
-            return web.Response(status=503, headers=headers, text="the decoder process failed; retry later")
+            return Outcome(503, "the decoder process failed; retry later", str(_DECODER_RETRY_S))
         rejected, reason, downgraded = decoded.rejected, decoded.reason, decoded.downgraded
         benign = len(downgraded)
         try:
@@ -319,12 +343,12 @@ class Ingest:
         except Overloaded:
             self.metrics.requests_overloaded += 1
             retry = str(self.admission.retry_after())  # jittered like the budget's refusals
-            return web.Response(status=503, headers={"Retry-After": retry}, text="collector is overloaded; retry later")
+            return Outcome(503, "collector is overloaded; retry later", retry)
         except StoreUnavailable as error:
             return self._unavailable(error)
         except Exception as error:  # the store refused this request's spans (the rest of its group is stored)
             self.metrics.requests_rejected += 1
-            return web.Response(status=422, text=f"the store refused these spans ({type(error).__name__})")
+            return Outcome(422, f"the store refused these spans ({type(error).__name__})")
         self.metrics.spans_accepted += decoded.count
         self.metrics.spans_rejected += rejected
         self.metrics.spans_benign += benign
@@ -344,14 +368,12 @@ class Ingest:
         if limited:
             cut = f"{limited} spans cut to the collector's limits (see their {LIMITED} attribute)"
             message = f"{message}; {cut}" if message else cut
-        return web.Response(body=encode_response(content_type, rejected, message), content_type=content_type)
+        return Outcome(200, message, rejected=rejected)
 
-    def _unavailable(self, error: StoreUnavailable) -> web.Response:
+    def _unavailable(self, error: StoreUnavailable) -> Outcome:
         self.metrics.requests_unavailable += 1
-        return web.Response(
-            status=503,
-            headers={"Retry-After": str(error.retry_after)},
-            text=f"the collector cannot store spans now: {error.reason}; retry later",
+        return Outcome(
+            503, f"the collector cannot store spans now: {error.reason}; retry later", str(error.retry_after)
         )
 
 

@@ -7,10 +7,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from telemetry.backends import BackendConfig
 
-__all__ = ["Settings", "SettingsError", "parse_bytes", "parse_duration", "is_loopback"]
+__all__ = ["GRPC_PORT", "Settings", "SettingsError", "parse_bytes", "parse_duration", "is_loopback"]
+
+
+#: the port OTLP/gRPC receivers listen on (``wft serve --grpc-port``'s default)
+GRPC_PORT: Final = 4317
 
 
 class SettingsError(ValueError):
@@ -21,6 +26,8 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"
     port: int = 4318
+    grpc_port: int | None = None  # OTLP/gRPC on this port too (``--grpc-port``, 4317 from the command line); 0: any
+    grpc_best_effort: bool = False  # a gRPC port that cannot be bound is a warning, not an error (the CLI's default)
     store: Path = Path("wft-data/store.sqlite3")
     token: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
@@ -52,6 +59,11 @@ class Settings:
             )
         if not 0 <= self.port < 65536:  # 0: any free port
             raise SettingsError(f"port {self.port} is out of range")
+        if self.grpc_port is not None:
+            if not 0 <= self.grpc_port < 65536:
+                raise SettingsError(f"--grpc-port {self.grpc_port} is out of range")
+            if self.grpc_port == self.port != 0:
+                raise SettingsError(f"--grpc-port and --port are both {self.port}: OTLP/gRPC needs a port of its own")
         if self.trace_url_template is not None:
             from .queries import check_trace_url_template
 

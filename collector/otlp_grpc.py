@@ -1,0 +1,165 @@
+"""OTLP/gRPC in: ``TraceService/Export`` on its own port (4317, as every OTLP receiver has it).
+
+Some SDKs export over gRPC unless told otherwise (the Python distro that ``opentelemetry-instrument``
+runs, .NET, many collectors' pipelines); an app pointed at a receiver that only speaks OTLP/HTTP
+then exports nothing, and says so only in its own logs. So ``wft serve`` listens for both.
+
+The request is the message OTLP/HTTP carries as protobuf, so the same ``Ingest.accept`` takes it:
+its bytes are handed over as they came (grpc's deserializer is not used), and it is decoded,
+validated, stored, answered (``partial_success``) and forwarded exactly as over HTTP. What differs
+is the transport's:
+
+- **Size.** grpc reads a whole message before the handler sees it, so the budget is asked once it
+  is read (``Admission``, as for a body of known length); grpc itself refuses a message over
+  ``max_message_bytes`` (the smaller of ``--max-body`` and gRPC's customary 4 MiB, compressed or
+  not: RESOURCE_EXHAUSTED), and at most ``MAX_CONCURRENT_RPCS`` are in hand at once (grpc refuses
+  more with RESOURCE_EXHAUSTED, which exporters retry), so what grpc holds for us is bounded.
+- **Statuses**, as the OTLP specification maps them: a body that does not parse or that the store
+  refuses is INVALID_ARGUMENT (not retried); overload and a store that cannot be written are
+  UNAVAILABLE with a ``google.rpc.RetryInfo`` saying when to retry (retried, after that delay);
+  a missing or wrong token is UNAUTHENTICATED.
+- **Auth**: with ``--token``, the ``authorization`` metadata (``Bearer <token>``), what an
+  exporter's ``OTEL_EXPORTER_OTLP_HEADERS`` sends.
+- **Binding**: grpc would share a port another process listens on (``SO_REUSEPORT``, its default
+  on Linux) and split the traffic with it; that is turned off, so a port in use is an error.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NoReturn
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc.error_details_pb2 import RetryInfo
+
+from .admission import Admission, Refused, client_key
+from .auth import bearer_ok
+from .ingest import Ingest
+from .otlp import PROTOBUF, encode_response
+
+__all__ = ["MAX_CONCURRENT_RPCS", "SERVICE", "max_message_bytes", "start_grpc"]
+
+log = logging.getLogger("collector.grpc")
+
+#: the service and method an OTLP/gRPC trace exporter calls
+SERVICE: Final = "opentelemetry.proto.collector.trace.v1.TraceService"
+#: exports in hand at once (each at most ``max_message_bytes``); grpc refuses more (RESOURCE_EXHAUSTED)
+MAX_CONCURRENT_RPCS: Final = 64
+_GRPC_DEFAULT_MAX: Final = 4 * 1024 * 1024
+_RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
+_NO_TOKEN: Final = "a valid 'authorization: Bearer <token>' is required"
+
+
+def max_message_bytes(max_body: int) -> int:
+    """The largest message taken: ``--max-body``, but no more than gRPC's customary 4 MiB (what
+    exporters expect of a receiver, and what keeps ``MAX_CONCURRENT_RPCS`` messages bounded)."""
+    return min(max_body, _GRPC_DEFAULT_MAX)
+
+
+def _peer_address(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` → the address alone: fairness is per client
+    address, as over HTTP, not per connection."""
+    kind, _, address = peer.partition(":")
+    return address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else address
+
+
+class _Export:
+    """The ``Export`` handler: admit, accept, answer."""
+
+    def __init__(self, ingest: Ingest, admission: Admission, token: str | None) -> None:
+        self.ingest = ingest
+        self.admission = admission
+        self.token = token
+
+    async def export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        if self.token is not None and not bearer_ok(metadata.get("authorization", ""), self.token):
+            await _abort(
+                context, grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' is required"
+            )
+        key = client_key(_peer_address(context.peer() or ""), metadata.get("user-agent"))
+        try:
+            ticket = self.admission.admit(key, len(body), route="otlp-grpc")
+        except Refused as refused:
+            if refused.status == 503:
+                self.ingest.metrics.requests_overloaded += 1
+            else:
+                self.ingest.metrics.requests_rejected += 1
+            await _refuse(context, refused.status, refused.reason, refused.retry_after)
+        try:
+            ticket.read(len(body))
+            outcome = await self.ingest.accept(body, PROTOBUF)
+        finally:
+            ticket.release()
+        if outcome.status != 200:
+            await _refuse(context, outcome.status, outcome.message, outcome.retry_after)
+        return encode_response(PROTOBUF, outcome.rejected, outcome.message)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, status: int, message: str, retry_after: object) -> NoReturn:
+    """End the call as an HTTP ``status`` maps to gRPC: 503 → UNAVAILABLE with when to retry
+    (``RetryInfo``), anything else (400, 413, 422) → INVALID_ARGUMENT, which is not retried."""
+    if status == 503:
+        seconds = int(str(retry_after)) if str(retry_after).isdigit() else 1
+        info = RetryInfo(retry_delay=Duration(seconds=seconds)).SerializeToString()
+        context.set_trailing_metadata(((_RETRY_INFO_KEY, info),))
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, message)
+    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)  # raises: the call ends here
+    raise AssertionError("grpc's abort returned")
+
+
+def _handler(export: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.GenericRpcHandler:
+    # no (de)serializers: the request's bytes go to ``Ingest.accept`` as they came, the answer goes as encoded
+    method = grpc.unary_unary_rpc_method_handler(export)
+    return grpc.method_handlers_generic_handler(SERVICE, {"Export": method})
+
+
+async def start_grpc(
+    ingest: Ingest, admission: Admission, *, host: str, port: int, token: str | None, max_body: int
+) -> tuple[grpc.aio.Server, int]:
+    """An OTLP/gRPC receiver on ``host:port``, started: (server, the bound port). ``OSError`` when
+    the port cannot be bound (in use, no such address)."""
+    limit = max_message_bytes(max_body)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 1024 * 1024),
+        ],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
+    # a coroutine function (grpc.aio tells by ``inspect``), not an object with an async ``__call__``
+    server.add_generic_rpc_handlers((_handler(_Export(ingest, admission, token).export),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = f"{address} (OTLP/gRPC)"  # the error's filename: says which of the ports failed
+    try:
+        _check_bindable(host, port)
+        bound = server.add_insecure_port(address)
+    except OSError as error:
+        await server.stop(None)
+        raise OSError(error.errno, error.strerror, where) from None
+    except RuntimeError:  # grpc says only "Failed to bind to address"
+        bound = 0
+    if not bound:
+        await server.stop(None)
+        raise OSError(errno.EADDRNOTAVAIL, "cannot listen there", where)
+    await server.start()
+    return server, bound
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """``OSError`` (with the reason: in use, no such address) when ``host:port`` cannot be bound:
+    grpc's own failure says only that it failed."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
