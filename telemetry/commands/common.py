@@ -36,7 +36,9 @@ __all__ = [
     "add_world_options",
     "check_http_url",
     "check_world",
+    "add_otlp_protocol_option",
     "otlp_endpoint",
+    "otlp_protocol_of",
     "parse_moment",
     "run_async",
     "world_from",
@@ -245,6 +247,32 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
         status = USAGE if isinstance(error, UnsupportedLayoutError) else RUNTIME
         raise CliError(str(error), status=status) from None
+
+
+def add_otlp_protocol_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--otlp-protocol",
+        metavar="PROTOCOL",
+        default=None,
+        help="http/protobuf, http/json (sent as protobuf) or grpc (default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL,"
+        " else http/protobuf); over grpc, --otlp or the endpoint variable is http(s)://host:port",
+    )
+
+
+def otlp_protocol_of(args: argparse.Namespace) -> str:
+    """``--otlp-protocol`` or the OTel variables', checked: a value OTLP does not know fails now."""
+    from ..export import otlp_protocol
+
+    try:
+        return otlp_protocol(args.otlp_protocol)
+    except ValueError as error:
+        if args.otlp_protocol:
+            where = "--otlp-protocol"
+        elif os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+            where = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        else:
+            where = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        raise CliError(f"{where}: {error}") from None
 
 
 def otlp_endpoint(flag: str | None) -> str | None:

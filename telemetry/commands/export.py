@@ -32,12 +32,23 @@ from typing import Any, TextIO
 from ..backends import backend_config
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowRunNotFoundError, WorkflowWorldError
-from ..export import OtlpSink, run_resource
+from ..export import open_sink, run_resource
 from ..otlp_encode import OtlpEncoder, RunBatcher
 from ..reading import RunSelection, all_runs, count_runs, empty_log, event_log, run_logs, selected, stalled_runs
 from ..runtrace import SpanData, build_run_trace
 from ..world import Event, WorkflowRun
-from .common import RUNTIME, CliError, Handler, add_world_options, otlp_endpoint, parse_moment, run_async, world_from
+from .common import (
+    RUNTIME,
+    CliError,
+    Handler,
+    add_otlp_protocol_option,
+    add_world_options,
+    otlp_endpoint,
+    otlp_protocol_of,
+    parse_moment,
+    run_async,
+    world_from,
+)
 from .export_parallel import PARALLEL_KINDS, Delivery, default_jobs, export_in_processes
 
 __all__ = ["Progress", "configure"]
@@ -116,8 +127,10 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
         "--otlp",
         metavar="URL",
-        help="OTLP/HTTP base URL; /v1/traces is appended (default: OTEL_EXPORTER_OTLP_ENDPOINT or http://localhost:4318)",
+        help="OTLP base URL; /v1/traces is appended over OTLP/HTTP (default: OTEL_EXPORTER_OTLP_ENDPOINT or"
+        " http://localhost:4318, :4317 over grpc)",
     )
+    add_otlp_protocol_option(parser)
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds per OTLP request, retries included (default %(default)s)"
     )
@@ -177,11 +190,12 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             raise CliError(f"--grace: expected 0 or more seconds, got {args.grace:g}")
         chosen = selection(args)
         endpoint = otlp_endpoint(args.otlp)
+        protocol = otlp_protocol_of(args)
         world = world_from(args)
         if args.grace is not None and hasattr(world, "grace"):
             world.grace = max(0.0, args.grace)
         listing = selected(world, chosen)
-        sink = OtlpSink(endpoint, timeout=args.timeout)
+        sink = open_sink(endpoint, protocol=protocol, timeout=args.timeout)
         resource = run_resource(args.world or "local")
         progress = Progress()
         started = time.monotonic()

@@ -54,7 +54,7 @@ from ..backends.local import LocalWorld
 from ..backends.local_layout import FlatSnapshot, event_ids
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
-from ..export import ExportError, OtlpSink, gzip_body
+from ..export import ExportError, Sink, gzip_body
 from ..otlp_encode import OtlpEncoder, RunBatcher, split_by_run
 from ..reading import all_runs, empty_log, event_log, run_logs, run_records, stalled_runs
 from ..runtrace import RunTraceBuilder
@@ -126,7 +126,7 @@ class Delivery:
     stops rather than wait out every request left.
     """
 
-    def __init__(self, sink: OtlpSink, tally: Tally, *, gzipped: bool = False) -> None:
+    def __init__(self, sink: Sink, tally: Tally, *, gzipped: bool = False) -> None:
         self.sink = sink
         self.tally = tally
         self.gzipped = gzipped  # bodies already compressed (``gzip_body``), as workers send them
@@ -379,7 +379,7 @@ def _context() -> Any:
 async def export_in_processes(
     world: Any,
     config: BackendConfig,
-    sink: OtlpSink,
+    sink: Sink,
     resource: Resource,
     tally: Tally,
     *,

@@ -26,9 +26,17 @@ from typing import Any
 
 from ..backends import backend_config, poll_interval
 from ..errors import WorkflowWorldError
-from ..export import ExportError, OtlpSink, run_resource
+from ..export import ExportError, open_sink, run_resource
 from ..follow import Checkpoint, Delivery, Follower, ParallelCatchUp
-from .common import CliError, Handler, add_world_options, otlp_endpoint, world_from
+from .common import (
+    CliError,
+    Handler,
+    add_otlp_protocol_option,
+    add_world_options,
+    otlp_endpoint,
+    otlp_protocol_of,
+    world_from,
+)
 
 log = logging.getLogger("telemetry.follow")
 
@@ -42,7 +50,10 @@ _FAILED = re.compile(r"Failed to export \w+ batch code: (\S+), reason: (.+)")
 
 def configure(parser: argparse.ArgumentParser) -> Handler:
     add_world_options(parser)
-    parser.add_argument("--otlp", metavar="URL", help="OTLP/HTTP base URL; /v1/traces is appended")
+    parser.add_argument(
+        "--otlp", metavar="URL", help="OTLP base URL; /v1/traces is appended over OTLP/HTTP (see --otlp-protocol)"
+    )
+    add_otlp_protocol_option(parser)
     parser.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -81,6 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
 
     def handle(args: argparse.Namespace) -> int:
         otlp_endpoint(args.otlp)  # a typo in --otlp or the OTel variables fails now, not in every pass
+        otlp_protocol_of(args)
         if args.jobs is not None and args.jobs < 1:
             raise CliError(f"--jobs: expected 1 or more, got {args.jobs}")
         if (args.interval is not None and args.interval <= 0) or args.max_backoff <= 0 or args.timeout <= 0:
@@ -167,7 +179,7 @@ class _Daemon:
         self.args = args
         self.world = world
         self.checkpoint = checkpoint
-        self.sink = OtlpSink(args.otlp, timeout=args.timeout)
+        self.sink = open_sink(args.otlp, protocol=otlp_protocol_of(args), timeout=args.timeout)
         self.reason = _ExporterReason()
         self.resource = run_resource(args.world or "local")
         self.follower = Follower(
