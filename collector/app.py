@@ -14,8 +14,8 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -31,7 +31,6 @@ from .auth import auth_middleware, login_routes
 from .forward import Forwarder
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
-from .otlp_grpc import start_grpc
 from .private import FILE_MODE, private_dir, private_file, redact
 from .sampling import Sampler
 from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
@@ -40,6 +39,9 @@ from .store import Store
 from .tailer import Forward, Tailer
 from .ui import routes as ui_routes
 from .writer import Writer
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["Service", "build", "start", "serve"]
 
@@ -295,6 +297,8 @@ async def _start_grpc(service: Service) -> None:
     settings = service.settings
     if settings.grpc_port is None or service.ingest is None or service.admission is None:
         return
+    from .otlp_grpc import start_grpc  # grpc (12 MiB) is loaded only by a collector serving it
+
     try:
         service.grpc, service.grpc_port = await start_grpc(
             service.ingest,
