@@ -78,9 +78,7 @@ class _Export:
     async def export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         if self.token is not None and not bearer_ok(metadata.get("authorization", ""), self.token):
-            await _abort(
-                context, grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' is required"
-            )
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, _NO_TOKEN)
         key = client_key(_peer_address(context.peer() or ""), metadata.get("user-agent"))
         try:
             ticket = self.admission.admit(key, len(body), route="otlp-grpc")

@@ -162,6 +162,10 @@ def configured_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
     return {name.lower(): value for name, value in configured.items()}
 
 
+#: the values of ``OTEL_EXPORTER_OTLP_PROTOCOL``
+PROTOCOLS = ("http/protobuf", "http/json", "grpc")
+
+
 def otlp_protocol(given: str | None = None) -> str:
     """The OTLP transport to export with: ``given`` (a flag), else ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``,
     else ``http/protobuf``; ``ValueError`` for anything else than the spec's three values
@@ -170,10 +174,6 @@ def otlp_protocol(given: str | None = None) -> str:
     if protocol not in PROTOCOLS:
         raise ValueError(f"OTLP protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     return protocol
-
-
-#: the values of ``OTEL_EXPORTER_OTLP_PROTOCOL``
-PROTOCOLS = ("http/protobuf", "http/json", "grpc")
 
 
 def open_sink(
