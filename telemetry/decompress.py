@@ -164,6 +164,7 @@ class _Zstd(_Identity):
         self._zstd = zstandard.ZstdDecompressor(max_window_size=max_window)
         self._frame = self._zstd.decompressobj()
         self._one_frame = one_frame
+        self._fresh = True  # nothing of the current frame fed yet: its header may say its size
 
     def feed(self, data: bytes) -> None:
         try:
@@ -173,11 +174,24 @@ class _Zstd(_Identity):
                     if self._frame.eof:  # the frame ended and more follows
                         if self._one_frame:
                             raise BadData("trailing bytes after the zstd frame")
-                        self._frame = self._zstd.decompressobj()
+                        self._frame, self._fresh = self._zstd.decompressobj(), True
+                    if self._fresh:
+                        self._check_declared(piece)
+                        self._fresh = False
                     self._append(self._frame.decompress(piece))
                     piece = self._frame.unused_data if self._frame.eof else b""
         except zstandard.ZstdError as error:
             raise BadData(f"invalid zstd data: {error}") from None
+
+    def _check_declared(self, start: bytes) -> None:
+        """A frame whose header declares more than the limit leaves is refused before a byte of it
+        is decoded (the header is in the first slice; a shorter first piece is just decoded)."""
+        try:
+            declared = zstandard.frame_content_size(start)
+        except zstandard.ZstdError:  # a header cut short, or none: decoding says what it is
+            return
+        if declared > self.limit - len(self.out):
+            raise TooLarge(f"declares {declared} bytes, more than the {self.limit} it may decode to")
 
     def finish(self) -> bytes:
         if not self._frame.eof:

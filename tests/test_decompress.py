@@ -28,6 +28,12 @@ DATA = b"".join(os.urandom(64) + b"workflow.run.id=wrun_01K" * 40 for _ in range
 WINDOW = 8 * 1024 * 1024
 
 
+def _streamed_zstd(data: bytes) -> bytes:
+    """A frame written as a stream is (its size unknown when its header was written)."""
+    compressor = zstandard.ZstdCompressor().compressobj()
+    return compressor.compress(data) + compressor.flush()
+
+
 def _decode(fmt: str, data: bytes, limit: int, piece: int | None = None, **options) -> bytes:
     decoder = decompressor(fmt, limit, **{"max_window": WINDOW, **options})
     piece = piece or max(len(data), 1)
@@ -80,7 +86,7 @@ def test_the_limit_holds_after_decoding(fmt):
         ("gzip", lambda b: gzip.compress(b, compresslevel=9)),
         ("deflate", lambda b: zlib.compress(b, 9)),
         ("br", lambda b: brotli.compress(b, quality=5)),
-        ("zstd", zstandard.compress),
+        ("zstd", lambda b: _streamed_zstd(b)),  # no size in its header: held to the limit as it decodes
     ],
 )
 def test_a_bomb_costs_the_limit_not_what_it_inflates_to(fmt, compress):
@@ -137,3 +143,14 @@ def test_a_zstd_frame_asking_for_a_larger_window_is_refused():
     with pytest.raises(BadData, match="invalid zstd data"):
         _decode("zstd", data, 1 << 20)
     assert _decode("zstd", data, 1 << 20, max_window=1 << 27) == DATA
+
+
+def test_a_zstd_frame_declaring_more_than_the_limit_is_refused_before_decoding():
+    """Its header says how big it is: nothing of it is decoded (a frame that does not declare its
+    size, as Node's encoder writes them, is held to the limit as it decodes)."""
+    data = zstandard.compress(bytes(64 * 1024 * 1024))
+    assert zstandard.frame_content_size(data) == 64 * 1024 * 1024
+    decoder = decompressor("zstd", 1024 * 1024, max_window=WINDOW)
+    with pytest.raises(TooLarge, match="declares 67108864 bytes"):
+        decoder.feed(data)
+    assert len(decoder.out) == 0
