@@ -70,7 +70,6 @@ __all__ = [
     "Decoded",
     "Ingest",
     "Outcome",
-    "TooLarge",
     "admit",
     "answer_then_drain",
     "decode",

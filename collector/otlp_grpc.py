@@ -36,21 +36,21 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo
 
+from telemetry.export_grpc import RETRY_INFO_KEY, TRACE_SERVICE
+
 from .admission import Admission, Refused, client_key
 from .auth import bearer_ok
 from .ingest import Ingest
 from .otlp import PROTOBUF, encode_response
 
-__all__ = ["MAX_CONCURRENT_RPCS", "SERVICE", "max_message_bytes", "start_grpc"]
+__all__ = ["MAX_CONCURRENT_RPCS", "max_message_bytes", "start_grpc"]
 
 log = logging.getLogger("collector.grpc")
 
 #: the service and method an OTLP/gRPC trace exporter calls
-SERVICE: Final = "opentelemetry.proto.collector.trace.v1.TraceService"
 #: exports in hand at once (each at most ``max_message_bytes``); grpc refuses more (RESOURCE_EXHAUSTED)
 MAX_CONCURRENT_RPCS: Final = 64
 _GRPC_DEFAULT_MAX: Final = 4 * 1024 * 1024
-_RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
 _NO_TOKEN: Final = "a valid 'authorization: Bearer <token>' is required"
 
 
@@ -98,13 +98,15 @@ class _Export:
         return encode_response(PROTOBUF, outcome.rejected, outcome.message)
 
 
-async def _refuse(context: grpc.aio.ServicerContext, status: int, message: str, retry_after: object) -> NoReturn:
+async def _refuse(
+    context: grpc.aio.ServicerContext, status: int, message: str, retry_after: str | int | None
+) -> NoReturn:
     """End the call as an HTTP ``status`` maps to gRPC: 503 → UNAVAILABLE with when to retry
     (``RetryInfo``), anything else (400, 413, 422) → INVALID_ARGUMENT, which is not retried."""
     if status == 503:
-        seconds = int(str(retry_after)) if str(retry_after).isdigit() else 1
+        seconds = int(retry_after) if retry_after is not None else 1  # whole seconds, as Retry-After
         info = RetryInfo(retry_delay=Duration(seconds=seconds)).SerializeToString()
-        context.set_trailing_metadata(((_RETRY_INFO_KEY, info),))
+        context.set_trailing_metadata(((RETRY_INFO_KEY, info),))
         await _abort(context, grpc.StatusCode.UNAVAILABLE, message)
     await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -117,7 +119,7 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
 def _handler(export: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.GenericRpcHandler:
     # no (de)serializers: the request's bytes go to ``Ingest.accept`` as they came, the answer goes as encoded
     method = grpc.unary_unary_rpc_method_handler(export)
-    return grpc.method_handlers_generic_handler(SERVICE, {"Export": method})
+    return grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": method})
 
 
 async def start_grpc(

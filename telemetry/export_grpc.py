@@ -23,13 +23,18 @@ from urllib.parse import urlsplit
 
 import grpc
 from google.rpc.error_details_pb2 import RetryInfo
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .export import USER_AGENT, Attempt, Sink, otlp_env
 
-__all__ = ["DEFAULT_GRPC_ENDPOINT", "GrpcSink", "grpc_target"]
+__all__ = ["DEFAULT_GRPC_ENDPOINT", "RETRY_INFO_KEY", "TRACE_SERVICE", "GrpcSink", "grpc_target"]
 
 DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
-_METHOD: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+#: the service an OTLP/gRPC trace exporter calls, as opentelemetry-proto names it (its method: ``Export``)
+TRACE_SERVICE: Final = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
+#: the trailing metadata a server says when to retry in (a serialized ``google.rpc.RetryInfo``)
+RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
+_METHOD: Final = f"/{TRACE_SERVICE}/Export"
 #: retried whatever the server says (the OTLP specification's list)
 _RETRYABLE: Final = frozenset(
     {
@@ -52,7 +57,6 @@ _AS_HTTP: Final = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-_RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
 _MAX_SEND: Final = 64 * 1024 * 1024  # our requests are bounded by spans, not bytes; the receiver's limit decides
 
 
@@ -111,7 +115,7 @@ class GrpcSink(Sink):
 def _retry_delay(error: grpc.RpcError) -> float | None:
     """The delay a ``google.rpc.RetryInfo`` in the trailing metadata asks for, if there is one."""
     for key, value in error.trailing_metadata() or ():
-        if key == _RETRY_INFO_KEY and isinstance(value, bytes):
+        if key == RETRY_INFO_KEY and isinstance(value, bytes):
             delay = RetryInfo.FromString(value).retry_delay
             seconds: float = delay.seconds + delay.nanos / 1e9
             return max(0.0, seconds)

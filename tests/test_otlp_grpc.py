@@ -19,7 +19,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from collector.otlp_grpc import SERVICE, max_message_bytes
+from collector.otlp_grpc import max_message_bytes
+from telemetry.export_grpc import TRACE_SERVICE
 
 from .conftest import get_json
 from .pgserver import free_port
@@ -43,7 +44,7 @@ def _stored(service) -> set[str]:
 def _call(service, body: bytes, metadata=()) -> tuple[grpc.StatusCode, str, bytes | None, dict]:
     """One raw ``Export`` call (bytes in, bytes out): (code, details, answer, trailing metadata)."""
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
-        export = channel.unary_unary(f"/{SERVICE}/Export")
+        export = channel.unary_unary(f"/{TRACE_SERVICE}/Export")
         try:
             answer, call = export.with_call(body, metadata=metadata, timeout=10)
             return call.code(), call.details() or "", answer, dict(call.trailing_metadata() or ())
