@@ -15,7 +15,7 @@ import pytest
 from ulid import ULID
 
 from telemetry.backends.local import LocalWorld, UnreadableRecord, decode_json, read_listed, read_record
-from telemetry.backends.local_layout import event_ids
+from telemetry.backends.local_layout import UnsupportedLayoutError, detect_layout, event_ids
 from telemetry.errors import UnreadableEventsError
 
 from .test_backends_local import in_thread
@@ -67,9 +67,15 @@ def test_a_name_that_is_no_regular_file_is_flagged_and_read_the_careful_way(data
 
 
 def test_a_run_folder_among_flat_files_is_left_to_the_index_to_refuse(data):
-    (data / "events" / f"wrun_{ULID()}").mkdir()
+    # The world is opened first: which entry a listing meets first is the file system's order, so
+    # a world opened on the mixed directory may refuse it at once (the last assertion) instead.
     world = LocalWorld(data)
+    (data / "events" / f"wrun_{ULID()}").mkdir()  # a live world: the folder appears later
     assert world.events.snapshot() is None
+    with pytest.raises(UnsupportedLayoutError, match="mixes the flat"):
+        world.events.known_ids(_run_ids(data))
+    with pytest.raises(UnsupportedLayoutError, match="mixes the flat"):
+        detect_layout(data, thorough=True)
 
 
 def test_read_listed_reads_a_record_whole_without_asking_its_mtime(data):
