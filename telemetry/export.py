@@ -27,7 +27,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -191,7 +191,12 @@ def open_sink(
 class Sink:
     """Sends spans in batches; ``send``/``send_data``/``post`` return only once acknowledged.
     A transport implements ``_open`` (the endpoint it sends to, from ``endpoint`` or the OTel
-    variables, and its connection), ``_prepare``, ``_attempt`` (one try) and ``close``."""
+    variables, and its connection), ``_prepare``, ``_attempt`` (one try) and ``close``, and says
+    in ``gzip_bodies`` how the bodies others prepare for it (export workers) should come."""
+
+    #: bodies prepared in other processes are best ``gzip_body``-compressed there (OTLP/HTTP posts
+    #: them as they are); False where the transport compresses itself (grpc), so none is done twice
+    gzip_bodies: ClassVar[bool] = True
 
     def __init__(
         self,

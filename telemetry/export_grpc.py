@@ -76,6 +76,8 @@ def grpc_target(endpoint: str) -> tuple[str, bool]:
 class GrpcSink(Sink):
     """OTLP/gRPC: the encoded request sent as the ``Export`` call's message."""
 
+    gzip_bodies = False  # grpc compresses the call: workers hand over plain bodies
+
     def _open(self, endpoint: str | None, headers: dict[str, str]) -> str:
         url = (
             endpoint
@@ -94,7 +96,7 @@ class GrpcSink(Sink):
         return url
 
     def _prepare(self, body: bytes, gzipped: bool) -> bytes:
-        return gzip.decompress(body) if gzipped else body  # grpc compresses the call itself
+        return gzip.decompress(body) if gzipped else body  # grpc compresses the call itself (``gzip_bodies``)
 
     def _attempt(self, data: bytes, timeout: float) -> Attempt:
         try:

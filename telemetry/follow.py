@@ -734,8 +734,8 @@ class Follower:
         return list(self._live)
 
 
-#: ``post(gzipped_request, spans)``: one serialized, gzipped ``ExportTraceServiceRequest``; returns
-#: once the collector acknowledged it, raises when it did not
+#: ``post(request, spans)``: one serialized ``ExportTraceServiceRequest``, gzipped if the catch-up was
+#: made with ``gzip_bodies``; returns once the collector acknowledged it, raises when it did not
 Post = Callable[[bytes, int], Awaitable[None]]
 #: world-local's ``known_ids``: run ids → (their event ids, all listed as regular files), or None
 KnownIds = Callable[[Iterable[str]], "dict[str, tuple[list[str], bool]] | None"]
@@ -745,7 +745,7 @@ KnownIds = Callable[[Iterable[str]], "dict[str, tuple[list[str], bool]] | None"]
 class _Answer:
     """A worker's answer for one chunk of runs."""
 
-    bodies: list[tuple[bytes, int]] = field(default_factory=list)  # gzipped requests, spans in each
+    bodies: list[tuple[bytes, int]] = field(default_factory=list)  # requests (gzipped if asked), spans in each
     done: list[tuple[str, RunState]] = field(default_factory=list)  # finished runs whose spans the bodies hold
     left: list[str] = field(default_factory=list)  # runs for the follower itself (unfinished, unreadable…)
     rest: list[WorkflowRun] = field(default_factory=list)  # runs not reached (answered early): to hand out again
@@ -761,7 +761,8 @@ class ParallelCatchUp:
     open their own reader of the world from ``config`` and take chunks of runs the checkpoint has
     never seen: each finished run is read, built (the same ``RunTraceBuilder`` and the same
     spans as an export, and as the follower would send) and encoded into shared requests, which
-    the worker gzips and hands back; this process posts them (``post``) and only then records
+    the worker hands back (gzipped when ``gzip_bodies``: what the sink takes, ``Sink.gzip_bodies``);
+    this process posts them (``post``) and only then records
     the runs as finished in the checkpoint. A run that is not finished, reads empty or has an
     unreadable record goes back to the follower, which reads it itself (and keeps a builder for
     it). Chunks are sized as ``wft export`` sizes its tasks (``chunking.chunk_size``: big while
@@ -783,9 +784,11 @@ class ParallelCatchUp:
         jobs: int,
         min_runs: int = 500,
         settings: dict[str, Any] | None = None,
+        gzip_bodies: bool = True,
     ) -> None:
         self.config = config
         self.post = post
+        self.gzip_bodies = gzip_bodies
         self.jobs = max(1, jobs)
         self.min_runs = min_runs
         self.settings = dict(settings or {})
@@ -815,6 +818,7 @@ class ParallelCatchUp:
                 include_payloads,
                 batch_spans,
                 self.settings,
+                self.gzip_bodies,
             ),
         )
         in_flight: set[asyncio.Future[_Answer]] = set()
@@ -869,6 +873,7 @@ class _CatchUpWorker:
         include_payloads: bool,
         batch_spans: int,
         settings: dict[str, Any],
+        gzip_bodies: bool,
     ) -> None:
         from .backends import open_backend
         from .export import gzip_body
@@ -881,7 +886,7 @@ class _CatchUpWorker:
         self.encoder = OtlpEncoder(self.resource)
         self.include_payloads = include_payloads
         self.batch_spans = batch_spans
-        self.gzip = gzip_body
+        self.pack = gzip_body if gzip_bodies else bytes
         self.loop = asyncio.new_event_loop()
 
     def close(self) -> None:
@@ -939,7 +944,7 @@ class _CatchUpWorker:
                 spans += await self._one(run, read, batcher, out)
         last = batcher.flush()
         if last is not None:
-            out.bodies.append((self.gzip(last[0]), last[1]))
+            out.bodies.append((self.pack(last[0]), last[1]))
         return out
 
     async def _one(self, run: WorkflowRun, read: list[Event] | None, batcher: RequestBatcher, out: _Answer) -> int:
@@ -958,7 +963,7 @@ class _CatchUpWorker:
             out.left.append(run.run_id)
             return 0
         data = builder.trace().data
-        out.bodies.extend((self.gzip(body), spans) for body, spans in batcher.add(data))
+        out.bodies.extend((self.pack(body), spans) for body, spans in batcher.add(data))
         out.done.append((run.run_id, RunState(builder.events, builder.last_event_id, True)))
         out.events += len(events)
         return len(data)

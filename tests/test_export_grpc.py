@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from telemetry.cli import main
-from telemetry.export import ExportError, open_sink
+from telemetry.export import ExportError, OtlpSink, open_sink
 from telemetry.export_grpc import GrpcSink, grpc_target
 from telemetry.otlp_encode import OtlpEncoder
 
@@ -111,6 +111,24 @@ def test_nothing_listening_gives_up_within_the_timeout():
     with pytest.raises(ExportError, match="gave up.*UNAVAILABLE") as failed:
         sink.post(*_body())
     assert time.monotonic() - started < 5 and failed.value.status == 503
+
+
+def test_workers_hand_the_grpc_sink_plain_bodies(harness_out, grpc_receiver, capsys, monkeypatch):
+    """grpc compresses each call itself: workers that gzipped their bodies would have the parent
+    gunzip them before grpc compressed them again, on the one process that sends."""
+    prepared: list[tuple[bool, bytes]] = []
+    real = GrpcSink._prepare
+
+    def watched(self, body: bytes, gzipped: bool) -> bytes:
+        prepared.append((gzipped, body[:2]))
+        return real(self, body, gzipped)
+
+    monkeypatch.setattr(GrpcSink, "_prepare", watched)  # forked workers inherit it; only the parent sends
+    data = ["--dir", str(harness_out / "local-data"), "--jobs", "2"]
+    code, err = _export(capsys, *data, "--otlp", grpc_receiver.url, "--otlp-protocol", "grpc")
+    assert code == 0 and "exported 11 runs" in err, err
+    assert prepared and all(not gzipped and head != b"\x1f\x8b" for gzipped, head in prepared), prepared
+    assert GrpcSink.gzip_bodies is False and OtlpSink.gzip_bodies is True
 
 
 def test_gzipped_bodies_from_workers_are_sent_whole(grpc_receiver, harness_out):

@@ -765,14 +765,16 @@ def test_a_run_that_fails_the_pass_does_not_hold_back_the_batch_before_it(harnes
     assert set(Checkpoint(path).runs()) == set(runs[:-1])
 
 
-def _catch_up_collector():
-    """A ``post`` for ``ParallelCatchUp`` that decodes what it is given, like a collector would."""
+def _catch_up_collector(gzipped: bool = True):
+    """A ``post`` for ``ParallelCatchUp`` that decodes what it is given, like a collector would:
+    bodies gzipped, or plain (``gzip_bodies=False``, for a sink that compresses them itself)."""
     import gzip
 
     received: list = []
 
     async def post(body: bytes, spans: int) -> None:
-        decoded = decode_request(gzip.decompress(body))
+        assert body.startswith(b"\x1f\x8b") is gzipped  # the gzip magic, or a protobuf message
+        decoded = decode_request(gzip.decompress(body) if gzipped else body)
         assert len(decoded) == spans
         received.extend(decoded)
 
@@ -787,22 +789,25 @@ def _small_chunks(monkeypatch) -> None:
     monkeypatch.setattr(chunking, "CHUNK_RUNS_MAX", 3)
 
 
+@pytest.mark.parametrize("gzip_bodies", [True, False])
 def test_a_parallel_first_pass_sends_what_export_sends_and_follows_the_unfinished_runs(
-    harness_out, tmp_path, monkeypatch
+    harness_out, tmp_path, monkeypatch, gzip_bodies
 ):
     """The first pass over a history hands the finished runs to worker processes; the unfinished
     ones stay with the follower, which sends the rest as they finish: overall exactly the spans of
-    an export of the final world, none twice (mid-run snapshot, then the final one, of the real SDK)."""
+    an export of the final world, none twice (mid-run snapshot, then the final one, of the real SDK).
+    Bodies come gzipped or not, as the sink takes them (OTLP/gRPC compresses the call itself)."""
     from telemetry.backends import BackendConfig
     from telemetry.follow import ParallelCatchUp
 
     _small_chunks(monkeypatch)
     world_dir = tmp_path / "world"
     shutil.copytree(harness_out / "local-data-midrun", world_dir)
-    received, post = _catch_up_collector()
+    received, post = _catch_up_collector(gzip_bodies)
     delivered: list = []
     checkpoint = Checkpoint(tmp_path / "cp.sqlite3")
-    catch_up = ParallelCatchUp(BackendConfig("local", data_dir=str(world_dir)), post, jobs=2, min_runs=5)
+    config = BackendConfig("local", data_dir=str(world_dir))
+    catch_up = ParallelCatchUp(config, post, jobs=2, min_runs=5, gzip_bodies=gzip_bodies)
     follower = Follower(
         LocalWorld(world_dir),
         None,

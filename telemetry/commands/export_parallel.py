@@ -229,7 +229,9 @@ async def known_logs(
 class _Answer:
     """A worker's answer for one chunk of runs."""
 
-    bodies: list[tuple[bytes, int, list[str]]] = field(default_factory=list)  # gzipped, spans, run ids
+    bodies: list[tuple[bytes, int, list[str]]] = field(
+        default_factory=list
+    )  # requests (gzipped per the sink), spans, run ids
     done: list[tuple[str, int, int]] = field(default_factory=list)  # run id, spans, events
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # run id, path, reason
     notes: list[str] = field(default_factory=list)  # lines for stderr
@@ -246,6 +248,7 @@ class _Worker:
         include_payloads: bool,
         grace: float | None,
         batch_size: int,
+        gzip_bodies: bool,
     ) -> None:
         self.world: Any = open_backend(config)
         if grace is not None and hasattr(self.world, "grace"):
@@ -254,6 +257,7 @@ class _Worker:
         self.encoder = OtlpEncoder(self.resource)
         self.include_payloads = include_payloads
         self.batch_size = batch_size
+        self.pack = gzip_body if gzip_bodies else bytes  # as the parent's sink takes them (``Sink.gzip_bodies``)
         self.loop = asyncio.new_event_loop()
 
     def warm_up(self) -> None:
@@ -310,13 +314,13 @@ class _Worker:
             builder = RunTraceBuilder(run.run_id, run, resource=self.resource, include_payloads=self.include_payloads)
             builder.feed(events)
             data = builder.trace().data
-            out.bodies.extend((gzip_body(body), count, runs) for body, count, runs in batcher.add(run.run_id, data))
+            out.bodies.extend((self.pack(body), count, runs) for body, count, runs in batcher.add(run.run_id, data))
             out.done.append((run.run_id, len(data), len(events)))
             spans += len(data)
         last = batcher.flush()
         if last is not None:
             body, count, holders = last
-            out.bodies.append((gzip_body(body), count, holders))
+            out.bodies.append((self.pack(body), count, holders))
         return out
 
 
@@ -399,11 +403,18 @@ async def export_in_processes(
         max_workers=jobs,
         mp_context=_context(),
         initializer=_start_worker,
-        initargs=(config, (dict(resource.attributes), resource.schema_url), include_payloads, grace, sink.batch_size),
+        initargs=(
+            config,
+            (dict(resource.attributes), resource.schema_url),
+            include_payloads,
+            grace,
+            sink.batch_size,
+            sink.gzip_bodies,
+        ),
     )
     in_flight: dict[asyncio.Future[_Answer], list[WorkflowRun | str]] = {}
     waiting: list[WorkflowRun] = []
-    delivery = Delivery(sink, tally, gzipped=True)
+    delivery = Delivery(sink, tally, gzipped=sink.gzip_bodies)
     listed: dict[str, int] = {}  # run id → its place in the listing
     skipped: list[tuple[int, str, str, str]] = []  # tallied at the end, in listing order (as one process would)
 

@@ -210,7 +210,7 @@ class _Daemon:
 
     async def _post(self, body: bytes, spans: int) -> None:
         self.reason.reason = None
-        await _in_daemon_thread(lambda: self.sink.post(body, spans, gzipped=True))
+        await _in_daemon_thread(lambda: self.sink.post(body, spans, gzipped=self.sink.gzip_bodies))
 
     def _catch_up(self, args: argparse.Namespace, world: Any) -> ParallelCatchUp | None:
         """A first pass over a big history on every core, as `wft export` reads one."""
@@ -221,7 +221,7 @@ class _Daemon:
         if jobs <= 1 or config is None or config.kind not in PARALLEL_KINDS:
             return None
         settings = {name: getattr(world, name) for name in ("grace", "retries") if hasattr(world, name)}
-        return ParallelCatchUp(config, self._post, jobs=jobs, settings=settings)
+        return ParallelCatchUp(config, self._post, jobs=jobs, settings=settings, gzip_bodies=self.sink.gzip_bodies)
 
     # -- progress of the first pass ------------------------------------------------------------
     def _progress(self, done: int, total: int, events: int) -> None:
