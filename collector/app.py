@@ -31,12 +31,14 @@ from .auth import auth_middleware, login_routes
 from .forward import Forwarder
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
+from .otlp_relay import OtlpRelay
 from .private import FILE_MODE, private_dir, private_file, redact
 from .sampling import Sampler
 from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, is_loopback
 from .store import Store
 from .tailer import Forward, Tailer
+from .tls import ServerTls, TlsError
 from .ui import routes as ui_routes
 from .writer import Writer
 
@@ -68,10 +70,12 @@ class Service:
     admission: Admission | None = None
     grpc: grpc.aio.Server | None = None  # the OTLP/gRPC receiver, when serving one
     grpc_port: int | None = None  # its bound port
+    tls: ServerTls | None = None  # both ports serve TLS, with these files
+    otlp_relay: OtlpRelay | None = None  # metrics and logs relayed upstream (with --forward-otlp)
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        return f"{'http' if self.tls is None else 'https'}://{self.settings.host}:{self.port}"
 
     @property
     def port(self) -> int:
@@ -177,8 +181,12 @@ def build(settings: Settings) -> Service:
             traces_endpoint(settings.forward_otlp),
             spool_dir,
             metrics,
-            headers={"Content-Type": "application/x-protobuf"},
+            headers={
+                "Content-Type": "application/x-protobuf",  # the body's, whatever the flag says
+                **{name: value for name, value in settings.forward_headers.items() if name != "content-type"},
+            },
             max_spool_bytes=settings.spool_max_bytes,
+            hold_on_auth_failure=True,  # every batch carries the same --forward-headers
         )
         metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
         forward = service.forwarder.enqueue
@@ -203,6 +211,16 @@ def build(settings: Settings) -> Service:
     service.ingest, service.admission = ingest, admission
     app.router.add_post("/v1/traces", ingest.handle)
     app.on_cleanup.append(ingest.cleanup)  # its decoder process
+    if service.forwarder is not None and settings.forward_otlp:  # metrics and logs go upstream as they came
+        forwarder = service.forwarder
+
+        async def spool(body: bytes, url: str, content_type: str) -> None:
+            await forwarder.enqueue(body, url=url, content_type=content_type)
+
+        base = traces_endpoint(settings.forward_otlp).removesuffix("/v1/traces")
+        otlp_relay = service.otlp_relay = OtlpRelay(base, spool, admission, metrics, max_body=settings.max_body_bytes)
+        app.router.add_routes(otlp_relay.routes())
+        metrics.labelled["wft_otlp_relayed_requests_total"] = ("signal", lambda: dict(otlp_relay.relayed))
 
     def unreadable() -> dict[str, str]:
         """Runs the world tailer could not read (run id → why), for the API and the pages."""
@@ -252,14 +270,21 @@ def build(settings: Settings) -> Service:
 
 
 async def start(settings: Settings) -> Service:
+    tls = _server_tls(settings)  # before anything is opened: bad files are a one-line error
     service = build(settings)
+    service.tls = tls
     service.writer.start()
     # lingering_time=0: a request answered without reading its body (refused by the budget, 401, 415)
     # has its connection closed, not its body read and discarded for up to 10 s (aiohttp's default)
     service.runner = web.AppRunner(service.app, auto_decompress=False, access_log=None, lingering_time=0)
     try:
         await service.runner.setup()
-        site = web.TCPSite(service.runner, settings.host, settings.port)
+        site = web.TCPSite(
+            service.runner,
+            settings.host,
+            settings.port,
+            ssl_context=None if service.tls is None else service.tls.context,
+        )
         await site.start()
         await _start_grpc(service)
     except BaseException:  # e.g. the port is taken: leave nothing running behind the error
@@ -275,10 +300,14 @@ async def start(settings: Settings) -> Service:
             service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
     if service.sampler is not None:
         service.tasks.append(asyncio.create_task(service.sampler.run(service.stop_event)))
+    if service.tls is not None:
+        service.tasks.append(asyncio.create_task(service.tls.watch(service.stop_event, settings.tls_reload_interval)))
     log.info(
         "listening on %s%s (store %s, %s, token %s)",
         service.url,
-        "" if service.grpc_port is None else f", OTLP/gRPC on {settings.host}:{service.grpc_port}",
+        ""
+        if service.grpc_port is None
+        else f", OTLP/gRPC{'' if service.tls is None else ' over TLS'} on {settings.host}:{service.grpc_port}",
         settings.store,
         describe_world(settings),
         "required" if settings.token else "off",
@@ -289,6 +318,23 @@ async def start(settings: Settings) -> Service:
             " (wft_sentry_unforwarded_events on /metrics), not forwarded"
         )
     return service
+
+
+def _server_tls(settings: Settings) -> ServerTls | None:
+    """The TLS both ports serve (``SettingsError`` when its files cannot serve); without it, bound
+    beyond loopback, a warning: the token then crosses the network in clear."""
+    if settings.tls is not None:
+        try:
+            return ServerTls(settings.tls)
+        except TlsError as error:
+            raise SettingsError(str(error)) from None
+    if not is_loopback(settings.host):
+        log.warning(
+            "serving on %s without TLS: the token, spans and Sentry events cross the network in clear;"
+            " pass --tls-cert and --tls-key (or serve behind a proxy that terminates TLS)",
+            settings.host,
+        )
+    return None
 
 
 async def _start_grpc(service: Service) -> None:
@@ -307,6 +353,8 @@ async def _start_grpc(service: Service) -> None:
             port=settings.grpc_port,
             token=settings.token,
             max_body=settings.max_body_bytes,
+            credentials=None if service.tls is None else service.tls.grpc_credentials(),
+            relay=service.otlp_relay,
         )
     except OSError as error:
         if not settings.grpc_best_effort:

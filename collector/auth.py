@@ -88,7 +88,7 @@ def _token_in_url(request: web.Request, token: str, cookie: str) -> web.StreamRe
     """``?token=`` once: the cookie is set and the browser sent on without the token in its URL."""
     if not _equal(request.query.get("token", ""), token):
         return _login_page(_without_token(request), status=401, wrong=True)
-    return _logged_in(_without_token(request), cookie)
+    return _logged_in(_without_token(request), cookie, secure=request.secure)
 
 
 def _without_token(request: web.Request) -> str:
@@ -96,10 +96,11 @@ def _without_token(request: web.Request) -> str:
     return str(request.rel_url.with_query([(k, v) for k, v in request.query.items() if k != "token"]))
 
 
-def _logged_in(location: str, cookie: str) -> web.Response:
-    """303 to ``location`` with the session cookie set."""
+def _logged_in(location: str, cookie: str, *, secure: bool) -> web.Response:
+    """303 to ``location`` with the session cookie set; ``secure`` (served over TLS): the browser
+    sends it over TLS only."""
     response = web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
-    response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/")
+    response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/", secure=secure or None)
     return response
 
 
@@ -176,6 +177,6 @@ def login_routes(token: str | None) -> list[web.RouteDef]:
         next_path = _safe_next(target if isinstance(target, str) else "/")
         if not isinstance(given, str) or not _equal(given, token):
             return _login_page(next_path, status=401, wrong=True)
-        return _logged_in(next_path, cookie)
+        return _logged_in(next_path, cookie, secure=request.secure)
 
     return [web.get(LOGIN_PATH, form), web.post(LOGIN_PATH, submit)]

@@ -75,6 +75,13 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         help="also forward everything to this OTLP/HTTP endpoint (spooled on disk while it is down)",
     )
     parser.add_argument(
+        "--forward-headers",
+        metavar="HEADERS",
+        default=None,
+        help="headers sent with what is forwarded, as OTEL_EXPORTER_OTLP_HEADERS writes them:"
+        " 'authorization=Bearer%%20KEY,x-scope-orgid=team' (or WFT_FORWARD_HEADERS)",
+    )
+    parser.add_argument(
         "--sentry-upstream",
         metavar="DSN",
         default=os.environ.get("WFT_SENTRY_UPSTREAM"),
@@ -104,12 +111,25 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         help="link run pages to your Tempo/Jaeger: a URL with {trace_id} (or {run_id}) in it, e.g."
         " 'https://grafana.example/explore?left=...{trace_id}...' (or WFT_TRACE_URL_TEMPLATE)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve both ports over TLS with this certificate (chain) file; renewed files are picked up"
+        " (or WFT_TLS_CERT)",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key, unencrypted (or WFT_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require clients to present a certificate signed by this CA (mutual TLS; or WFT_TLS_CLIENT_CA)",
+    )
     add_world_options(parser)
 
     def handle(args: argparse.Namespace) -> int:
         from .app import serve
         from .sampling import parse_sample_rates
-        from .settings import Settings, SettingsError, parse_bytes, parse_duration
+        from .settings import Settings, SettingsError, parse_bytes, parse_duration, parse_headers
+        from .tls import TlsError, environment_files
 
         try:
             world = (
@@ -130,6 +150,10 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             except SettingsError as error:
                 raise SettingsError(f"--max-pending-bytes: {error}") from None
             grpc_port, best_effort = _grpc_port(args.grpc_port)
+            try:
+                tls = environment_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+            except TlsError as error:
+                raise SettingsError(str(error)) from None
             settings = Settings(
                 host=args.host,
                 port=args.port,
@@ -144,12 +168,17 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                 retention_bytes=size or None,
                 world=world,
                 forward_otlp=args.forward_otlp,
+                forward_headers=parse_headers(  # the variable applies where something is forwarded
+                    args.forward_headers or (args.forward_otlp and os.environ.get("WFT_FORWARD_HEADERS")) or "",
+                    "--forward-headers",
+                ),
                 spool_max_bytes=parse_bytes(args.spool_max),
                 forward_sample=sample,
                 sample_max_wait=parse_duration(args.sample_max_wait),
                 sample_buffer_bytes=parse_bytes(args.sample_buffer),
                 sentry_upstream=args.sentry_upstream,
                 trace_url_template=args.trace_url_template,
+                tls=tls,
             )
             settings.check()
         except (SettingsError, WorkflowWorldError) as error:

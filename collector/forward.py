@@ -2,7 +2,12 @@
 
 Each batch is written to the spool directory first (one file per batch: a JSON line with its
 URL and headers, then the body as it will be sent), then a background task sends the files in
-order, deleting each once upstream acknowledged it. While
+order, deleting each once upstream acknowledged it. A batch enqueued with the forwarder's own
+headers (``--forward-headers``: an API key, say) spools none: they are added as it is sent, so a
+key rotated across a restart applies to what was spooled before, and no key sits in the spool.
+An upstream that refuses the forwarder's credentials (401, 403) refuses every batch alike:
+with ``hold_on_auth_failure`` they are held and retried (up to the spool's bound, with one
+error a minute saying so) rather than dropped one by one until someone fixes the key. While
 upstream is down, it retries with exponential backoff (capped) and the spool grows up to its
 byte bound; past the bound the oldest batches are dropped, counted and logged, never silently.
 A spool file that cannot be read back (cut short by a crash, say) is dropped the same way; it
@@ -45,14 +50,19 @@ class Forwarder:
         max_spool_bytes: int = 256 * 1024 * 1024,
         headers: dict[str, str] | None = None,
         max_backoff: float = 30.0,
+        hold_on_auth_failure: bool = False,
     ) -> None:
-        """``url``/``headers``: the defaults for batches enqueued without their own."""
+        """``url``/``headers``: the defaults for batches enqueued without their own (their headers
+        are looked up as each is sent); ``hold_on_auth_failure``: 401/403 is retried, not dropped
+        (the batches share the forwarder's credentials; not for the relay's, which are the clients')."""
         self.url = url
         self.spool = private_dir(spool_dir)
         self.metrics = metrics
         self.max_spool_bytes = max_spool_bytes
         self.headers = headers or {}
         self.max_backoff = max_backoff
+        self.hold_on_auth_failure = hold_on_auth_failure
+        self._auth_logged = 0.0  # when a refusal of our credentials was last logged
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         #: the spooled batches, oldest first, with their sizes (from the folder once, then kept here)
@@ -63,14 +73,25 @@ class Forwarder:
     def spool_bytes(self) -> int:
         return self._bytes
 
-    async def enqueue(self, payload: bytes, *, url: str | None = None, headers: dict[str, str] | None = None) -> None:
-        """Spool one batch; ``url``/``headers`` override the defaults for this batch only."""
+    async def enqueue(
+        self,
+        payload: bytes,
+        *,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Spool one batch; ``url``/``headers`` override the defaults for this batch only;
+        ``content_type``: the body's, in place of the default headers' (which still apply)."""
         name = f"{time.time_ns():020d}-{next(self._seq):08d}.pb"
         temp = self.spool / (name + ".tmp")
         target = url or self.url
         if target is None:
             raise ValueError("no URL for this batch and no default URL")
-        meta = json.dumps({"url": target, "headers": headers if headers is not None else self.headers}).encode()
+        entry: dict[str, object] = {"url": target, "headers": headers}  # headers None: the defaults, as sent
+        if content_type is not None:
+            entry["content_type"] = content_type
+        meta = json.dumps(entry).encode()
         data = meta + b"\n" + payload
         write_private(temp, data)
         os.replace(temp, self.spool / name)
@@ -109,13 +130,20 @@ class Forwarder:
                     self.metrics.forward_dropped_batches += 1
                     first.unlink(missing_ok=True)
                     continue
-                url, headers, body = batch
+                url, own_headers, content_type, body = batch
+                headers = self.headers if own_headers is None else own_headers
+                if content_type is not None:
+                    headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+                    headers["Content-Type"] = content_type
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = 200 <= response.status < 300
                         retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
                         reason = f"HTTP {response.status}"
+                        if response.status in (401, 403) and own_headers is None and self.hold_on_auth_failure:
+                            retryable = True
+                            self._log_auth_refusal(url, response.status)
                 except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
                     ok, retryable = False, True
                     reason = (str(error) or type(error).__name__).replace(url, redact(url))
@@ -140,6 +168,19 @@ class Forwarder:
                 await _wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
+    def _log_auth_refusal(self, url: str, status: int) -> None:
+        now = time.monotonic()
+        if now - self._auth_logged < 60:
+            return
+        self._auth_logged = now
+        log.error(
+            "upstream %s refuses the forwarder's credentials (HTTP %d): check --forward-headers;"
+            " %d batches held in the spool meanwhile, the oldest dropped past --spool-max",
+            redact(url),
+            status,
+            len(self._files),
+        )
+
 
 def _size(path: Path) -> int:
     try:
@@ -148,8 +189,9 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_batch(path: Path) -> tuple[str, dict[str, str], bytes] | None:
-    """(url, headers, body) of a spool file; None when it is not one (empty, cut short, garbled)."""
+def _read_batch(path: Path) -> tuple[str, dict[str, str] | None, str | None, bytes] | None:
+    """(url, headers or None for the forwarder's own, the body's content type if not theirs, body)
+    of a spool file; None when it is not one (empty, cut short, garbled)."""
     try:
         meta, newline, body = path.read_bytes().partition(b"\n")
         target = json.loads(meta)
@@ -157,12 +199,14 @@ def _read_batch(path: Path) -> tuple[str, dict[str, str], bytes] | None:
         return None
     if not newline or not isinstance(target, dict):
         return None
-    url, headers = target.get("url"), target.get("headers")
-    if not isinstance(url, str) or not isinstance(headers, dict):
+    url, headers, content_type = target.get("url"), target.get("headers"), target.get("content_type")
+    if not isinstance(url, str) or not (headers is None or isinstance(headers, dict)):
         return None
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+    if not (content_type is None or isinstance(content_type, str)):
         return None
-    return url, headers, body
+    if headers is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        return None
+    return url, headers, content_type, body
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float | None) -> None:

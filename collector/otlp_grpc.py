@@ -12,8 +12,10 @@ is the transport's:
 - **Size.** grpc reads a whole message before the handler sees it, so the budget is asked once it
   is read (``Admission``, as for a body of known length); grpc itself refuses a message over
   ``max_message_bytes`` (the smaller of ``--max-body`` and gRPC's customary 4 MiB, compressed or
-  not: RESOURCE_EXHAUSTED), and at most ``MAX_CONCURRENT_RPCS`` are in hand at once (grpc refuses
-  more with RESOURCE_EXHAUSTED, which exporters retry), so what grpc holds for us is bounded.
+  not: RESOURCE_EXHAUSTED), and at most ``concurrent_rpcs`` are in hand at once (grpc refuses
+  more with RESOURCE_EXHAUSTED, which exporters retry): as many messages as ``--max-pending-bytes``
+  holds, up to ``MAX_CONCURRENT_RPCS``, so what grpc holds before the budget sees it is no more
+  than the budget itself.
 - **Statuses**, as the OTLP specification maps them: a body that does not parse or that the store
   refuses is INVALID_ARGUMENT (not retried); overload and a store that cannot be written are
   UNAVAILABLE with a ``google.rpc.RetryInfo`` saying when to retry (retried, after that delay);
@@ -40,10 +42,12 @@ from telemetry.export_grpc import RETRY_INFO_KEY, TRACE_SERVICE
 
 from .admission import Admission, Refused, client_key
 from .auth import bearer_ok
-from .ingest import Ingest
+from .ingest import Ingest, Outcome
+from .metrics import Metrics
 from .otlp import PROTOBUF, encode_response
+from .otlp_relay import SIGNALS, OtlpRelay, Signal
 
-__all__ = ["MAX_CONCURRENT_RPCS", "max_message_bytes", "start_grpc"]
+__all__ = ["MAX_CONCURRENT_RPCS", "concurrent_rpcs", "max_message_bytes", "start_grpc"]
 
 log = logging.getLogger("collector.grpc")
 
@@ -60,6 +64,13 @@ def max_message_bytes(max_body: int) -> int:
     return min(max_body, _GRPC_DEFAULT_MAX)
 
 
+def concurrent_rpcs(max_pending_bytes: int, max_message: int) -> int:
+    """How many exports grpc may hold at once: as many of the largest message as the byte budget
+    holds (grpc reads each whole before ``Admission`` can refuse it), at least one, at most
+    ``MAX_CONCURRENT_RPCS``."""
+    return max(1, min(MAX_CONCURRENT_RPCS, max_pending_bytes // max_message))
+
+
 def _peer_address(peer: str) -> str:
     """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` → the address alone: fairness is per client
     address, as over HTTP, not per connection."""
@@ -67,13 +78,29 @@ def _peer_address(peer: str) -> str:
     return address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else address
 
 
-class _Export:
-    """The ``Export`` handler: admit, accept, answer."""
+#: takes one request's bytes (as ``Ingest.accept`` takes a protobuf body): what to answer
+Accept = Callable[[bytes], Awaitable[Outcome]]
 
-    def __init__(self, ingest: Ingest, admission: Admission, token: str | None) -> None:
-        self.ingest = ingest
+
+class _Export:
+    """An ``Export`` handler: admit, accept, answer (``answer``: the response's bytes from an
+    outcome taken). ``route``: the budget's name for what it reads."""
+
+    def __init__(
+        self,
+        accept: Accept,
+        answer: Callable[[Outcome], bytes],
+        admission: Admission,
+        metrics: Metrics,
+        token: str | None,
+        route: str,
+    ) -> None:
+        self.accept = accept
+        self.answer = answer
         self.admission = admission
+        self.metrics = metrics
         self.token = token
+        self.route = route
 
     async def export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
@@ -81,21 +108,21 @@ class _Export:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, _NO_TOKEN)
         key = client_key(_peer_address(context.peer() or ""), metadata.get("user-agent"))
         try:
-            ticket = self.admission.admit(key, len(body), route="otlp-grpc")
+            ticket = self.admission.admit(key, len(body), route=self.route)
         except Refused as refused:
             if refused.status == 503:
-                self.ingest.metrics.requests_overloaded += 1
+                self.metrics.requests_overloaded += 1
             else:
-                self.ingest.metrics.requests_rejected += 1
+                self.metrics.requests_rejected += 1
             await _refuse(context, refused.status, refused.reason, refused.retry_after)
         try:
             ticket.read(len(body))
-            outcome = await self.ingest.accept(body, PROTOBUF)
+            outcome = await self.accept(body)
         finally:
             ticket.release()
         if outcome.status != 200:
             await _refuse(context, outcome.status, outcome.message, outcome.retry_after)
-        return encode_response(PROTOBUF, outcome.rejected, outcome.message)
+        return self.answer(outcome)
 
 
 async def _refuse(
@@ -116,17 +143,58 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
     raise AssertionError("grpc's abort returned")
 
 
-def _handler(export: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.GenericRpcHandler:
-    # no (de)serializers: the request's bytes go to ``Ingest.accept`` as they came, the answer goes as encoded
+def _handler(service: str, export: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.GenericRpcHandler:
+    # no (de)serializers: the request's bytes go to ``accept`` as they came, the answer goes as encoded
     method = grpc.unary_unary_rpc_method_handler(export)
-    return grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": method})
+    return grpc.method_handlers_generic_handler(service, {"Export": method})
+
+
+def _handlers(ingest: Ingest, relay: OtlpRelay | None, admission: Admission, token: str | None) -> list[Any]:
+    """Traces into ``ingest``; metrics and logs to ``relay`` when there is one (else grpc answers
+    UNIMPLEMENTED for them, as a receiver without the signal does)."""
+
+    async def traces(body: bytes) -> Outcome:
+        return await ingest.accept(body, PROTOBUF)
+
+    def traces_answer(outcome: Outcome) -> bytes:
+        return encode_response(PROTOBUF, outcome.rejected, outcome.message)
+
+    # a coroutine function (grpc.aio tells by ``inspect``), not an object with an async ``__call__``
+    export = _Export(traces, traces_answer, admission, ingest.metrics, token, "otlp-grpc").export
+    handlers = [_handler(TRACE_SERVICE, export)]
+    if relay is not None:
+        for signal in SIGNALS:
+            relayed = _Export(
+                _relaying(relay, signal), _empty, admission, ingest.metrics, token, f"otlp-grpc-{signal.name}"
+            )
+            handlers.append(_handler(signal.service, relayed.export))
+    return handlers
+
+
+def _relaying(relay: OtlpRelay, signal: Signal) -> Accept:
+    async def accept(body: bytes) -> Outcome:
+        return await relay.accept(signal, body, PROTOBUF)
+
+    return accept
+
+
+def _empty(_outcome: Outcome) -> bytes:
+    return b""  # an Export…ServiceResponse with nothing to say
 
 
 async def start_grpc(
-    ingest: Ingest, admission: Admission, *, host: str, port: int, token: str | None, max_body: int
+    ingest: Ingest,
+    admission: Admission,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    max_body: int,
+    credentials: grpc.ServerCredentials | None = None,
+    relay: OtlpRelay | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """An OTLP/gRPC receiver on ``host:port``, started: (server, the bound port). ``OSError`` when
-    the port cannot be bound (in use, no such address)."""
+    """An OTLP/gRPC receiver on ``host:port``, started: (server, the bound port); over TLS with
+    ``credentials``. ``OSError`` when the port cannot be bound (in use, no such address)."""
     limit = max_message_bytes(max_body)
     server = grpc.aio.server(
         options=[
@@ -134,15 +202,16 @@ async def start_grpc(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 1024 * 1024),
         ],
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        maximum_concurrent_rpcs=concurrent_rpcs(admission.max_bytes, limit),
     )
-    # a coroutine function (grpc.aio tells by ``inspect``), not an object with an async ``__call__``
-    server.add_generic_rpc_handlers((_handler(_Export(ingest, admission, token).export),))
+    server.add_generic_rpc_handlers(_handlers(ingest, relay, admission, token))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     where = f"{address} (OTLP/gRPC)"  # the error's filename: says which of the ports failed
     try:
         _check_bindable(host, port)
-        bound = server.add_insecure_port(address)
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
     except OSError as error:
         await server.stop(None)
         raise OSError(error.errno, error.strerror, where) from None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from telemetry.backends import BackendConfig
 
-__all__ = ["GRPC_PORT", "Settings", "SettingsError", "parse_bytes", "parse_duration", "is_loopback"]
+from .tls import RELOAD_INTERVAL_S, TlsFiles
+
+__all__ = ["GRPC_PORT", "Settings", "SettingsError", "parse_bytes", "parse_duration", "parse_headers", "is_loopback"]
 
 
 #: the port OTLP/gRPC receivers listen on (``wft serve --grpc-port``'s default)
@@ -38,6 +40,7 @@ class Settings:
     world: BackendConfig | None = None  # None: no tailer
     tail_interval: float | None = None  # seconds between the tailer's polls; None: the world kind's (``poll_interval``)
     forward_otlp: str | None = None
+    forward_headers: dict[str, str] = field(default_factory=dict)  # sent with each forwarded batch (an API key)
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
     forward_sample: dict[str, float] | None = None  # rates by run outcome (``--forward-sample``); None: all
@@ -45,6 +48,8 @@ class Settings:
     sample_buffer_bytes: int = 64 * 1024 * 1024  # bound of the undecided runs' buffer (``--sample-buffer``)
     sentry_upstream: str | None = None  # DSN of the Sentry the relay forwards to
     trace_url_template: str | None = None  # link from run pages to the user's Tempo/Jaeger: "…{trace_id}…"
+    tls: TlsFiles | None = None  # serve both ports over TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``)
+    tls_reload_interval: float = RELOAD_INTERVAL_S  # seconds between looks for renewed TLS files
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -84,6 +89,8 @@ class Settings:
                     f"--forward-otlp: not an http:// or https:// URL: {self.forward_otlp!r}"
                     " (example: http://tempo:4318; /v1/traces is appended)"
                 )
+        if self.forward_headers and self.forward_otlp is None:
+            raise SettingsError("--forward-headers needs --forward-otlp: they are sent with what is forwarded")
         if self.forward_sample is not None:
             from .sampling import OUTCOMES
 
@@ -101,6 +108,25 @@ class Settings:
                 upstream_base(self.sentry_upstream)
             except ValueError as error:
                 raise SettingsError(str(error)) from None
+
+
+def parse_headers(text: str, flag: str) -> dict[str, str]:
+    """Headers as ``OTEL_EXPORTER_OTLP_HEADERS`` writes them (``name=value,name2=value2``, values
+    percent-encoded), names lower-cased; ``SettingsError`` naming the entry that is not one, and
+    never its value (it is usually a secret)."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        name, equals, value = entry.partition("=")
+        name = unquote(name).strip().lower()
+        if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+            shown = name if equals else "an entry without '='"
+            raise SettingsError(f"{flag}: {shown!s} is not a header name=value (name=value,name2=value2)")
+        out[name] = unquote(value).strip()
+    return out
 
 
 def is_loopback(host: str) -> bool:

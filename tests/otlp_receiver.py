@@ -54,6 +54,7 @@ class Receiver:
     requests: int = 0
     fail_next: int = 0  # answer this many requests with 503 first
     encodings: list[str] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each request taken
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_id(self) -> dict[str, ReceivedSpan]:
@@ -107,6 +108,7 @@ def start_receiver() -> tuple[Receiver, callable]:
             body = gzip.decompress(body)
         with receiver.lock:
             receiver.encodings.append(request.headers.get("Content-Encoding", ""))
+            receiver.authorizations.append(request.headers.get("Authorization"))
         spans = decode_request(body)
         with receiver.lock:
             receiver.spans.extend(spans)

@@ -179,6 +179,19 @@ def test_retention_by_age_and_size(collector):
     assert service.writer.retention_dropped == total
 
 
+def test_forwarding_sends_the_forward_headers(collector, otlp_receiver, tmp_path):
+    """``--forward-headers``: a hosted backend's key goes with every forwarded batch, and into no spool file."""
+    key = "Bearer forward-key-0123456789"
+    service = collector(forward_otlp=otlp_receiver.url, forward_headers={"authorization": key})
+    spans = make_sdk_spans(2)
+    assert OTLPSpanExporter(endpoint=f"{service.url}/v1/traces").export(spans).name == "SUCCESS"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(otlp_receiver.by_id()) < len(spans):
+        time.sleep(0.05)
+    assert {f"{s.context.span_id:016x}" for s in spans} <= set(otlp_receiver.by_id())
+    assert otlp_receiver.authorizations and set(otlp_receiver.authorizations) == {key}
+
+
 def test_forwarding_spools_while_upstream_is_down(collector, otlp_receiver, tmp_path):
     otlp_receiver.fail_next = 3  # upstream answers 503 three times, then recovers
     service = collector(forward_otlp=otlp_receiver.url, spool_dir=tmp_path / "spool")

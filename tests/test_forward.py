@@ -94,7 +94,7 @@ def test_enqueue_writes_one_file_per_batch_in_order(tmp_path):
         meta, _, body = file.read_bytes().partition(b"\n")
         assert body == payload  # newlines and NULs in the payload survive
         metas.append(json.loads(meta))
-    assert metas[0] == {"url": "http://127.0.0.1:9/v1/traces", "headers": {"Content-Type": "x/default"}}
+    assert metas[0] == {"url": "http://127.0.0.1:9/v1/traces", "headers": None}  # the defaults, added as sent
     assert metas[4] == {"url": "http://127.0.0.1:9/other", "headers": {"X-Sentry-Auth": "Sentry k"}}
     assert forwarder.spool_bytes() == sum(f.stat().st_size for f in files)
 
@@ -219,6 +219,88 @@ def test_a_refused_batch_is_dropped_counted_and_the_next_one_sent(tmp_path, stat
     assert [(s, b) for _, s, b, _ in upstream.arrivals] == [(status, b"refused"), (200, b"accepted")]
     assert metrics.forward_dropped_batches == 1 and metrics.forwarded_batches == 1
     assert any(f"HTTP {status}" in r.getMessage() for r in caplog.records)
+
+
+def test_the_forwarders_own_headers_are_added_as_sent_so_a_rotated_key_applies_to_the_spool(tmp_path):
+    """Batches spooled under one key and sent after a restart with another go with the new one
+    (the spool holds no key); a batch with its own headers (the relay's) keeps them."""
+    spool = tmp_path / "spool"
+
+    async def go():
+        async with _upstream(want=2) as upstream:
+            old = Forwarder(upstream.url, spool, Metrics(), headers={"Authorization": "Bearer old-key"})
+            await old.enqueue(b"spooled before the restart")
+            await old.enqueue(b"a client's", headers={"X-Sentry-Auth": "Sentry sentry_key=client"})
+            assert b"old-key" not in b"".join(f.read_bytes() for f in _files(spool))
+            new = Forwarder(upstream.url, spool, Metrics(), headers={"Authorization": "Bearer new-key"})
+            async with _running(new):
+                await asyncio.wait_for(upstream.delivered.wait(), 10)
+            return upstream
+
+    upstream = asyncio.run(go())
+    (_, _, first, sent), (_, _, second, client) = upstream.arrivals
+    assert first == b"spooled before the restart" and sent["Authorization"] == "Bearer new-key"
+    assert second == b"a client's" and "Authorization" not in client and "sentry_key=client" in client["X-Sentry-Auth"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refusal_of_the_forwarders_credentials_holds_the_batches(tmp_path, status, caplog):
+    """Every batch carries the same key: a 401 says the key is wrong, not the batch. They are held
+    and retried (one error a minute says so) until the key works, not dropped one by one."""
+    metrics = Metrics()
+
+    async def go():
+        async with _upstream([status, status, status], want=2) as upstream:
+            forwarder = Forwarder(
+                upstream.url,
+                tmp_path / "spool",
+                metrics,
+                headers={"Authorization": "Bearer k"},
+                max_backoff=0.1,
+                hold_on_auth_failure=True,
+            )
+            await forwarder.enqueue(b"first")
+            await forwarder.enqueue(b"second")
+            async with _running(forwarder):
+                await asyncio.wait_for(upstream.delivered.wait(), 10)
+            return upstream
+
+    with caplog.at_level(logging.ERROR, logger="collector.forward"):
+        upstream = asyncio.run(go())
+    assert upstream.bodies() == [b"first", b"second"] and [s for _, s, *_ in upstream.arrivals][:3] == [status] * 3
+    assert metrics.forward_dropped_batches == 0 and metrics.forwarded_batches == 2
+    errors = [r.getMessage() for r in caplog.records if "credentials" in r.getMessage()]
+    assert len(errors) == 1 and f"HTTP {status}" in errors[0] and "Bearer" not in errors[0]
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("authorization", "an entry without '=' is not a header"),
+        ("bad name=x", "bad name is not a header"),
+    ],
+)
+def test_serve_refuses_bad_forward_headers_in_one_line_without_the_value(tmp_path, value, says):
+    from .conftest import wft
+
+    store = tmp_path / "s.sqlite3"
+    args = ("--forward-otlp", "http://127.0.0.1:9", "--forward-headers", f"x-ok=secret-1,{value}")
+    result = wft("serve", "--no-world", "--port", "0", "--store", str(store), *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert says in line and "secret-1" not in line
+    result = wft("serve", "--no-world", "--port", "0", "--store", str(store), "--forward-headers", "a=b")
+    assert result.returncode == 2 and "--forward-headers needs --forward-otlp" in result.stderr
+
+
+def test_parse_headers_reads_the_otel_format():
+    from collector.settings import parse_headers
+
+    assert parse_headers("Authorization=Bearer%20k%3D%3D, X-Scope-OrgID = team ,", "f") == {
+        "authorization": "Bearer k==",
+        "x-scope-orgid": "team",
+    }
+    assert parse_headers("", "f") == {}
 
 
 def test_upstream_not_listening_then_coming_up(tmp_path):

@@ -1,0 +1,154 @@
+"""OTLP metrics and logs, relayed to the ``--forward-otlp`` upstream as they came.
+
+The collector stores traces. But an app's OpenTelemetry SDK exports every signal to the one
+endpoint it is given (``OTEL_EXPORTER_OTLP_ENDPOINT``), and the Python distro behind
+``opentelemetry-instrument`` turns metrics and logs on by default: pointed at a collector that
+serves traces alone, the app logs a failed export every interval and its metrics go nowhere.
+
+With ``--forward-otlp``, ``POST /v1/metrics`` and ``/v1/logs`` (and the gRPC ``MetricsService`` and
+``LogsService``) take them: a body is checked to be the signal's request (protobuf parsed; JSON an
+object), spooled on disk with the traces (the same spool, bound and retries), answered once
+spooled, and sent to upstream's ``/v1/metrics`` or ``/v1/logs`` as it came, protobuf or JSON,
+with ``--forward-headers``. Nothing is stored or sampled here. The byte budget and the body limits
+are the traces' (``Admission``, ``--max-body``). Without an upstream these signals are not served:
+404 over HTTP and UNIMPLEMENTED over gRPC, which is what an OTLP receiver without the signal says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+from .admission import Admission, Refused
+from .content_coding import BadData, TooLarge
+from .ingest import Outcome, admit, answer_then_drain, read_limited, refusal
+from .metrics import Metrics
+from .otlp import JSON, PROTOBUF
+
+__all__ = ["SIGNALS", "OtlpRelay", "Signal"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str  # "metrics", "logs": the path's last part, upstream's too
+    request: type[Message]  # what a protobuf body must parse as
+    service: str  # the gRPC service whose ``Export`` takes it
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.name}"
+
+
+SIGNALS: Final = (
+    Signal("metrics", ExportMetricsServiceRequest, "opentelemetry.proto.collector.metrics.v1.MetricsService"),
+    Signal("logs", ExportLogsServiceRequest, "opentelemetry.proto.collector.logs.v1.LogsService"),
+)
+
+#: the answer of an ``Export`` taken whole (an empty ``Export…ServiceResponse``) by content type
+_ANSWERS: Final = {PROTOBUF: b"", JSON: b"{}"}
+
+#: spools one body for upstream: (payload, upstream URL, its content type)
+Spool = Callable[[bytes, str, str], Awaitable[None]]
+
+
+class OtlpRelay:
+    """Takes metrics and logs for ``spool`` (the forwarder's): ``handle`` over HTTP, ``accept``
+    for any transport. ``upstream``: the ``--forward-otlp`` base URL, to which the signal's path is
+    appended."""
+
+    def __init__(self, upstream: str, spool: Spool, admission: Admission, metrics: Metrics, *, max_body: int) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.spool = spool
+        self.admission = admission
+        self.metrics = metrics
+        self.max_body = max_body
+        self.relayed: Counter[str] = Counter()  # requests spooled, by signal (``wft_otlp_relayed_requests_total``)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(signal.path, self._handler(signal)) for signal in SIGNALS]
+
+    def _handler(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.handle(request, signal)
+
+        return handle
+
+    async def handle(self, request: web.Request, signal: Signal) -> web.StreamResponse:
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            self.metrics.requests_rejected += 1
+            unsupported = web.Response(
+                status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}"
+            )
+            unsupported.force_close()
+            return unsupported
+        try:
+            ticket = admit(request, self.admission, route=f"otlp-{signal.name}")
+        except Refused as refused:
+            return self._refused(refused)
+        try:
+            try:
+                _, body = await read_limited(request, self.max_body, ticket=ticket)
+            except Refused as refused:
+                return await answer_then_drain(request, self._refused(refused), limit=self.max_body)
+            except TooLarge:
+                self.metrics.requests_rejected += 1
+                too_large = web.Response(status=413, text=f"request body over {self.max_body} bytes")
+                return await answer_then_drain(request, too_large, limit=self.max_body)
+            except BadData as error:
+                self.metrics.requests_rejected += 1
+                return web.Response(status=400, text=f"bad compressed body: {error}")
+            outcome = await self.accept(signal, body, content_type)
+        finally:
+            ticket.release()
+        if outcome.status != 200:
+            headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
+            return web.Response(status=outcome.status, headers=headers, text=outcome.message)
+        return web.Response(body=_ANSWERS[content_type], content_type=content_type)
+
+    def _refused(self, refused: Refused) -> web.Response:
+        if refused.status == 503:
+            self.metrics.requests_overloaded += 1
+        else:
+            self.metrics.requests_rejected += 1
+        return refusal(refused)
+
+    async def accept(self, signal: Signal, body: bytes, content_type: str) -> Outcome:
+        """Check ``body`` is ``signal``'s request and spool it for upstream: 200 once spooled, 400
+        for a body that is not one, 503 when the spool cannot be written."""
+        problem = _problem(signal, body, content_type)
+        if problem is not None:
+            self.metrics.requests_rejected += 1
+            return Outcome(400, f"not an OTLP {signal.name} request: {problem}")
+        try:
+            await self.spool(body, f"{self.upstream}{signal.path}", content_type)
+        except OSError as error:
+            self.metrics.requests_unavailable += 1
+            return Outcome(503, f"the forward spool cannot be written ({error.strerror or error})", "5")
+        self.relayed[signal.name] += 1
+        return Outcome(200)
+
+
+def _problem(signal: Signal, body: bytes, content_type: str) -> str | None:
+    """Why ``body`` is not ``signal``'s request, or None. Protobuf is parsed whole (upb: what
+    upstream would refuse is refused here, while the client can still hear it); JSON is checked to
+    be an object (OTLP/JSON's ids are hex, which protobuf's JSON parser does not read)."""
+    if content_type == JSON:
+        try:
+            parsed = json.loads(body)
+        except ValueError as error:
+            return f"invalid JSON ({error})"
+        return None if isinstance(parsed, dict) else "the JSON is not an object"
+    try:
+        signal.request.FromString(body)
+    except DecodeError as error:
+        return f"invalid protobuf ({error})"
+    return None
