@@ -1,4 +1,4 @@
-"""The JSON API: ``/api/runs``, ``/api/runs/{run_id}``, ``/api/traces/{trace_id}``, ``/metrics``, ``/healthz``.
+"""The JSON API: ``/api/runs``, ``/api/runs/{run_id}``, ``/api/traces/{trace_id}``, ``/metrics``.
 
 Answers are strict JSON (RFC 8259): the edge stores NaN and ±Infinity as the strings the OTLP-JSON
 mapping uses, and a value that still is one (a store written before that) is sent as that string
@@ -89,7 +89,6 @@ class Api:
             web.get(f"/api/spans/{{trace_id:{SEGMENT}}}/{{span_id:{SEGMENT}}}", self.span),
             web.get(f"/api/lookup/{{ident:{SEGMENT}}}", self.lookup),
             web.get("/metrics", self.prometheus),
-            web.get("/healthz", self.health),
         ]
 
     async def _read(
@@ -254,9 +253,6 @@ class Api:
             body=await asyncio.to_thread(self.metrics.exposition),  # per-workflow series: not on the loop
             headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
         )
-
-    async def health(self, request: web.Request) -> web.Response:
-        return _json({"ok": True})
 
 
 class KeptWaterfall:

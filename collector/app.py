@@ -27,8 +27,9 @@ from telemetry.export import traces_endpoint
 
 from .admission import Admission
 from .api import Api
-from .auth import auth_middleware, login_routes
+from .auth import auth_middleware, authorized, login_routes
 from .forward import Forwarder
+from .health import Check, Probe, health_route
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
 from .otlp_relay import OtlpRelay
@@ -266,7 +267,31 @@ def build(settings: Settings) -> Service:
             forward=forward,
         )
         _make_private(_checkpoint_files(settings.store) - existed)
+    app.router.add_routes([health_route(_probes(service), authorized(settings.token))])
     return service
+
+
+def _probes(service: Service) -> list[Probe]:
+    """What ``/healthz`` looks at: the store (vital), and the world tailer and forwarders there are."""
+    writer = service.writer
+
+    def store() -> Check:
+        if writer.ended:
+            return Check("store", False, "the writer stopped", vital=True)
+        return Check("store", writer.fault is None, writer.fault, vital=True)
+
+    probes: list[Probe] = [store]
+    tailer = service.tailer
+    if tailer is not None:
+        probes.append(lambda: Check("world", tailer.failing is None, tailer.failing))
+    for name, forwarder in (("forward", service.forwarder), ("sentry_forward", service.sentry_forwarder)):
+        if forwarder is not None:
+            probes.append(_upstream_probe(name, forwarder))
+    return probes
+
+
+def _upstream_probe(name: str, forwarder: Forwarder) -> Probe:
+    return lambda: Check(name, forwarder.failing is None, forwarder.failing)
 
 
 async def start(settings: Settings) -> Service:

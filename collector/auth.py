@@ -21,19 +21,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .health import PATH as HEALTH_PATH
 from .sentry_relay import sentry_key
 
-__all__ = ["COOKIE", "LOGIN_PATH", "OPEN_PATHS", "auth_middleware", "login_routes", "session_value"]
+__all__ = ["COOKIE", "LOGIN_PATH", "OPEN_PATHS", "auth_middleware", "authorized", "login_routes", "session_value"]
 
 COOKIE = "wft_session"
 LOGIN_PATH = "/login"
 #: the only routes that answer without the token (the login form has to be reachable to log in)
-OPEN_PATHS = frozenset({"/healthz", LOGIN_PATH})
+OPEN_PATHS = frozenset({HEALTH_PATH, LOGIN_PATH})
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: where a browser may be asking for a page (the login form is answered there instead of a bare 401)
 _NOT_PAGES = ("/api/", "/v1/", "/metrics", "/static/")
@@ -65,11 +66,7 @@ def auth_middleware(token: str | None, *, dsn_key_routes: Collection[str] = ()) 
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is None or request.path in OPEN_PATHS:
-            return await handler(request)
-        if bearer_ok(request.headers.get("Authorization", ""), token):
-            return await handler(request)
-        if request.method in _SAFE_METHODS and _equal(request.cookies.get(COOKIE, ""), cookie):
+        if token is None or request.path in OPEN_PATHS or _carries(request, token, cookie):
             return await handler(request)
         if dsn_key_routes and request.match_info.route.name in dsn_key_routes:
             key = sentry_key(request)
@@ -82,6 +79,20 @@ def auth_middleware(token: str | None, *, dsn_key_routes: Collection[str] = ()) 
         return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
 
     return middleware
+
+
+def _carries(request: web.Request, token: str, cookie: str) -> bool:
+    """The token as a bearer header, or the session cookie on a GET or HEAD."""
+    if bearer_ok(request.headers.get("Authorization", ""), token):
+        return True
+    return request.method in _SAFE_METHODS and _equal(request.cookies.get(COOKIE, ""), cookie)
+
+
+def authorized(token: str | None) -> Callable[[web.Request], bool]:
+    """Whether a request carries the token (a bearer header or the session cookie); every request
+    when there is none. For open routes that say more to those who have it (``/healthz``)."""
+    cookie = session_value(token) if token else ""
+    return lambda request: token is None or _carries(request, token, cookie)
 
 
 def _token_in_url(request: web.Request, token: str, cookie: str) -> web.StreamResponse:

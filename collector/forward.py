@@ -62,6 +62,7 @@ class Forwarder:
         self.headers = headers or {}
         self.max_backoff = max_backoff
         self.hold_on_auth_failure = hold_on_auth_failure
+        self.failing: str | None = None  # why upstream did not take the oldest batch, until it does (``/healthz``)
         self._auth_logged = 0.0  # when a refusal of our credentials was last logged
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -148,6 +149,7 @@ class Forwarder:
                     ok, retryable = False, True
                     reason = (str(error) or type(error).__name__).replace(url, redact(url))
                 if ok or not retryable:
+                    self.failing = None
                     if not ok:
                         log.error("upstream refused a batch (%s); dropping it", reason)
                         self.metrics.forward_dropped_batches += 1
@@ -158,6 +160,7 @@ class Forwarder:
                     first.unlink(missing_ok=True)
                     backoff = 0.5
                     continue
+                self.failing = f"upstream {redact(url)}: {reason}; {len(self._files)} batches spooled"
                 log.warning(
                     "upstream %s unavailable (%s); %d batches spooled, retrying in %.1fs",
                     redact(url),

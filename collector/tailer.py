@@ -85,6 +85,7 @@ class Tailer:
             deliver_many=self._deliver,  # the runs of a pass in one commit (a catch-up: a batch at a time)
         )
         self.last_pass_seconds = 0.0
+        self.failing: str | None = None  # why the last pass failed, until one succeeds (``/healthz``)
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._halt = threading.Event()
         self._worker: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
@@ -155,7 +156,6 @@ class Tailer:
             log.warning("world tailer: could not read what runs wait on from the store: %s", error)
 
     async def _passes(self) -> None:
-        failing: str | None = None
         self._seed_waiting()
         while not self._halt.is_set():
             started = time.perf_counter()
@@ -165,18 +165,18 @@ class Tailer:
                 raise
             except Exception as error:  # a world hiccup must not kill the service
                 reason = str(error) if isinstance(error, WorkflowWorldError) else f"{type(error).__name__}: {error}"
-                if reason != failing:
+                if reason != self.failing:
                     log.warning("world tailer: %s; retrying every second", reason)
-                    failing = reason
+                    self.failing = reason
                 delay = 1.0
             else:
-                if failing is not None:
+                if self.failing is not None:
                     log.info("world tailer: reading again")
-                    failing = None
+                    self.failing = None
                 delay = self.interval
             self.last_pass_seconds = time.perf_counter() - started
             # a world that says it is being written (world-postgres) is read at once, not at the next poll
-            await self.follower.pause(delay, self._halt.is_set, wake=failing is None)
+            await self.follower.pause(delay, self._halt.is_set, wake=self.failing is None)
 
     def _thread_main(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()

@@ -150,6 +150,16 @@ class Writer:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def fault(self) -> str | None:
+        """The storage fault the last commit met (cleared by the next that succeeds), if any."""
+        return self._fault
+
+    @property
+    def ended(self) -> bool:
+        """Whether the writer thread was started and has ended (by ``stop``, or by a bug)."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

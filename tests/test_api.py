@@ -352,19 +352,18 @@ def test_events_page_with_a_cursor_and_clamped_limits(store, sdk_run):
     assert bad[0] == 400 and "limit" in bad[1]["error"]
 
 
-def test_metrics_and_health(store):
+def test_metrics(store):
     metrics = Metrics(spans_accepted=7, spans_rejected=2)
     metrics.gauges["wft_queue_depth"] = lambda: 3
 
     async def go():
         async with _serve(store, metrics) as client:
-            return await client.get("/metrics"), await client.get("/healthz")
+            return await client.get("/metrics")
 
-    (status, (text, headers)), health = asyncio.run(go())
+    status, (text, headers) = asyncio.run(go())
     assert status == 200 and headers["Content-Type"] == CONTENT_TYPE_LATEST
     assert headers["X-Content-Type-Options"] == "nosniff"
     samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples["wft_spans_accepted_total"] == 7 and samples["wft_spans_rejected_total"] == 2
     assert samples["wft_queue_depth"] == 3
     assert not any(name.endswith("_created") for name in samples)  # left out by the collector's registry
-    assert health == (200, {"ok": True})

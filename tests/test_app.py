@@ -98,7 +98,7 @@ def test_start_listens_on_a_free_port_and_close_lets_go(tmp_path):
         return service, started, health
 
     service, started, health = asyncio.run(go())
-    assert health == (200, {"ok": True})
+    assert health == (200, {"ok": True, "status": "ok", "checks": {"store": {"ok": True}}})
     assert any(t.name == "wft-writer" for t in started)
     assert not any(t.is_alive() for t in started)  # the writer thread ended on close
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", service.port), timeout=2):

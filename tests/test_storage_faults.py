@@ -9,6 +9,7 @@ disk is read back through SQLite from this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sqlite3
@@ -211,15 +212,25 @@ def test_a_read_only_store_is_503_with_retry_after_and_recovers(tmp_path):
     served = _serve(store, tmp_path / "serve.log", prefix=prefix)
     try:
         refused = [http("POST", f"{served.url}/v1/traces", body, PB) for _ in range(3)]
+        unhealthy = http("GET", f"{served.url}/healthz")
         for path in tmp_path.glob("store.sqlite3*"):
             os.chmod(path, 0o600)
         accepted = http("POST", f"{served.url}/v1/traces", body, PB)
+        healthy = http("GET", f"{served.url}/healthz")
         listed = http("GET", f"{served.url}/api/runs")
     finally:
         _stop(served)
     for status, headers, answer in refused:
         assert status == 503 and int(headers["Retry-After"]) > 0 and b"read-only" in answer, (status, answer)
     assert accepted[0] == 200 and listed[0] == 200 and RUN in listed[2].decode()
+    # a probe sees it as ingest does: unavailable while the store cannot be written, then well again
+    assert unhealthy[0] == 503 and json.loads(unhealthy[2])["status"] == "unavailable"
+    assert "read-only" in json.loads(unhealthy[2])["checks"]["store"]["reason"]  # no token: the reasons are told
+    assert healthy[0] == 200 and json.loads(healthy[2]) == {
+        "ok": True,
+        "status": "ok",
+        "checks": {"store": {"ok": True}},
+    }
     assert _span_ids(store) == ids
     assert len(served.lines("store unavailable")) == 1 and len(served.lines("store writable again")) == 1
 
