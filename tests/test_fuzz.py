@@ -2,7 +2,7 @@
 
 Seeds are real (``tests/fuzz/corpus.py``): OTLP protobuf from the OTel SDK exporter and from
 ``wft export`` of the TS SDK harness's data, the same in OTLP-JSON, Sentry envelopes from the
-real sentry-sdk. Each case mutates one (``tests/fuzz/mutate.py``) and sends it, with auth, eight
+real sentry-sdk, OTLP metrics and logs from the real OTel exporters (for the relay to upstream). Each case mutates one (``tests/fuzz/mutate.py``) and sends it, with auth, eight
 at a time, so fuzzed and valid requests share group commits. Between them go valid requests
 (fresh SDK spans, real envelopes), API reads with odd parameters and odd credentials.
 
@@ -86,6 +86,7 @@ def seeds(harness_out) -> dict[str, list[Any]]:
         "protobuf": protobuf,
         "json": [corpus.otlp_json(b) for b in protobuf],
         "envelopes": [body for path, body in sentry if path.endswith("/envelope/")],
+        "relayed": corpus.metrics_and_logs_bodies(),
     }
 
 
@@ -162,6 +163,18 @@ class Fuzzer:
         await self.send(
             session, "sentry-store", "POST", "/api/42/store/", body, {**SENTRY_AUTH, **headers, **{"Content-Type": JS}}
         )
+
+    async def relayed(self, session: aiohttp.ClientSession) -> None:
+        """Metrics and logs for the relay (``--forward-otlp`` is on): byte-level mutations of what the
+        real exporters send, compressed or not, now and then as JSON or to the other signal's path."""
+        rng = self.rng
+        path, body = rng.choice(self.seeds["relayed"])
+        if rng.random() < 0.1:
+            path = "/v1/logs" if path == "/v1/metrics" else "/v1/metrics"
+        body = mutate.mutate_bytes(body, rng) if rng.random() < 0.7 else body
+        body, headers = mutate.encode(body, rng)
+        content_type = PB if rng.random() < 0.9 else rng.choice([JS, "text/plain"])
+        await self.send(session, "otlp-relayed", "POST", path, body, {**AUTH, **headers, "Content-Type": content_type})
 
     async def api_read(self, session: aiohttp.ClientSession) -> None:
         rng = self.rng
@@ -262,7 +275,9 @@ class Fuzzer:
             await self.envelope(session)
         elif roll < 0.87:
             await self.store_event(session)
-        elif roll < 0.96:
+        elif roll < 0.91:
+            await self.relayed(session)
+        elif roll < 0.97:
             await self.api_read(session)
         else:
             await self.credentials(session)

@@ -26,11 +26,18 @@ import brotli
 import sentry_sdk
 from aiohttp import web
 from google.protobuf import json_format
+from opentelemetry._logs import LogRecord
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -74,6 +81,8 @@ class Capture:
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/traces", receive)
+        app.router.add_post("/v1/metrics", receive)
+        app.router.add_post("/v1/logs", receive)
         app.router.add_post("/api/{project}/envelope/", receive)
         app.router.add_post("/api/{project}/store/", receive)
         self.url, self._stop = serve_in_thread(app, auto_decompress=False)
@@ -117,6 +126,26 @@ def sdk_protobuf_bodies() -> list[bytes]:
             assert exporter.export(batch).name == "SUCCESS"
         exporter.shutdown()
     return [body for _, body in capture.bodies]
+
+
+def metrics_and_logs_bodies() -> list[tuple[str, bytes]]:
+    """What the real OTel metric and log exporters send (path, body): the relay's input."""
+    with Capture() as capture:
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=f"{capture.url}/v1/metrics", timeout=10), export_interval_millis=60_000
+        )
+        meters = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": "fuzz-seed"}))
+        meter = meters.get_meter("seed-scope", "1.0")
+        meter.create_counter("workflow.steps").add(3, {"workflow.name": "demo", "ok": True})
+        meter.create_histogram("workflow.step.duration", unit="ms").record(12.5, {"step": "a"})
+        meter.create_up_down_counter("workflow.running").add(-1)
+        meters.force_flush(10_000)
+        meters.shutdown()
+        logs = LoggerProvider(resource=Resource.create({"service.name": "fuzz-seed"}))
+        logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"{capture.url}/v1/logs")))
+        logs.get_logger("seed-scope").emit(LogRecord(body=DIAG, attributes={"workflow.run.id": RUN, "n": 1}))
+        logs.shutdown()
+    return list(capture.bodies)
 
 
 def export_protobuf_bodies(local_data: Path) -> list[bytes]:
