@@ -20,8 +20,10 @@ from typing import NoReturn
 from . import __version__
 from .commands import all_commands
 from .commands.common import RUNTIME, USAGE, CliError, Handler
+from .log_format import FORMATS, formatter
 
 _DEBUG_HELP = "on any error, print the traceback too (and log at DEBUG level)"
+_LOG_FORMAT_HELP = "log lines as text (the default), or one JSON object a line for log pipelines (or WFT_LOG_FORMAT)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,11 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("WFT_LOG_FORMAT") or "text",
+        help=_LOG_FORMAT_HELP,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text, configure in all_commands():
         child = sub.add_parser(name, help=help_text, description=help_text)
         # also after the command (``wft runs --debug``); SUPPRESS: absent, the global flag's value stays
         child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+        child.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=_LOG_FORMAT_HELP)
         child.set_defaults(handler=configure(child))
     return parser
 
@@ -57,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose or debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if args.log_format not in FORMATS:  # from WFT_LOG_FORMAT, which argparse does not check
+        parser.error(f"WFT_LOG_FORMAT={args.log_format!r}: one of {', '.join(FORMATS)}")
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(formatter(args.log_format))
+    logging.basicConfig(level=logging.DEBUG if args.verbose or debug else logging.INFO, handlers=[output])
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -72,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: {_one_line(error)}", file=sys.stderr)
+        _say(args.log_format, f"{prog}: {_one_line(error)}")
         return error.status
     except KeyboardInterrupt:
         return 130
@@ -83,8 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if debug:
             raise
-        print(
+        _say(
+            args.log_format,
             f"{prog}: unexpected {type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
-            file=sys.stderr,
         )
         return RUNTIME
+
+
+def _say(log_format: str, line: str) -> None:
+    """The one line an error ends in: as it is, or as a JSON record when logs are JSON (a log
+    pipeline that parses every line would otherwise drop the one that says why the service ended)."""
+    if log_format == "json":
+        logging.getLogger("wft").error(line)
+    else:
+        print(line, file=sys.stderr)
