@@ -2,7 +2,8 @@
 
 Seeds are real (``tests/fuzz/corpus.py``): OTLP protobuf from the OTel SDK exporter and from
 ``wft export`` of the TS SDK harness's data, the same in OTLP-JSON, Sentry envelopes from the
-real sentry-sdk, OTLP metrics and logs from the real OTel exporters (for the relay to upstream). Each case mutates one (``tests/fuzz/mutate.py``) and sends it, with auth, eight
+real sentry-sdk, OTLP metrics and logs from the real OTel exporters (for the relay to upstream).
+Each case mutates one (``tests/fuzz/mutate.py``) and sends it, with auth, eight
 at a time, so fuzzed and valid requests share group commits. Between them go valid requests
 (fresh SDK spans, real envelopes), API reads with odd parameters and odd credentials.
 
