@@ -131,7 +131,15 @@ def _covers(title: str) -> bool:
 
 
 def test_the_health_dashboard_covers_what_an_operator_asks():
-    for title in ("Ingest rate", "Refusals", "503s", "Write queue depth", "Tailer lag", "Forward spool"):
+    for title in (
+        "Ingest rate",
+        "Refusals",
+        "503s",
+        "Write queue depth",
+        "Tailer lag",
+        "Forward spool",
+        "Relayed metrics and logs",
+    ):
         assert _covers(title), title
 
 
@@ -260,6 +268,7 @@ def _scraped(base: str, instance: str, times: int) -> bool:
 
 def test_every_health_panel_returns_data_from_a_real_prometheus(wft_serve, prometheus):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     base, instance = prometheus
@@ -268,6 +277,8 @@ def test_every_health_panel_returns_data_from_a_real_prometheus(wft_serve, prome
     assert exporter.export(make_sdk_spans(3)) == SpanExportResult.SUCCESS
     exporter.shutdown()
     assert http("POST", f"{wft_serve}/v1/traces", b"{}", {"Content-Type": "text/plain"})[0] == 415
+    metrics = ExportMetricsServiceRequest().SerializeToString()  # relayed to the (down) upstream: spooled
+    assert http("POST", f"{wft_serve}/v1/metrics", metrics, {"Content-Type": "application/x-protobuf"})[0] == 200
     status, _, body = http("GET", f"{wft_serve}/metrics")
     assert status == 200
     _lint(body)
