@@ -12,10 +12,11 @@ is the transport's:
 - **Size.** grpc reads a whole message before the handler sees it, so the budget is asked once it
   is read (``Admission``, as for a body of known length); grpc itself refuses a message over
   ``max_message_bytes`` (the smaller of ``--max-body`` and gRPC's customary 4 MiB, compressed or
-  not: RESOURCE_EXHAUSTED), and at most ``concurrent_rpcs`` are in hand at once (grpc refuses
-  more with RESOURCE_EXHAUSTED, which exporters retry): as many messages as ``--max-pending-bytes``
-  holds, up to ``MAX_CONCURRENT_RPCS``, so what grpc holds before the budget sees it is no more
-  than the budget itself.
+  not: RESOURCE_EXHAUSTED), and at most ``MAX_CONCURRENT_RPCS`` are in hand at once, so what grpc
+  holds for us is bounded. That bound is not the budget's: grpc refuses calls past it with
+  RESOURCE_EXHAUSTED and no ``RetryInfo``, which the OTLP specification has exporters drop rather
+  than retry, so a bound small enough to follow a small ``--max-pending-bytes`` would lose data;
+  past the budget, ``Admission`` refuses with UNAVAILABLE and a ``RetryInfo`` instead.
 - **Statuses**, as the OTLP specification maps them: a body that does not parse or that the store
   refuses is INVALID_ARGUMENT (not retried); overload and a store that cannot be written are
   UNAVAILABLE with a ``google.rpc.RetryInfo`` saying when to retry (retried, after that delay);
@@ -47,7 +48,7 @@ from .metrics import Metrics
 from .otlp import PROTOBUF, encode_response
 from .otlp_relay import SIGNALS, OtlpRelay, Signal
 
-__all__ = ["MAX_CONCURRENT_RPCS", "concurrent_rpcs", "max_message_bytes", "start_grpc"]
+__all__ = ["MAX_CONCURRENT_RPCS", "max_message_bytes", "start_grpc"]
 
 log = logging.getLogger("collector.grpc")
 
@@ -62,13 +63,6 @@ def max_message_bytes(max_body: int) -> int:
     """The largest message taken: ``--max-body``, but no more than gRPC's customary 4 MiB (what
     exporters expect of a receiver, and what keeps ``MAX_CONCURRENT_RPCS`` messages bounded)."""
     return min(max_body, _GRPC_DEFAULT_MAX)
-
-
-def concurrent_rpcs(max_pending_bytes: int, max_message: int) -> int:
-    """How many exports grpc may hold at once: as many of the largest message as the byte budget
-    holds (grpc reads each whole before ``Admission`` can refuse it), at least one, at most
-    ``MAX_CONCURRENT_RPCS``."""
-    return max(1, min(MAX_CONCURRENT_RPCS, max_pending_bytes // max_message))
 
 
 def _peer_address(peer: str) -> str:
@@ -202,7 +196,7 @@ async def start_grpc(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 1024 * 1024),
         ],
-        maximum_concurrent_rpcs=concurrent_rpcs(admission.max_bytes, limit),
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
     server.add_generic_rpc_handlers(_handlers(ingest, relay, admission, token))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

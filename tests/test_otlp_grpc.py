@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from collector.otlp_grpc import MAX_CONCURRENT_RPCS, concurrent_rpcs, max_message_bytes
+from collector.otlp_grpc import max_message_bytes
 from telemetry.export_grpc import TRACE_SERVICE
 
 from .conftest import get_json
@@ -97,35 +97,6 @@ def test_a_message_over_the_limit_is_refused_by_grpc(collector):
     code, _, _, _ = _call(service, b"\x0a" + b"\x00" * (70 * 1024))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert max_message_bytes(16 << 20) == 4 << 20  # gRPC's customary ceiling under a large --max-body
-
-
-def test_grpc_holds_no_more_messages_than_the_byte_budget(collector):
-    """grpc reads a message whole before the budget is asked: the exports it may hold at once are
-    as many as ``--max-pending-bytes`` holds of the largest message. With a 1 MiB budget and 1 MiB
-    messages, one; a second while the first waits on a locked store is refused by grpc."""
-    assert concurrent_rpcs(256 << 20, 4 << 20) == MAX_CONCURRENT_RPCS
-    assert concurrent_rpcs(8 << 20, 4 << 20) == 2 and concurrent_rpcs(1 << 20, 4 << 20) == 1
-    service = collector(grpc_port=0, max_pending_bytes=1 << 20, max_body_bytes=1 << 20)
-    lock = service.store.connect()
-    lock.execute("BEGIN EXCLUSIVE")  # the writer's commit waits: the first export stays in hand
-    channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
-    try:
-        export = channel.unary_unary(f"/{TRACE_SERVICE}/Export")
-        first = make_sdk_spans(2)
-        pending = export.future(encode_spans(first).SerializeToString(), timeout=60)
-        deadline = time.monotonic() + 10
-        while service.admission.admitted == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert service.admission.admitted == 1
-        with pytest.raises(grpc.RpcError) as refused:
-            export(encode_spans(make_sdk_spans(2)).SerializeToString(), timeout=10)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        lock.execute("ROLLBACK")
-        assert ExportTraceServiceResponse.FromString(pending.result()).partial_success.rejected_spans == 0
-    finally:
-        channel.close()
-        lock.close()
-    assert {f"{s.context.span_id:016x}" for s in first} <= _stored(service)
 
 
 def test_overload_is_unavailable_with_when_to_retry(collector):
