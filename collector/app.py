@@ -32,7 +32,7 @@ from .forward import Forwarder
 from .health import Check, Probe, health_route
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
-from .otlp_relay import OtlpRelay
+from .otlp_relay import OtlpRelay, Spool
 from .private import FILE_MODE, private_dir, private_file, redact
 from .sampling import Sampler
 from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
@@ -72,7 +72,8 @@ class Service:
     grpc: grpc.aio.Server | None = None  # the OTLP/gRPC receiver, when serving one
     grpc_port: int | None = None  # its bound port
     tls: ServerTls | None = None  # both ports serve TLS, with these files
-    otlp_relay: OtlpRelay | None = None  # metrics and logs relayed upstream (with --forward-otlp)
+    otlp_relay: OtlpRelay | None = None  # metrics and logs relayed upstream (``--relay``)
+    relay_forwarders: dict[str, Forwarder] = field(default_factory=dict)  # by signal, each its own spool
 
     @property
     def url(self) -> str:
@@ -178,18 +179,15 @@ def build(settings: Settings) -> Service:
     forward: Forward | None = None
     if settings.forward_otlp:
         spool_dir = settings.spool_dir or settings.store.parent / "spool"
-        service.forwarder = Forwarder(
-            traces_endpoint(settings.forward_otlp),
-            spool_dir,
-            metrics,
-            headers={
-                "Content-Type": "application/x-protobuf",  # the body's, whatever the flag says
-                **{name: value for name, value in settings.forward_headers.items() if name != "content-type"},
-            },
-            max_spool_bytes=settings.spool_max_bytes,
-            hold_on_auth_failure=True,  # every batch carries the same --forward-headers
-        )
-        metrics.gauges["wft_forward_spool_bytes"] = service.forwarder.spool_bytes
+        traces = traces_endpoint(settings.forward_otlp)
+        service.forwarder = _upstream_forwarder(settings, traces, spool_dir, metrics)
+        # each relayed signal spools on its own: one that upstream refuses (a key without its scope)
+        # or that it is slow to take never holds back the traces, nor the other signal
+        for signal in settings.relay:
+            url = f"{traces.removesuffix('/v1/traces')}/v1/{signal}"
+            service.relay_forwarders[signal] = _upstream_forwarder(settings, url, spool_dir / signal, metrics)
+        upstream = [service.forwarder, *service.relay_forwarders.values()]
+        metrics.gauges["wft_forward_spool_bytes"] = lambda: sum(f.spool_bytes() for f in upstream)
         forward = service.forwarder.enqueue
         rates = settings.forward_sample or {}
         buffer = spool_dir / "sampling.sqlite3"
@@ -212,14 +210,9 @@ def build(settings: Settings) -> Service:
     service.ingest, service.admission = ingest, admission
     app.router.add_post("/v1/traces", ingest.handle)
     app.on_cleanup.append(ingest.cleanup)  # its decoder process
-    if service.forwarder is not None and settings.forward_otlp:  # metrics and logs go upstream as they came
-        forwarder = service.forwarder
-
-        async def spool(body: bytes, url: str, content_type: str) -> None:
-            await forwarder.enqueue(body, url=url, content_type=content_type)
-
-        base = traces_endpoint(settings.forward_otlp).removesuffix("/v1/traces")
-        otlp_relay = service.otlp_relay = OtlpRelay(base, spool, admission, metrics, max_body=settings.max_body_bytes)
+    if service.relay_forwarders:  # --relay: the apps' metrics and logs go upstream as they came
+        spools = {signal: _spooler(forwarder) for signal, forwarder in service.relay_forwarders.items()}
+        otlp_relay = service.otlp_relay = OtlpRelay(spools, admission, metrics, max_body=settings.max_body_bytes)
         app.router.add_routes(otlp_relay.routes())
         metrics.labelled["wft_otlp_relayed_requests_total"] = ("signal", lambda: dict(otlp_relay.relayed))
 
@@ -271,6 +264,28 @@ def build(settings: Settings) -> Service:
     return service
 
 
+def _upstream_forwarder(settings: Settings, url: str, spool: Path, metrics: Metrics) -> Forwarder:
+    """A forwarder to the ``--forward-otlp`` upstream at ``url`` with ``--forward-headers``."""
+    return Forwarder(
+        url,
+        spool,
+        metrics,
+        headers={
+            "Content-Type": "application/x-protobuf",  # the body's, whatever the flag says
+            **{name: value for name, value in settings.forward_headers.items() if name != "content-type"},
+        },
+        max_spool_bytes=settings.spool_max_bytes,
+        hold_on_auth_failure=True,  # every batch carries the same --forward-headers
+    )
+
+
+def _spooler(forwarder: Forwarder) -> Spool:
+    async def spool(body: bytes, content_type: str) -> None:
+        await forwarder.enqueue(body, content_type=content_type)
+
+    return spool
+
+
 def _probes(service: Service) -> list[Probe]:
     """What ``/healthz`` looks at: the store (vital), and the world tailer and forwarders there are."""
     writer = service.writer
@@ -284,7 +299,9 @@ def _probes(service: Service) -> list[Probe]:
     tailer = service.tailer
     if tailer is not None:
         probes.append(lambda: Check("world", tailer.failing is None, tailer.failing))
-    for name, forwarder in (("forward", service.forwarder), ("sentry_forward", service.sentry_forwarder)):
+    forwarders = [("forward", service.forwarder), ("sentry_forward", service.sentry_forwarder)]
+    forwarders += [(f"forward_{signal}", f) for signal, f in service.relay_forwarders.items()]
+    for name, forwarder in forwarders:
         if forwarder is not None:
             probes.append(_upstream_probe(name, forwarder))
     return probes
@@ -320,7 +337,7 @@ async def start(settings: Settings) -> Service:
         raise
     if service.tailer is not None:
         service.tasks.append(asyncio.create_task(service.tailer.run(service.stop_event)))
-    for forwarder in (service.forwarder, service.sentry_forwarder):
+    for forwarder in (service.forwarder, service.sentry_forwarder, *service.relay_forwarders.values()):
         if forwarder is not None:
             service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
     if service.sampler is not None:

@@ -82,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         " 'authorization=Bearer%%20KEY,x-scope-orgid=team' (or WFT_FORWARD_HEADERS)",
     )
     parser.add_argument(
+        "--relay",
+        metavar="SIGNALS",
+        default="",
+        help="also take the apps' OTLP metrics and/or logs and relay them to the --forward-otlp upstream as"
+        " they came: 'metrics,logs' (default: none; 404 / UNIMPLEMENTED for them)",
+    )
+    parser.add_argument(
         "--sentry-upstream",
         metavar="DSN",
         default=os.environ.get("WFT_SENTRY_UPSTREAM"),
@@ -168,6 +175,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                 retention_bytes=size or None,
                 world=world,
                 forward_otlp=args.forward_otlp,
+                relay=tuple(name.strip() for name in args.relay.split(",") if name.strip()),
                 forward_headers=parse_headers(  # the variable applies where something is forwarded
                     args.forward_headers or (args.forward_otlp and os.environ.get("WFT_FORWARD_HEADERS")) or "",
                     "--forward-headers",

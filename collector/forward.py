@@ -3,8 +3,11 @@
 Each batch is written to the spool directory first (one file per batch: a JSON line with its
 URL and headers, then the body as it will be sent), then a background task sends the files in
 order, deleting each once upstream acknowledged it. A batch enqueued with the forwarder's own
-headers (``--forward-headers``: an API key, say) spools none: they are added as it is sent, so a
-key rotated across a restart applies to what was spooled before, and no key sits in the spool.
+headers (``--forward-headers``: an API key, say) spools only its content type, marked
+``"defaults": true``: the others are added as it is sent, so a key rotated across a restart
+applies to what was spooled before, and no key sits in the spool (a file written before that
+mark existed, with a content type alone, is read the same way; an earlier version reading a
+new file sends it with its content type).
 An upstream that refuses the forwarder's credentials (401, 403) refuses every batch alike:
 with ``hold_on_auth_failure`` they are held and retried (up to the spool's bound, with one
 error a minute saying so) rather than dropped one by one until someone fixes the key. While
@@ -29,6 +32,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 
@@ -38,6 +42,8 @@ from .private import private_dir, redact, write_private
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("collector.forward")
+
+CONTENT_TYPE: Final = "Content-Type"
 
 
 class Forwarder:
@@ -89,9 +95,12 @@ class Forwarder:
         target = url or self.url
         if target is None:
             raise ValueError("no URL for this batch and no default URL")
-        entry: dict[str, object] = {"url": target, "headers": headers}  # headers None: the defaults, as sent
-        if content_type is not None:
-            entry["content_type"] = content_type
+        if headers is None:  # the defaults, added as it is sent; only the body's type is the batch's
+            kind = content_type or _content_type(self.headers)
+            stored = {CONTENT_TYPE: kind} if kind else {}
+            entry: dict[str, object] = {"url": target, "headers": stored, "defaults": True}
+        else:
+            entry = {"url": target, "headers": headers}
         meta = json.dumps(entry).encode()
         data = meta + b"\n" + payload
         write_private(temp, data)
@@ -131,18 +140,20 @@ class Forwarder:
                     self.metrics.forward_dropped_batches += 1
                     first.unlink(missing_ok=True)
                     continue
-                url, own_headers, content_type, body = batch
-                headers = self.headers if own_headers is None else own_headers
-                if content_type is not None:
-                    headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-                    headers["Content-Type"] = content_type
+                url, stored, defaults, body = batch
+                headers = stored
+                if defaults:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "content-type"}
+                    kind = _content_type(stored) or _content_type(self.headers)
+                    if kind:
+                        headers[CONTENT_TYPE] = kind
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = 200 <= response.status < 300
                         retryable = response.status in (408, 429, 502, 503, 504) or response.status >= 500
                         reason = f"HTTP {response.status}"
-                        if response.status in (401, 403) and own_headers is None and self.hold_on_auth_failure:
+                        if response.status in (401, 403) and defaults and self.hold_on_auth_failure:
                             retryable = True
                             self._log_auth_refusal(url, response.status)
                 except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
@@ -151,7 +162,7 @@ class Forwarder:
                 if ok or not retryable:
                     self.failing = None
                     if not ok:
-                        log.error("upstream refused a batch (%s); dropping it", reason)
+                        log.error("upstream %s refused a batch (%s); dropping it", redact(url), reason)
                         self.metrics.forward_dropped_batches += 1
                     else:
                         self.metrics.forwarded_batches += 1
@@ -192,9 +203,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_batch(path: Path) -> tuple[str, dict[str, str] | None, str | None, bytes] | None:
-    """(url, headers or None for the forwarder's own, the body's content type if not theirs, body)
-    of a spool file; None when it is not one (empty, cut short, garbled)."""
+def _content_type(headers: dict[str, str]) -> str:
+    return next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+
+
+def _read_batch(path: Path) -> tuple[str, dict[str, str], bool, bytes] | None:
+    """(url, headers, whether they are the forwarder's defaults, body) of a spool file; None when
+    it is not one (empty, cut short, garbled). Defaults: marked so, or a content type alone (a file
+    of a version before the mark, whose defaults were that)."""
     try:
         meta, newline, body = path.read_bytes().partition(b"\n")
         target = json.loads(meta)
@@ -202,14 +218,13 @@ def _read_batch(path: Path) -> tuple[str, dict[str, str] | None, str | None, byt
         return None
     if not newline or not isinstance(target, dict):
         return None
-    url, headers, content_type = target.get("url"), target.get("headers"), target.get("content_type")
-    if not isinstance(url, str) or not (headers is None or isinstance(headers, dict)):
+    url, headers = target.get("url"), target.get("headers")
+    if not isinstance(url, str) or not isinstance(headers, dict):
         return None
-    if not (content_type is None or isinstance(content_type, str)):
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         return None
-    if headers is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        return None
-    return url, headers, content_type, body
+    defaults = target.get("defaults") is True or {k.lower() for k in headers} == {"content-type"}
+    return url, headers, defaults, body
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float | None) -> None:

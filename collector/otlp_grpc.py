@@ -46,7 +46,7 @@ from .auth import bearer_ok
 from .ingest import Ingest, Outcome
 from .metrics import Metrics
 from .otlp import PROTOBUF, encode_response
-from .otlp_relay import SIGNALS, OtlpRelay, Signal
+from .otlp_relay import OtlpRelay, Signal
 
 __all__ = ["MAX_CONCURRENT_RPCS", "max_message_bytes", "start_grpc"]
 
@@ -157,7 +157,7 @@ def _handlers(ingest: Ingest, relay: OtlpRelay | None, admission: Admission, tok
     export = _Export(traces, traces_answer, admission, ingest.metrics, token, "otlp-grpc").export
     handlers = [_handler(TRACE_SERVICE, export)]
     if relay is not None:
-        for signal in SIGNALS:
+        for signal in relay.signals:
             relayed = _Export(
                 _relaying(relay, signal), _empty, admission, ingest.metrics, token, f"otlp-grpc-{signal.name}"
             )

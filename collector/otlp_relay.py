@@ -5,13 +5,16 @@ endpoint it is given (``OTEL_EXPORTER_OTLP_ENDPOINT``), and the Python distro be
 ``opentelemetry-instrument`` turns metrics and logs on by default: pointed at a collector that
 serves traces alone, the app logs a failed export every interval and its metrics go nowhere.
 
-With ``--forward-otlp``, ``POST /v1/metrics`` and ``/v1/logs`` (and the gRPC ``MetricsService`` and
-``LogsService``) take them: a body is checked to be the signal's request (protobuf parsed; JSON an
-object), spooled on disk with the traces (the same spool, bound and retries), answered once
+With ``--relay metrics,logs`` (and ``--forward-otlp``), ``POST /v1/metrics`` and ``/v1/logs`` (and
+the gRPC ``MetricsService`` and ``LogsService``) take them: a body is checked to be the signal's
+request (protobuf parsed; JSON an object), spooled on disk (a spool of its own per signal, with the
+traces' bound and retries: a signal upstream refuses never holds back another), answered once
 spooled, and sent to upstream's ``/v1/metrics`` or ``/v1/logs`` as it came, protobuf or JSON,
 with ``--forward-headers``. Nothing is stored or sampled here. The byte budget and the body limits
-are the traces' (``Admission``, ``--max-body``). Without an upstream these signals are not served:
-404 over HTTP and UNIMPLEMENTED over gRPC, which is what an OTLP receiver without the signal says.
+are the traces' (``Admission``, ``--max-body``). It is asked for, not implied by ``--forward-otlp``:
+many trace backends (Tempo, Jaeger) answer 404 to metrics and logs, and an app told 200 would never
+learn its data went nowhere. A signal not relayed is not served: 404 over HTTP and UNIMPLEMENTED
+over gRPC, which is what an OTLP receiver without the signal says.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .ingest import Outcome, admit, answer_then_drain, read_limited, refusal
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF
 
-__all__ = ["SIGNALS", "OtlpRelay", "Signal"]
+__all__ = ["RELAYABLE", "SIGNALS", "OtlpRelay", "Signal", "Spool"]
 
 
 @dataclass(frozen=True)
@@ -52,28 +55,30 @@ SIGNALS: Final = (
     Signal("logs", ExportLogsServiceRequest, "opentelemetry.proto.collector.logs.v1.LogsService"),
 )
 
+#: the names ``--relay`` takes
+RELAYABLE: Final = tuple(signal.name for signal in SIGNALS)
+
 #: the answer of an ``Export`` taken whole (an empty ``Export…ServiceResponse``) by content type
 _ANSWERS: Final = {PROTOBUF: b"", JSON: b"{}"}
 
-#: spools one body for upstream: (payload, upstream URL, its content type)
-Spool = Callable[[bytes, str, str], Awaitable[None]]
+#: spools one body for its signal's upstream: (payload, its content type)
+Spool = Callable[[bytes, str], Awaitable[None]]
 
 
 class OtlpRelay:
-    """Takes metrics and logs for ``spool`` (the forwarder's): ``handle`` over HTTP, ``accept``
-    for any transport. ``upstream``: the ``--forward-otlp`` base URL, to which the signal's path is
-    appended."""
+    """Takes the signals ``spools`` names (each to its own spool): ``handle`` over HTTP, ``accept``
+    for any transport; ``signals``: those relayed."""
 
-    def __init__(self, upstream: str, spool: Spool, admission: Admission, metrics: Metrics, *, max_body: int) -> None:
-        self.upstream = upstream.rstrip("/")
-        self.spool = spool
+    def __init__(self, spools: dict[str, Spool], admission: Admission, metrics: Metrics, *, max_body: int) -> None:
+        self.spools = spools
+        self.signals = tuple(signal for signal in SIGNALS if signal.name in spools)
         self.admission = admission
         self.metrics = metrics
         self.max_body = max_body
         self.relayed: Counter[str] = Counter()  # requests spooled, by signal (``wft_otlp_relayed_requests_total``)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(signal.path, self._handler(signal)) for signal in SIGNALS]
+        return [web.post(signal.path, self._handler(signal)) for signal in self.signals]
 
     def _handler(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -129,7 +134,7 @@ class OtlpRelay:
             self.metrics.requests_rejected += 1
             return Outcome(400, f"not an OTLP {signal.name} request: {problem}")
         try:
-            await self.spool(body, f"{self.upstream}{signal.path}", content_type)
+            await self.spools[signal.name](body, content_type)
         except OSError as error:
             self.metrics.requests_unavailable += 1
             return Outcome(503, f"the forward spool cannot be written ({error.strerror or error})", "5")

@@ -41,6 +41,7 @@ class Settings:
     tail_interval: float | None = None  # seconds between the tailer's polls; None: the world kind's (``poll_interval``)
     forward_otlp: str | None = None
     forward_headers: dict[str, str] = field(default_factory=dict)  # sent with each forwarded batch (an API key)
+    relay: tuple[str, ...] = ()  # OTLP signals relayed to the forward upstream as they came (``--relay``)
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
     forward_sample: dict[str, float] | None = None  # rates by run outcome (``--forward-sample``); None: all
@@ -89,8 +90,24 @@ class Settings:
                     f"--forward-otlp: not an http:// or https:// URL: {self.forward_otlp!r}"
                     " (example: http://tempo:4318; /v1/traces is appended)"
                 )
+        if self.relay:
+            from .otlp_relay import RELAYABLE
+
+            if self.forward_otlp is None:
+                raise SettingsError("--relay needs --forward-otlp: the signals go to its upstream")
+            unknown = [name for name in self.relay if name not in RELAYABLE]
+            if unknown:
+                raise SettingsError(f"--relay: {', '.join(unknown)}: the signals relayed are {', '.join(RELAYABLE)}")
         if self.forward_headers and self.forward_otlp is None:
             raise SettingsError("--forward-headers needs --forward-otlp: they are sent with what is forwarded")
+        if "authorization" in self.forward_headers and self.forward_otlp is not None:
+            from urllib.parse import urlsplit
+
+            if urlsplit(self.forward_otlp).username is not None:
+                raise SettingsError(
+                    "--forward-otlp has credentials in its URL and --forward-headers an authorization:"
+                    " give one of the two"
+                )
         if self.forward_sample is not None:
             from .sampling import OUTCOMES
 
@@ -110,22 +127,33 @@ class Settings:
                 raise SettingsError(str(error)) from None
 
 
+#: headers the HTTP client sets from the request itself: one given too would contradict it
+_MANAGED_HEADERS: Final = frozenset(
+    {"host", "content-length", "content-encoding", "transfer-encoding", "connection", "content-type"}
+)
+
+
 def parse_headers(text: str, flag: str) -> dict[str, str]:
     """Headers as ``OTEL_EXPORTER_OTLP_HEADERS`` writes them (``name=value,name2=value2``, values
-    percent-encoded), names lower-cased; ``SettingsError`` naming the entry that is not one, and
-    never its value (it is usually a secret)."""
+    percent-encoded), names lower-cased. ``SettingsError`` for an entry that is not one, naming it
+    by its place only: an entry is usually a secret, and a mistyped one (a key pasted without its
+    name) is all secret."""
     from urllib.parse import unquote
 
     out: dict[str, str] = {}
-    for entry in text.split(","):
-        if not entry.strip():
-            continue
+    entries = [entry for entry in text.split(",") if entry.strip()]
+    for place, entry in enumerate(entries, 1):
         name, equals, value = entry.partition("=")
         name = unquote(name).strip().lower()
-        if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
-            shown = name if equals else "an entry without '='"
-            raise SettingsError(f"{flag}: {shown!s} is not a header name=value (name=value,name2=value2)")
-        out[name] = unquote(value).strip()
+        value = unquote(value).strip()
+        where = f"{flag}: entry {place} of {len(entries)}"
+        if not equals or len(name) > 64 or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+            raise SettingsError(f"{where} is not a header name=value (name=value,name2=value2, values %-encoded)")
+        if name in _MANAGED_HEADERS:
+            raise SettingsError(f"{where}: {name} is set by the request itself, not by {flag}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise SettingsError(f"{where}: {name}'s value holds a control character")
+        out[name] = value
     return out
 
 

@@ -561,6 +561,22 @@ class Store:
         )
 
     # ---- retention (writer thread) ---------------------------------------------------------
+    @staticmethod
+    def probe(conn: sqlite3.Connection) -> None:
+        """A committed write that changes nothing: whether the store takes writes again after a
+        storage fault, with no request to try it. The layout version is written over with itself,
+        which appends a page to the WAL and syncs it, as any commit does (an empty transaction
+        would succeed on a full disk)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])

@@ -42,6 +42,10 @@ log = logging.getLogger("collector.writer")
 WRITER_CACHE_KIB = 32 * 1024
 
 
+#: how often a store that failed is tried again while no request comes (seconds)
+PROBE_EVERY_S = 5.0
+
+
 class Overloaded(Exception):
     """The write queue is full; try again later."""
 
@@ -181,7 +185,11 @@ class Writer:
     def _run(self) -> None:
         last_retention = time.monotonic()
         while True:
-            first = self._queue.get()
+            try:  # while a storage fault lasts, the store is tried again when no request does it
+                first = self._queue.get(timeout=PROBE_EVERY_S if self._fault is not None else None)
+            except queue.Empty:
+                self._probe()
+                continue
             if first is None:
                 break
             batches = [first]
@@ -277,6 +285,16 @@ class Writer:
             return [self._storage_failed(storage_fault(error) or error)] * len(batches)
         self._committed()
         return errors
+
+    def _probe(self) -> None:
+        """Try the store with a write of nothing (``Store.probe``): a fault that ended is over
+        (``/healthz`` well again) even if no request came to find out."""
+        try:
+            self.store.probe(self._connect())
+        except BaseException as error:
+            self._storage_failed(storage_fault(error) or error)
+            return
+        self._committed()
 
     def _storage_failed(self, error: BaseException) -> BaseException:
         """Log the start of a storage fault once (later ones at debug) and return what requests get;

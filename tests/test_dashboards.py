@@ -189,6 +189,8 @@ def _serving(tmp_path: Path, world: Path):
             str(world),
             "--forward-otlp",
             f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            "--relay",
+            "metrics,logs",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

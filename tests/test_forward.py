@@ -69,6 +69,9 @@ async def _running(forwarder: Forwarder):
         await asyncio.wait_for(task, 5)
 
 
+KEY = "Bearer forward-key-0123456789"
+
+
 def _files(spool) -> list:
     return sorted(spool.glob("*.pb"))
 
@@ -94,7 +97,12 @@ def test_enqueue_writes_one_file_per_batch_in_order(tmp_path):
         meta, _, body = file.read_bytes().partition(b"\n")
         assert body == payload  # newlines and NULs in the payload survive
         metas.append(json.loads(meta))
-    assert metas[0] == {"url": "http://127.0.0.1:9/v1/traces", "headers": None}  # the defaults, added as sent
+    # the defaults are added as it is sent: the file holds the body's type, readable by earlier versions
+    assert metas[0] == {
+        "url": "http://127.0.0.1:9/v1/traces",
+        "headers": {"Content-Type": "x/default"},
+        "defaults": True,
+    }
     assert metas[4] == {"url": "http://127.0.0.1:9/other", "headers": {"X-Sentry-Auth": "Sentry k"}}
     assert forwarder.spool_bytes() == sum(f.stat().st_size for f in files)
 
@@ -243,6 +251,28 @@ def test_the_forwarders_own_headers_are_added_as_sent_so_a_rotated_key_applies_t
     assert second == b"a client's" and "Authorization" not in client and "sentry_key=client" in client["X-Sentry-Auth"]
 
 
+def test_a_batch_spooled_before_forward_headers_existed_goes_with_them_after_the_upgrade(tmp_path):
+    """The previous version spooled its defaults (a content type alone) into each file: such a file
+    is read as the defaults, so it goes with the key the upgraded collector was given."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    async def go():
+        async with _upstream() as upstream:
+            meta = {"url": upstream.url, "headers": {"Content-Type": "application/x-protobuf"}}
+            (spool / f"{time.time_ns():020d}-00000000.pb").write_bytes(json.dumps(meta).encode() + b"\nold batch")
+            forwarder = Forwarder(
+                upstream.url, spool, Metrics(), headers={"Content-Type": "application/x-protobuf", "Authorization": KEY}
+            )
+            async with _running(forwarder):
+                await asyncio.wait_for(upstream.delivered.wait(), 10)
+            return upstream
+
+    ((_, status, body, headers),) = asyncio.run(go()).arrivals
+    assert (status, body) == (200, b"old batch") and headers["Authorization"] == KEY
+    assert headers["Content-Type"] == "application/x-protobuf"
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refusal_of_the_forwarders_credentials_holds_the_batches(tmp_path, status, caplog):
     """Every batch carries the same key: a 401 says the key is wrong, not the batch. They are held
@@ -276,8 +306,10 @@ def test_a_refusal_of_the_forwarders_credentials_holds_the_batches(tmp_path, sta
 @pytest.mark.parametrize(
     "value, says",
     [
-        ("authorization", "an entry without '=' is not a header"),
-        ("bad name=x", "bad name is not a header"),
+        ("authorization", "entry 2 of 2 is not a header name=value"),
+        ("bad name=x", "entry 2 of 2 is not a header name=value"),
+        ("content-length=9", "entry 2 of 2: content-length is set by the request itself"),
+        ("x-key=a%0D%0Ab", "entry 2 of 2: x-key's value holds a control character"),
     ],
 )
 def test_serve_refuses_bad_forward_headers_in_one_line_without_the_value(tmp_path, value, says):
@@ -291,6 +323,26 @@ def test_serve_refuses_bad_forward_headers_in_one_line_without_the_value(tmp_pat
     assert says in line and "secret-1" not in line
     result = wft("serve", "--no-world", "--port", "0", "--store", str(store), "--forward-headers", "a=b")
     assert result.returncode == 2 and "--forward-headers needs --forward-otlp" in result.stderr
+    both = ("--forward-otlp", "http://u:p@127.0.0.1:9", "--forward-headers", "authorization=Bearer%20k")
+    result = wft("serve", "--no-world", "--port", "0", "--store", str(store), *both)
+    assert result.returncode == 2 and "give one of the two" in result.stderr and "Bearer" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--relay", "metrics"], "--relay needs --forward-otlp: the signals go to its upstream"),
+        (["--forward-otlp", "http://127.0.0.1:9", "--relay", "metrics,traces"], "--relay: traces: the signals relayed"),
+    ],
+)
+def test_serve_refuses_a_bad_relay_in_one_line(tmp_path, args, says):
+    from .conftest import wft
+
+    store = tmp_path / "s.sqlite3"
+    result = wft("serve", "--no-world", "--port", "0", "--store", str(store), *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert says in line and not store.exists()
 
 
 def test_parse_headers_reads_the_otel_format():

@@ -350,6 +350,7 @@ def test_fuzz_the_collector(tmp_path, seeds):
         args = [sys.executable, "-m", "telemetry", "-v", "serve", "--port", str(port), "--store", str(store)]
         args += ["--no-world"]
         args += ["--forward-otlp", upstream.url, "--sentry-upstream", f"http://{UPSTREAM_KEY}@{host}/7"]
+        args += ["--relay", "metrics,logs"]
         env = {**os.environ, "WFT_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
         with log_path.open("w") as log:
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -19,6 +19,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -27,9 +28,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from .conftest import get_json, http
+from .sdk_spans import make_sdk_spans
 from .threaded_server import serve_in_thread
 
 KEY = "Bearer upstream-key-0123456789"
+RELAY = ("metrics", "logs")
 
 
 @dataclass
@@ -95,7 +98,7 @@ def _log_bodies(body: bytes) -> set[str]:
 
 
 def test_metrics_and_logs_over_http_reach_upstream_as_sent_with_the_forward_headers(collector, upstream):
-    service = collector(forward_otlp=upstream.url, forward_headers={"authorization": KEY})
+    service = collector(forward_otlp=upstream.url, forward_headers={"authorization": KEY}, relay=RELAY)
     _metrics(OTLPMetricExporter(endpoint=f"{service.url}/v1/metrics", compression=Compression.Gzip), "relay.http")
     _logs(OTLPLogExporter(endpoint=f"{service.url}/v1/logs"), "relayed over http")
     _wait(lambda: upstream.bodies("/v1/metrics") and upstream.bodies("/v1/logs"))
@@ -113,7 +116,7 @@ def test_metrics_and_logs_over_http_reach_upstream_as_sent_with_the_forward_head
 
 
 def test_metrics_and_logs_over_grpc_reach_upstream(collector, upstream):
-    service = collector(grpc_port=0, forward_otlp=upstream.url)
+    service = collector(grpc_port=0, forward_otlp=upstream.url, relay=RELAY)
     endpoint = f"127.0.0.1:{service.grpc_port}"
     _metrics(GrpcMetricExporter(endpoint=endpoint, insecure=True), "relay.grpc")
     _logs(GrpcLogExporter(endpoint=endpoint, insecure=True), "relayed over grpc")
@@ -123,7 +126,7 @@ def test_metrics_and_logs_over_grpc_reach_upstream(collector, upstream):
 
 
 def test_json_goes_as_json_and_what_is_not_the_signal_is_refused(collector, upstream):
-    service = collector(forward_otlp=upstream.url)
+    service = collector(forward_otlp=upstream.url, relay=RELAY)
     document = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "5b8efff798038103d269b633813fc60c"}]}]}]}
     sent = json.dumps(document).encode()
     status, headers, answer = http("POST", f"{service.url}/v1/logs", sent, {"Content-Type": "application/json"})
@@ -140,8 +143,12 @@ def test_json_goes_as_json_and_what_is_not_the_signal_is_refused(collector, upst
     assert upstream.bodies("/v1/logs") == [("application/json", sent)] and not upstream.bodies("/v1/metrics")
 
 
-def test_without_an_upstream_metrics_and_logs_are_not_served(collector):
-    service = collector(grpc_port=0)
+@pytest.mark.parametrize("relay", [(), ("logs",)])
+def test_a_signal_not_relayed_is_not_served(collector, upstream, relay):
+    """Relaying is asked for (many trace backends answer 404 to metrics): without ``--relay`` an
+    upstream for traces does not make the collector take metrics, and one signal asked for does
+    not bring the other."""
+    service = collector(grpc_port=0, forward_otlp=upstream.url, relay=relay)
     request = urllib.request.Request(
         f"{service.url}/v1/metrics", data=b"", headers={"Content-Type": "application/x-protobuf"}, method="POST"
     )
@@ -152,12 +159,49 @@ def test_without_an_upstream_metrics_and_logs_are_not_served(collector):
         export = channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
         with pytest.raises(grpc.RpcError) as failed:
             export(b"", timeout=10)
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        logs = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+        if relay:
+            assert logs(b"", timeout=10) == b""
+        else:
+            with pytest.raises(grpc.RpcError) as failed:
+                logs(b"", timeout=10)
+            assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_signal_upstream_refuses_holds_back_neither_the_traces_nor_the_other(collector, tmp_path):
+    """A key scoped to traces (a hosted backend's ``traces:write``): upstream answers 403 to logs.
+    Logs wait in their own spool (held: the key is the forwarder's); traces and metrics go on."""
+    taken: list[tuple[str, int]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        await request.read()
+        status = 403 if request.path == "/v1/logs" else 200
+        taken.append((request.path, status))
+        return web.Response(status=status, body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    for path in ("/v1/traces", "/v1/metrics", "/v1/logs"):
+        app.router.add_post(path, take)
+    url, stop = serve_in_thread(app)
+    try:
+        service = collector(forward_otlp=url, relay=RELAY, spool_dir=tmp_path / "spool")
+        _logs(OTLPLogExporter(endpoint=f"{service.url}/v1/logs"), "refused upstream")
+        assert OTLPSpanExporter(endpoint=f"{service.url}/v1/traces").export(make_sdk_spans(2)).name == "SUCCESS"
+        _metrics(OTLPMetricExporter(endpoint=f"{service.url}/v1/metrics"), "relay.scoped")
+        _wait(lambda: ("/v1/traces", 200) in taken and ("/v1/metrics", 200) in taken)
+    finally:
+        stop()
+    assert ("/v1/logs", 403) in taken
+    assert list((tmp_path / "spool" / "logs").glob("*.pb"))  # held, not dropped
+    assert service.metrics.forward_dropped_batches == 0
+    status, answer = http("GET", f"{service.url}/healthz")[0], get_json(f"{service.url}/healthz")
+    assert status == 200 and answer["checks"]["forward_logs"]["ok"] is False and answer["checks"]["forward"]["ok"]
 
 
 def test_a_token_guards_the_relay_too(collector, upstream):
     token = "relay-test-token-0123456789"
-    service = collector(forward_otlp=upstream.url, token=token)
+    service = collector(forward_otlp=upstream.url, token=token, relay=RELAY)
     body = ExportMetricsServiceRequest().SerializeToString()
     status, _, _ = http("POST", f"{service.url}/v1/metrics", body, {"Content-Type": "application/x-protobuf"})
     assert status == 401

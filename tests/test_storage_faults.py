@@ -215,8 +215,11 @@ def test_a_read_only_store_is_503_with_retry_after_and_recovers(tmp_path):
         unhealthy = http("GET", f"{served.url}/healthz")
         for path in tmp_path.glob("store.sqlite3*"):
             os.chmod(path, 0o600)
+        # no request comes: the writer tries the store itself, and a probe sees it well again
+        deadline = time.monotonic() + 30
+        while (healthy := http("GET", f"{served.url}/healthz"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         accepted = http("POST", f"{served.url}/v1/traces", body, PB)
-        healthy = http("GET", f"{served.url}/healthz")
         listed = http("GET", f"{served.url}/api/runs")
     finally:
         _stop(served)
