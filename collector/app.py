@@ -29,6 +29,7 @@ from .admission import Admission
 from .api import Api
 from .auth import auth_middleware, authorized, login_routes
 from .forward import Forwarder
+from .health import PATH as HEALTH_PATH
 from .health import Check, Probe, health_route
 from .ingest import Ingest
 from .metrics import Metrics, SamplingMetrics
@@ -39,7 +40,7 @@ from .sentry_relay import ENVELOPE_ROUTE, STORE_ROUTE, SentryRelay
 from .settings import Settings, SettingsError, is_loopback
 from .store import Store
 from .tailer import Forward, Tailer
-from .tls import ServerTls, TlsError
+from .tls import ServerTls, TlsError, client_certificate_middleware
 from .ui import routes as ui_routes
 from .writer import Writer
 
@@ -171,8 +172,11 @@ def build(settings: Settings) -> Service:
     )
     metrics.gauges["wft_store_bytes"] = store.file_bytes
     metrics.gauges["wft_queue_depth"] = lambda: writer.pending
+    middlewares = [auth_middleware(settings.token, dsn_key_routes=(ENVELOPE_ROUTE, STORE_ROUTE))]
+    if settings.tls is not None and settings.tls.client_ca is not None:  # mutual TLS: checked first
+        middlewares.insert(0, client_certificate_middleware({HEALTH_PATH}))
     app = web.Application(
-        middlewares=[auth_middleware(settings.token, dsn_key_routes=(ENVELOPE_ROUTE, STORE_ROUTE))],
+        middlewares=middlewares,
         client_max_size=settings.max_body_bytes + 1024,
     )
     service = Service(settings=settings, store=store, writer=writer, metrics=metrics, app=app)

@@ -7,10 +7,15 @@ the API and the Sentry relay on that port) and OTLP/gRPC, so a client trusts one
 Certificates are short-lived where they are issued automatically (ACME, cert-manager, Vault), and
 a sidecar is left running for months: the files are looked at again every ``RELOAD_INTERVAL_S``
 and, once they change and load as a pair, new connections get them (the open ones keep theirs).
-A half-replaced pair (a new certificate beside the old key) is a warning, and the old pair serves
-until the files agree. With ``--tls-client-ca`` every client must present a certificate that CA
-signed (mutual TLS); a CA file that changes is added to the ones trusted, never removes one, so
-rotating to a new CA is seamless and dropping an old one takes a restart.
+The context a port listens with is never changed (OpenSSL does not take a context changed while
+handshakes use it): each handshake is handed the newest good one (``sni_callback``, which OpenSSL
+calls with or without a server name), and grpc the very bytes that were checked. A half-replaced
+pair (a new certificate beside the old key), or files changing while read, is one warning and the
+previous pair serves until the files agree. With ``--tls-client-ca`` clients must present a
+certificate that CA signed (mutual TLS), on both ports, and the file trusted is the file as it
+now is (to rotate CAs, list the old and the new one in it while both are in use). Over HTTP the
+certificate is asked for but checked per request, so that ``/healthz`` still answers a probe that
+has none (a kubelet); every other route refuses such a request with 403.
 """
 
 from __future__ import annotations
@@ -20,14 +25,25 @@ import logging
 import os
 import ssl
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["RELOAD_INTERVAL_S", "ServerTls", "TlsError", "TlsFiles", "environment_files"]
+__all__ = [
+    "RELOAD_INTERVAL_S",
+    "ServerTls",
+    "TlsError",
+    "TlsFiles",
+    "client_certificate_middleware",
+    "environment_files",
+]
 
 log = logging.getLogger("collector.tls")
 
@@ -62,8 +78,6 @@ def _read(path: Path, flag: str) -> bytes:
 
 def _load_pair(context: ssl.SSLContext, files: TlsFiles) -> None:
     """Load the certificate and key into ``context``: ``TlsError`` naming the file at fault."""
-    for path, flag in ((files.cert, "--tls-cert"), (files.key, "--tls-key")):
-        _read(path, flag)  # a missing or unreadable file, said as such (ssl says only "No such file")
     try:
         # a password callback that refuses: an encrypted key would otherwise prompt on the terminal
         context.load_cert_chain(files.cert, files.key, password=_no_password)
@@ -79,19 +93,23 @@ def _load_pair(context: ssl.SSLContext, files: TlsFiles) -> None:
             f"--tls-cert {files.cert} / --tls-key {files.key}: not a PEM certificate and its key"
             f" ({error.reason or error})"
         ) from None
+    except OSError as error:  # gone between being read and being loaded (a renewal under way)
+        raise TlsError(f"--tls-cert {files.cert} / --tls-key {files.key}: {error.strerror or error}") from None
 
 
-def _load_client_ca(context: ssl.SSLContext, path: Path) -> None:
-    _read(path, "--tls-client-ca")
+def _load_client_ca(context: ssl.SSLContext, files: TlsFiles, pem: bytes) -> None:
     try:
-        context.load_verify_locations(cafile=path)
+        context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
     except ssl.SSLError as error:
-        raise TlsError(f"--tls-client-ca {path}: no PEM certificate in it ({error.reason or error})") from None
+        raise TlsError(
+            f"--tls-client-ca {files.client_ca}: no PEM certificate in it ({error.reason or error})"
+        ) from None
 
 
 def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
-    """What says a file changed without reading it: (inode, size, mtime ns) of each; a file that
-    cannot be looked at counts as changed (and is then reported by the reload)."""
+    """What says a file changed without reading it: (inode, size, mtime ns) of each, through
+    symbolic links (a Kubernetes secret volume swaps a ``..data`` link); a file that cannot be
+    looked at counts as changed (and is then reported by the reload)."""
     out = []
     for path in paths:
         try:
@@ -102,27 +120,59 @@ def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """A pair (and client CA) checked whole: the context built from it, and its bytes for grpc."""
+
+    context: ssl.SSLContext
+    key: bytes
+    cert: bytes
+    client_ca: bytes | None
+
+
 class ServerTls:
-    """The server side of TLS for both ports: an ``ssl.SSLContext`` for aiohttp, credentials for
-    grpc that pick up a renewed pair, and ``watch`` to notice the renewal. ``TlsError`` on a pair
-    that cannot serve (checked before anything listens)."""
+    """The server side of TLS for both ports: ``context`` for aiohttp (handing each handshake the
+    newest good pair), credentials for grpc that pick up a renewed pair, and ``watch`` to notice
+    the renewal. ``TlsError`` on files that cannot serve (checked before anything listens)."""
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
-        self.context = self._context()
-        self.generation = 0  # bumped each time a changed pair is loaded
         self._stamp = _stamp(files.paths())
+        self._loaded = self._load()
+        self.context = self._loaded.context  # what the port listens with: never changed
+        self.context.sni_callback = self._newest
+        self.generation = 0  # bumped each time a changed pair is loaded
         self._warned: tuple[tuple[int, int, int], ...] | None = None
         self._key_mode_warning()
 
-    def _context(self) -> ssl.SSLContext:
+    def _load(self) -> _Loaded:
+        """The files read and loaded into a new context, checked to be the same bytes before and
+        after (a renewal writing them meanwhile is ``TlsError``: looked at again next time)."""
+        files = self.files
+        before = self._read()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load_pair(context, self.files)
-        if self.files.client_ca is not None:
-            _load_client_ca(context, self.files.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        _load_pair(context, files)
+        key, cert, client_ca = before
+        if client_ca is not None:
+            _load_client_ca(context, files, client_ca)
+            # asked for, checked per request (``client_certificate_middleware``): a probe without
+            # one still reaches /healthz; a certificate given is verified in the handshake
+            context.verify_mode = ssl.CERT_OPTIONAL
+        if self._read() != before:
+            raise TlsError(f"--tls-cert {files.cert}: the files changed while being read")
+        return _Loaded(context, key, cert, client_ca)
+
+    def _read(self) -> tuple[bytes, bytes, bytes | None]:
+        files = self.files
+        key, cert = _read(files.key, "--tls-key"), _read(files.cert, "--tls-cert")
+        return key, cert, None if files.client_ca is None else _read(files.client_ca, "--tls-client-ca")
+
+    def _newest(self, connection: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
+        """OpenSSL's callback early in each handshake: the newest good pair serves it."""
+        newest = self._loaded.context
+        if newest is not self.context:
+            connection.context = newest
 
     def _key_mode_warning(self) -> None:
         try:
@@ -139,37 +189,43 @@ class ServerTls:
     # -- renewal ------------------------------------------------------------------------------
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed since last loaded; True when a new pair now serves.
-        A pair that does not load (half replaced, unreadable) is one warning and the old one serves."""
+        Files that do not load (half replaced, unreadable, changing) are one warning for what they
+        are now, and the previous pair serves."""
         now = _stamp(self.files.paths())
         if now == self._stamp:
             return False
         try:
-            self._context()  # the new files, checked whole before the live context takes them
+            loaded = self._load()
         except TlsError as error:
             if now != self._warned:
                 log.warning("TLS files changed but cannot be loaded; the previous ones still serve: %s", error)
                 self._warned = now
             return False
-        _load_pair(self.context, self.files)
-        if self.files.client_ca is not None:
-            _load_client_ca(self.context, self.files.client_ca)
-        self._stamp, self._warned = now, None
+        self._loaded, self._stamp, self._warned = loaded, now, None  # one reference: handshakes see old or new
         self.generation += 1
         log.info("TLS: a renewed certificate from %s now serves new connections", self.files.cert)
         return True
 
     async def watch(self, stop: asyncio.Event, interval: float = RELOAD_INTERVAL_S) -> None:
-        """Until ``stop``: every ``interval`` seconds, ``reload_if_changed`` (off the loop: it reads files)."""
+        """Until ``stop``: every ``interval`` seconds, ``reload_if_changed`` (off the loop: it reads
+        files). Nothing it meets ends it: a certificate left unrenewed would expire in service."""
+        failed: str | None = None
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
-                await asyncio.to_thread(self.reload_if_changed)
+                try:
+                    await asyncio.to_thread(self.reload_if_changed)
+                    failed = None
+                except Exception as error:  # reported once while it lasts; the next look may succeed
+                    if str(error) != failed:
+                        log.error("TLS: looking at the files failed (the current pair serves): %s", error)
+                        failed = str(error)
 
     # -- grpc ---------------------------------------------------------------------------------
     def grpc_credentials(self) -> grpc.ServerCredentials:
-        """grpc's server credentials from the same files; grpc asks ``_fetch`` at each handshake
-        and gets the new pair once ``generation`` moved (``None``: keep the one it has)."""
+        """grpc's server credentials from the same pair; grpc asks ``fetch`` at each handshake and
+        gets the newest checked pair once ``generation`` moved (``None``: keep the one it has)."""
         import grpc
 
         served = self.generation
@@ -178,23 +234,38 @@ class ServerTls:
             nonlocal served
             if self.generation == served:
                 return None
-            try:
-                config = self._grpc_configuration()
-            except TlsError:  # replaced again since the reload: keep the last pair until the next one
-                return None
             served = self.generation
-            return config
+            return self._grpc_configuration(self._loaded)
 
         return grpc.dynamic_ssl_server_credentials(
-            self._grpc_configuration(), fetch, require_client_authentication=self.files.client_ca is not None
+            self._grpc_configuration(self._loaded),
+            fetch,
+            require_client_authentication=self.files.client_ca is not None,
         )
 
-    def _grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
+    @staticmethod
+    def _grpc_configuration(loaded: _Loaded) -> grpc.ServerCertificateConfiguration:
         import grpc
 
-        pair = (_read(self.files.key, "--tls-key"), _read(self.files.cert, "--tls-cert"))
-        ca = None if self.files.client_ca is None else _read(self.files.client_ca, "--tls-client-ca")
-        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+        return grpc.ssl_server_certificate_configuration(
+            [(loaded.key, loaded.cert)], root_certificates=loaded.client_ca
+        )
+
+
+def client_certificate_middleware(open_paths: Collection[str]) -> Middleware:
+    """With ``--tls-client-ca``: a request without a verified client certificate gets 403, but on
+    ``open_paths`` (``/healthz``: a kubelet probe presents none). The handshake has verified any
+    certificate given (``CERT_OPTIONAL``), so one there is one the CA signed."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        certificate = transport.get_extra_info("peercert") if transport is not None else None
+        if certificate or request.path in open_paths:
+            return await handler(request)
+        return web.Response(status=403, text="a client certificate signed by --tls-client-ca is required")
+
+    return middleware
 
 
 def environment_files(cert: str | None, key: str | None, client_ca: str | None) -> TlsFiles | None:

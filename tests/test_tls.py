@@ -13,6 +13,7 @@ import http.client
 import ipaddress
 import logging
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -334,12 +335,18 @@ def test_wft_export_trusts_the_ca_named_by_otel_exporter_otlp_certificate(collec
 
 
 def test_mutual_tls_over_http_takes_only_clients_the_client_ca_signed(collector, pki):
+    """A certificate another CA signed fails the handshake. None at all is let through the
+    handshake to /healthz only (a kubelet probe has none): every other route answers 403."""
     service = collector(tls=pki.mutual)
     endpoint = f"{service.url}/v1/traces"
-    for client in (None, (pki.stranger_cert, pki.stranger_key)):
-        with pytest.raises((OSError, http.client.HTTPException)):
-            request("GET", f"{service.url}/healthz", pki.ca, client=client, timeout=5)
+    with pytest.raises((OSError, http.client.HTTPException)):
+        request("GET", f"{service.url}/healthz", pki.ca, client=(pki.stranger_cert, pki.stranger_key), timeout=5)
+    assert request("GET", f"{service.url}/healthz", pki.ca)[0] == 200
+    for method, path in (("GET", "/api/runs"), ("GET", "/"), ("POST", "/v1/traces"), ("GET", "/metrics")):
+        status, _, body = request(method, f"{service.url}{path}", pki.ca, body=b"" if method == "POST" else None)
+        assert status == 403 and b"client certificate" in body, (path, status)
     assert request("GET", f"{service.url}/healthz", pki.ca, client=pki.client)[0] == 200
+    assert request("GET", f"{service.url}/api/runs", pki.ca, client=pki.client)[0] == 200
     refused = make_sdk_spans(2)
     assert HttpExporter(endpoint=endpoint, certificate_file=str(pki.ca), timeout=2).export(refused) == (
         SpanExportResult.FAILURE
@@ -455,6 +462,91 @@ def test_a_half_replaced_pair_is_one_warning_and_the_old_pair_serves(collector, 
     assert _eventually(lambda: _healthy(service.url, ca_b))
     assert _eventually(lambda: _grpc_handshakes(service.grpc_port, ca_b.read_bytes(), 1.0))
     assert len(warnings()) == 1
+
+
+def test_a_kubernetes_secret_volume_swap_is_picked_up(collector, pki, tmp_path):
+    """A secret volume: the files are links through ``..data`` to a timestamped folder, and an
+    update swaps that link to a new folder and removes the old one."""
+    base = tmp_path / "secret"
+    base.mkdir()
+
+    def folder(name: str, cert: bytes, key: bytes) -> None:
+        (base / name).mkdir()
+        (base / name / "tls.crt").write_bytes(cert)
+        (base / name / "tls.key").write_bytes(key)
+        (base / name / "tls.key").chmod(0o600)
+
+    folder("..2026_12_01_a", pki.cert.read_bytes(), pki.key.read_bytes())
+    os.symlink("..2026_12_01_a", base / "..data")
+    for name in ("tls.crt", "tls.key"):
+        os.symlink(f"..data/{name}", base / name)
+    files = TlsFiles(base / "tls.crt", base / "tls.key")
+    service = collector(tls=files, grpc_port=0, tls_reload_interval=0.2)
+    assert _healthy(service.url, pki.ca)
+    ca_b, key_b, cert_b = _new_pair(pki)
+    folder("..2026_12_01_b", cert_b, key_b)
+    os.symlink("..2026_12_01_b", base / "..data_tmp")
+    os.replace(base / "..data_tmp", base / "..data")  # what the kubelet does, atomically
+    shutil.rmtree(base / "..2026_12_01_a")
+    assert _eventually(lambda: _healthy(service.url, ca_b))
+    assert _eventually(lambda: _grpc_handshakes(service.grpc_port, ca_b.read_bytes(), 1.0))
+
+
+def test_a_changed_client_ca_file_is_trusted_as_it_now_is_on_both_ports(collector, pki):
+    """The client CA file is trusted as it is, the same on both ports: a CA taken out of it (retired,
+    compromised) is trusted no more; to rotate, the file lists both while both are in use."""
+    service = collector(tls=pki.mutual, grpc_port=0, tls_reload_interval=3600)
+    old = (pki.client_cert, pki.client_key)
+    ca = pki.ca.read_bytes()
+
+    def grpc_client(cert: Path, key: Path) -> bool:
+        credentials = grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes())
+        return _grpc_exporter(service, credentials=credentials).export(make_sdk_spans(1)) == SpanExportResult.SUCCESS
+
+    def https_client(cert: Path, key: Path) -> bool:
+        try:
+            return request("GET", f"{service.url}/api/runs", pki.ca, client=(cert, key), timeout=3)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    assert https_client(*old) and grpc_client(*old)
+    new_ca = _make_ca("wft test client CA B")
+    new_key, new_cert = _issue(new_ca, "exporter B", client=True)
+    (pki.dir / "new.pem").write_bytes(_cert_pem(new_cert))
+    (pki.dir / "new-key.pem").write_bytes(_key_pem(new_key))
+    new = (pki.dir / "new.pem", pki.dir / "new-key.pem")
+    _replace(pki.client_ca, pki.client_ca.read_bytes() + _cert_pem(new_ca[1]))  # both, while rotating
+    assert service.tls is not None and service.tls.reload_if_changed()
+    assert https_client(*old) and grpc_client(*old) and https_client(*new) and grpc_client(*new)
+    _replace(pki.client_ca, _cert_pem(new_ca[1]))  # the old CA taken out
+    assert service.tls.reload_if_changed()
+    assert not https_client(*old) and not grpc_client(*old)
+    assert https_client(*new) and grpc_client(*new)
+
+
+def test_the_watch_outlives_what_it_meets(collector, pki, caplog, monkeypatch):
+    """A look at the files that fails in a way not foreseen is logged once, and the next look goes
+    on: a watch that ended would leave the certificate to expire in service."""
+    service = collector(tls=pki.server, tls_reload_interval=0.1)
+    tls = service.tls
+    assert tls is not None
+    real = tls.reload_if_changed
+    failures = iter([RuntimeError("unforeseen"), RuntimeError("unforeseen")])
+
+    def once_failing() -> bool:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real()
+
+    monkeypatch.setattr(tls, "reload_if_changed", once_failing)
+    caplog.set_level(logging.ERROR, logger="collector.tls")
+    ca_b, key_b, cert_b = _new_pair(pki)
+    _replace(pki.key, key_b)
+    _replace(pki.cert, cert_b)
+    assert _eventually(lambda: _healthy(service.url, ca_b)), "the watch ended on the error"
+    errors = [r.getMessage() for r in caplog.records if r.name == "collector.tls"]
+    assert len(errors) == 1 and "unforeseen" in errors[0]
 
 
 # ---- 6. token over TLS --------------------------------------------------------------------------
