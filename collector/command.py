@@ -94,7 +94,11 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         default=os.environ.get("WFT_SENTRY_UPSTREAM"),
         help="Sentry DSN the relay (/api/<project>/envelope/) forwards kept events to (or WFT_SENTRY_UPSTREAM)",
     )
-    parser.add_argument("--spool-max", default="256MiB", help="bound of the forward spool (default %(default)s)")
+    parser.add_argument(
+        "--spool-max",
+        default="256MiB",
+        help="bound of the forward spool, and of each --relay signal's (default %(default)s)",
+    )
     parser.add_argument(
         "--forward-sample",
         metavar="SPEC",

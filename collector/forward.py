@@ -142,7 +142,8 @@ class Forwarder:
                     continue
                 url, stored, defaults, body = batch
                 headers = stored
-                if defaults:
+                if defaults:  # the forwarder's: its upstream as now given (credentials in it as rotated)
+                    url = self.url or url
                     headers = {k: v for k, v in self.headers.items() if k.lower() != "content-type"}
                     kind = _content_type(stored) or _content_type(self.headers)
                     if kind:

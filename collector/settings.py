@@ -129,7 +129,17 @@ class Settings:
 
 #: headers the HTTP client sets from the request itself: one given too would contradict it
 _MANAGED_HEADERS: Final = frozenset(
-    {"host", "content-length", "content-encoding", "transfer-encoding", "connection", "content-type"}
+    {
+        "host",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "content-type",
+        "expect",
+        "te",
+        "upgrade",
+    }
 )
 
 
@@ -144,11 +154,22 @@ def parse_headers(text: str, flag: str) -> dict[str, str]:
     entries = [entry for entry in text.split(",") if entry.strip()]
     for place, entry in enumerate(entries, 1):
         name, equals, value = entry.partition("=")
-        name = unquote(name).strip().lower()
-        value = unquote(value).strip()
         where = f"{flag}: entry {place} of {len(entries)}"
-        if not equals or len(name) > 64 or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+        try:
+            name = unquote(name, errors="strict").strip().lower()
+            value = unquote(value, errors="strict").strip()
+        except UnicodeDecodeError:
+            raise SettingsError(f"{where}: a %-escape that is not UTF-8") from None
+        # a value of "=" or none: most likely a base64 key pasted without its name
+        if (
+            not equals
+            or value in ("", "=", "==")
+            or len(name) > 64
+            or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name)
+        ):
             raise SettingsError(f"{where} is not a header name=value (name=value,name2=value2, values %-encoded)")
+        if name in out:
+            raise SettingsError(f"{where}: {name} is given twice")
         if name in _MANAGED_HEADERS:
             raise SettingsError(f"{where}: {name} is set by the request itself, not by {flag}")
         if any(ord(c) < 32 or ord(c) == 127 for c in value):

@@ -567,9 +567,9 @@ class Store:
         storage fault, with no request to try it. The layout version is written over with itself,
         which appends a page to the WAL and syncs it, as any commit does (an empty transaction
         would succeed on a full disk)."""
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         conn.execute("BEGIN IMMEDIATE")
-        try:
+        try:  # the version read under the write lock: another process may just have migrated
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:

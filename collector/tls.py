@@ -97,13 +97,15 @@ def _load_pair(context: ssl.SSLContext, files: TlsFiles) -> None:
         raise TlsError(f"--tls-cert {files.cert} / --tls-key {files.key}: {error.strerror or error}") from None
 
 
-def _load_client_ca(context: ssl.SSLContext, files: TlsFiles, pem: bytes) -> None:
+def _load_client_ca(context: ssl.SSLContext, path: Path) -> None:
+    """The CAs of ``path`` (from the file, as OpenSSL reads bundles: text around the PEM blocks,
+    such as a bundle's ``# Issuer:`` lines in any script, is skipped)."""
     try:
-        context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+        context.load_verify_locations(cafile=path)
     except ssl.SSLError as error:
-        raise TlsError(
-            f"--tls-client-ca {files.client_ca}: no PEM certificate in it ({error.reason or error})"
-        ) from None
+        raise TlsError(f"--tls-client-ca {path}: no PEM certificate in it ({error.reason or error})") from None
+    except OSError as error:
+        raise TlsError(f"--tls-client-ca {path}: {error.strerror or error}") from None
 
 
 def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
@@ -154,11 +156,14 @@ class ServerTls:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         _load_pair(context, files)
         key, cert, client_ca = before
-        if client_ca is not None:
-            _load_client_ca(context, files, client_ca)
+        if files.client_ca is not None:
+            _load_client_ca(context, files.client_ca)
             # asked for, checked per request (``client_certificate_middleware``): a probe without
             # one still reaches /healthz; a certificate given is verified in the handshake
             context.verify_mode = ssl.CERT_OPTIONAL
+            # no resumed sessions: a client resuming one presents no certificate, and would keep
+            # its access after its CA was taken out of the file (a full handshake per connection)
+            context.options |= ssl.OP_NO_TICKET
         if self._read() != before:
             raise TlsError(f"--tls-cert {files.cert}: the files changed while being read")
         return _Loaded(context, key, cert, client_ca)

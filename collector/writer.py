@@ -20,6 +20,7 @@ import asyncio
 import errno
 import logging
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -44,6 +45,8 @@ WRITER_CACHE_KIB = 32 * 1024
 
 #: how often a store that failed is tried again while no request comes (seconds)
 PROBE_EVERY_S = 5.0
+#: the free space below which the disk counts as still full (no probe is tried)
+PROBE_FREE_BYTES = 1024 * 1024
 
 
 class Overloaded(Exception):
@@ -288,7 +291,15 @@ class Writer:
 
     def _probe(self) -> None:
         """Try the store with a write of nothing (``Store.probe``): a fault that ended is over
-        (``/healthz`` well again) even if no request came to find out."""
+        (``/healthz`` well again) even if no request came to find out. Not while the disk holding
+        it has less than ``PROBE_FREE_BYTES`` free: a one-page commit can fit in WAL space SQLite
+        already holds on a disk that is full for every real write."""
+        try:
+            free = shutil.disk_usage(self.store.path.parent).free
+        except OSError:
+            free = PROBE_FREE_BYTES
+        if free < PROBE_FREE_BYTES:
+            return
         try:
             self.store.probe(self._connect())
         except BaseException as error:

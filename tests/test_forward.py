@@ -251,6 +251,28 @@ def test_the_forwarders_own_headers_are_added_as_sent_so_a_rotated_key_applies_t
     assert second == b"a client's" and "Authorization" not in client and "sentry_key=client" in client["X-Sentry-Auth"]
 
 
+def test_a_batch_spooled_under_an_upstream_url_goes_to_the_url_given_now(tmp_path):
+    """Credentials in the --forward-otlp URL, rotated across a restart: what was spooled goes with
+    the new ones (held on a 401 otherwise, it would stall everything behind it)."""
+    import base64
+
+    spool = tmp_path / "spool"
+
+    async def go():
+        async with _upstream(want=1) as upstream:
+            with_password = upstream.url.replace("http://", "http://user:{}@")
+            old = Forwarder(with_password.format("old-password"), spool, Metrics(), headers={"Content-Type": "x/y"})
+            await old.enqueue(b"spooled under the old password")
+            new = Forwarder(with_password.format("new-password"), spool, Metrics(), headers={"Content-Type": "x/y"})
+            async with _running(new):
+                await asyncio.wait_for(upstream.delivered.wait(), 10)
+            return upstream
+
+    ((_, status, body, headers),) = asyncio.run(go()).arrivals
+    assert (status, body) == (200, b"spooled under the old password")
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"user:new-password").decode()
+
+
 def test_a_batch_spooled_before_forward_headers_existed_goes_with_them_after_the_upgrade(tmp_path):
     """The previous version spooled its defaults (a content type alone) into each file: such a file
     is read as the defaults, so it goes with the key the upgraded collector was given."""
@@ -310,6 +332,9 @@ def test_a_refusal_of_the_forwarders_credentials_holds_the_batches(tmp_path, sta
         ("bad name=x", "entry 2 of 2 is not a header name=value"),
         ("content-length=9", "entry 2 of 2: content-length is set by the request itself"),
         ("x-key=a%0D%0Ab", "entry 2 of 2: x-key's value holds a control character"),
+        ("c2VjcmV0LWtleQ==", "entry 2 of 2 is not a header name=value"),  # a key pasted without its name
+        ("X-OK=again", "entry 2 of 2: x-ok is given twice"),
+        ("x-key=%FF", "entry 2 of 2: a %-escape that is not UTF-8"),
     ],
 )
 def test_serve_refuses_bad_forward_headers_in_one_line_without_the_value(tmp_path, value, says):

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from collector.otlp import PROTOBUF, decode_request, records_from
 from collector.store import Store
-from collector.writer import Batch, StoreUnavailable, Writer, storage_fault
+from collector.writer import PROBE_EVERY_S, Batch, StoreUnavailable, Writer, storage_fault
 
 from .conftest import http
 from .sdk_spans import RUN, make_sdk_spans
@@ -171,7 +171,12 @@ def test_a_full_disk_is_503_with_retry_after_writes_nothing_and_recovers(small_d
         refused_again = _post_all(served.url, [body for body, _ in requests[:2]])
         on_disk_while_full = _span_ids(store)
         integrity_while_full = _integrity(store)
-        filler.unlink()  # space returns
+        time.sleep(PROBE_EVERY_S + 1.5)  # idle, still full: the writer's probe must not call it well
+        health_while_full = http("GET", f"{served.url}/healthz")
+        filler.unlink()  # space returns: a probe finds out with no request
+        deadline = time.monotonic() + 30
+        while (healthy := http("GET", f"{served.url}/healthz"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         accepted = _post_all(served.url, [body for body, _ in requests])
         alive = served.process.poll() is None
     finally:
@@ -181,6 +186,8 @@ def test_a_full_disk_is_503_with_retry_after_writes_nothing_and_recovers(small_d
         assert int(headers["Retry-After"]) > 0 and b"full" in body
     assert on_disk_while_full == first_ids  # nothing partial of the refused requests
     assert integrity_while_full == "ok"
+    assert health_while_full[0] == 503 and json.loads(health_while_full[2])["status"] == "unavailable"
+    assert healthy[0] == 200
     assert [status for status, _, _ in accepted] == [200] * len(requests) and alive
     assert _span_ids(store) == first_ids.union(*(ids for _, ids in requests))
     assert len(served.lines("store unavailable")) == 1  # one line for the whole episode

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -522,6 +523,40 @@ def test_a_changed_client_ca_file_is_trusted_as_it_now_is_on_both_ports(collecto
     assert service.tls.reload_if_changed()
     assert not https_client(*old) and not grpc_client(*old)
     assert https_client(*new) and grpc_client(*new)
+
+
+def test_a_client_ca_bundle_with_comments_in_any_script_loads(collector, pki):
+    """Bundles carry text around their PEM blocks (certifi's ``# Issuer:`` lines), in any script."""
+    bundle = "# Issuer: CN=Client CA Főtanúsítvány, O=Példa\n".encode() + pki.client_ca.read_bytes()
+    _replace(pki.client_ca, bundle)
+    service = collector(tls=pki.mutual)
+    assert request("GET", f"{service.url}/api/runs", pki.ca, client=pki.client)[0] == 200
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_a_client_cannot_resume_its_way_past_a_removed_client_ca(collector, pki, version):
+    """A resumed session presents no certificate: under mutual TLS none is resumed, so a client
+    whose CA was taken out of the file gets no further, however recently it connected."""
+    service = collector(tls=pki.mutual, tls_reload_interval=3600)
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.maximum_version = version
+    context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+
+    def get(session: ssl.SSLSession | None = None) -> tuple[bool, int, ssl.SSLSession | None]:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                connection = http.client.HTTPConnection("localhost")
+                connection.sock = tls
+                connection.request("GET", "/api/runs")
+                status = connection.getresponse().status
+                return tls.session_reused, status, tls.session
+
+    reused, status, session = get()
+    assert (reused, status) == (False, 200)
+    _replace(pki.client_ca, _cert_pem(_make_ca("another client CA")[1]))  # the exporter's CA taken out
+    assert service.tls is not None and service.tls.reload_if_changed()
+    with pytest.raises((OSError, http.client.HTTPException)):
+        get(session)
 
 
 def test_the_watch_outlives_what_it_meets(collector, pki, caplog, monkeypatch):
