@@ -72,6 +72,7 @@ __all__ = [
     "Outcome",
     "admit",
     "answer_then_drain",
+    "counted_refusal",
     "decode",
     "read_limited",
     "refusal",
@@ -153,6 +154,15 @@ def admit(request: web.Request, admission: Admission, *, route: str) -> Ticket:
     address plus User-Agent (``client_key``), its size the Content-Length (None when chunked)."""
     key = client_key(request.remote, request.headers.get("User-Agent"))
     return admission.admit(key, request.content_length, route=route)
+
+
+def counted_refusal(refused: Refused, metrics: Metrics) -> web.Response:
+    """``refusal``, counted: a 503 as overloaded, anything else (413) as rejected."""
+    if refused.status == 503:
+        metrics.requests_overloaded += 1
+    else:
+        metrics.requests_rejected += 1
+    return refusal(refused)
 
 
 def refusal(refused: Refused) -> web.Response:
@@ -304,11 +314,7 @@ class Ingest:
             ticket.release()
 
     def _refused(self, refused: Refused) -> web.Response:
-        if refused.status == 503:
-            self.metrics.requests_overloaded += 1
-        else:
-            self.metrics.requests_rejected += 1
-        return refusal(refused)
+        return counted_refusal(refused, self.metrics)
 
     async def _ingest(self, request: web.Request, content_type: str, ticket: Ticket) -> web.Response:
         try:

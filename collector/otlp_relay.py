@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from .admission import Admission, Refused
 from .content_coding import BadData, TooLarge
-from .ingest import Outcome, admit, answer_then_drain, read_limited, refusal
+from .ingest import Outcome, admit, answer_then_drain, counted_refusal, read_limited
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF
 
@@ -120,11 +120,7 @@ class OtlpRelay:
         return web.Response(body=_ANSWERS[content_type], content_type=content_type)
 
     def _refused(self, refused: Refused) -> web.Response:
-        if refused.status == 503:
-            self.metrics.requests_overloaded += 1
-        else:
-            self.metrics.requests_rejected += 1
-        return refusal(refused)
+        return counted_refusal(refused, self.metrics)
 
     async def accept(self, signal: Signal, body: bytes, content_type: str) -> Outcome:
         """Check ``body`` is ``signal``'s request and spool it for upstream: 200 once spooled, 400

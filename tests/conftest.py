@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,27 @@ def sentry_upstream():
     standin, stop = start_standin()
     yield standin
     stop()
+
+
+def wait_for_line(process, needle: str, timeout: float = 30) -> str:
+    """The first line of ``process``'s stderr holding ``needle`` (``AssertionError`` with what it
+    said when it does not within ``timeout`` seconds or ends first)."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        lines.append(line)
+        if needle in line:
+            return line
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"{needle!r} never logged: {''.join(lines)[-2000:]}")
+
+
+def stored_span_ids(service) -> set[str]:
+    """The span ids a collector ``service`` (from the ``collector`` fixture) has stored."""
+    conn = service.store.connect()
+    try:
+        return {row[0] for row in conn.execute("SELECT span_id FROM spans")}
+    finally:
+        conn.close()

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from collector.otlp_grpc import max_message_bytes
 from telemetry.export_grpc import TRACE_SERVICE
 
-from .conftest import get_json
+from .conftest import get_json, stored_span_ids, wait_for_line
 from .pgserver import free_port
 from .sdk_spans import RUN, make_sdk_spans
 
@@ -31,14 +30,6 @@ TOKEN = "grpc-test-token-0123456789"
 
 def _exporter(service, **kwargs) -> OTLPSpanExporter:
     return OTLPSpanExporter(endpoint=f"127.0.0.1:{service.grpc_port}", insecure=True, timeout=10, **kwargs)
-
-
-def _stored(service) -> set[str]:
-    conn = service.store.connect()
-    try:
-        return {row[0] for row in conn.execute("SELECT span_id FROM spans")}
-    finally:
-        conn.close()
 
 
 def _call(service, body: bytes, metadata=()) -> tuple[grpc.StatusCode, str, bytes | None, dict]:
@@ -56,7 +47,7 @@ def test_the_real_grpc_exporter_stores_spans_like_otlp_http(collector):
     service = collector(grpc_port=0)
     spans = make_sdk_spans(5)
     assert _exporter(service).export(spans) == SpanExportResult.SUCCESS
-    assert {f"{s.context.span_id:016x}" for s in spans} <= _stored(service)
+    assert {f"{s.context.span_id:016x}" for s in spans} <= stored_span_ids(service)
     # the same path as OTLP/HTTP: the benign conflict among them is downgraded, the run summarised
     assert service.metrics.spans_accepted == len(spans) and service.metrics.spans_benign == 1
     runs = get_json(f"{service.url}/api/runs")["data"]
@@ -68,7 +59,7 @@ def test_gzip_compressed_calls_are_taken(collector):
     spans = make_sdk_spans(3)
     exporter = _exporter(service, compression=grpc.Compression.Gzip)
     assert exporter.export(spans) == SpanExportResult.SUCCESS
-    assert {f"{s.context.span_id:016x}" for s in spans} <= _stored(service)
+    assert {f"{s.context.span_id:016x}" for s in spans} <= stored_span_ids(service)
 
 
 def test_partial_success_says_what_was_refused(collector):
@@ -81,14 +72,14 @@ def test_partial_success_says_what_was_refused(collector):
     assert response.partial_success.rejected_spans == 1
     assert "trace id" in response.partial_success.error_message
     sent = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-    assert len(_stored(service)) == sent - 1
+    assert len(stored_span_ids(service)) == sent - 1
 
 
 def test_a_body_that_does_not_parse_is_invalid_argument(collector):
     service = collector(grpc_port=0)
     code, details, _, _ = _call(service, b"\xff\xff\xff not protobuf")
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "invalid protobuf" in details
-    assert _stored(service) == set() and service.metrics.requests_rejected == 1
+    assert stored_span_ids(service) == set() and service.metrics.requests_rejected == 1
 
 
 def test_a_message_over_the_limit_is_refused_by_grpc(collector):
@@ -114,11 +105,11 @@ def test_with_a_token_the_authorization_metadata_is_required(collector):
     for metadata in ((), (("authorization", "Bearer wrong-token-0123456789"),)):
         code, _, _, _ = _call(service, body, metadata)
         assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     spans = make_sdk_spans(2)
     exporter = _exporter(service, headers={"authorization": f"Bearer {TOKEN}"})
     assert exporter.export(spans) == SpanExportResult.SUCCESS
-    assert {f"{s.context.span_id:016x}" for s in spans} <= _stored(service)
+    assert {f"{s.context.span_id:016x}" for s in spans} <= stored_span_ids(service)
 
 
 def test_a_zero_code_python_app_exports_to_it_as_configured_by_default(collector):
@@ -158,24 +149,11 @@ def _serve(tmp_path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    lines = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        if needle in line:
-            return line
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError(f"{needle!r} never logged: {''.join(lines)[-2000:]}")
-
-
 def test_wft_serve_listens_for_grpc_on_the_port_asked(tmp_path):
     grpc_port = free_port()
     process = _serve(tmp_path, "--grpc-port", str(grpc_port))
     try:
-        _wait_for_line(process, f"OTLP/gRPC on 127.0.0.1:{grpc_port}")
+        wait_for_line(process, f"OTLP/gRPC on 127.0.0.1:{grpc_port}")
         exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=10)
         assert exporter.export(make_sdk_spans(2)) == SpanExportResult.SUCCESS
     finally:
@@ -209,9 +187,9 @@ def test_the_default_grpc_port_taken_is_a_warning_and_http_serves(tmp_path, monk
         holder.listen()
         process = _serve(tmp_path)
         try:
-            warning = _wait_for_line(process, "OTLP/gRPC not served")
+            warning = wait_for_line(process, "OTLP/gRPC not served")
             assert "127.0.0.1:4317" in warning and "--grpc-port" in warning
-            _wait_for_line(process, "listening on http://")
+            wait_for_line(process, "listening on http://")
             assert process.poll() is None
         finally:
             process.terminate()

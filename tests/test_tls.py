@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from collector.auth import COOKIE
 from collector.tls import TlsFiles
 
-from .conftest import wft
+from .conftest import stored_span_ids, wait_for_line, wft
 from .pgserver import free_port
 from .sdk_spans import make_sdk_spans
 
@@ -254,14 +254,6 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return check()
 
 
-def _stored(service) -> set[str]:
-    conn = service.store.connect()
-    try:
-        return {row[0] for row in conn.execute("SELECT span_id FROM spans")}
-    finally:
-        conn.close()
-
-
 def _ids(spans) -> set[str]:
     return {f"{s.context.span_id:016x}" for s in spans}
 
@@ -282,11 +274,11 @@ def test_the_otel_http_exporter_sends_over_tls_and_is_refused_without_the_ca(col
     assert HttpExporter(endpoint=endpoint, timeout=2).export(refused) == SpanExportResult.FAILURE
     with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP on the TLS port
         request("GET", f"http://127.0.0.1:{service.port}/healthz", timeout=3)
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     spans = make_sdk_spans(3)
     exporter = HttpExporter(endpoint=endpoint, certificate_file=str(pki.ca), timeout=10)
     assert exporter.export(spans) == SpanExportResult.SUCCESS
-    assert _stored(service) == _ids(spans)
+    assert stored_span_ids(service) == _ids(spans)
     # the API and the pages share the port, and its certificate
     status, _, body = request("GET", f"{service.url}/api/runs", pki.ca)
     assert status == 200 and b"wrun_" in body
@@ -303,11 +295,11 @@ def test_the_otel_grpc_exporter_sends_over_tls_and_plaintext_is_refused(collecto
     assert _grpc_exporter(service, credentials=grpc.ssl_channel_credentials()).export(refused) == (
         SpanExportResult.FAILURE
     )
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     spans = make_sdk_spans(3)
     credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
     assert _grpc_exporter(service, credentials=credentials).export(spans) == SpanExportResult.SUCCESS
-    assert _stored(service) == _ids(spans)
+    assert stored_span_ids(service) == _ids(spans)
 
 
 # ---- 3. wft export -------------------------------------------------------------------------------
@@ -328,7 +320,7 @@ def test_wft_export_trusts_the_ca_named_by_otel_exporter_otlp_certificate(collec
     target = _target(service, protocol)
     result = _export(harness_out, target, protocol, {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki.ca)})
     assert result.returncode == 0, result.stderr
-    stored = len(_stored(service))
+    stored = len(stored_span_ids(service))
     assert stored > 0 and f"exported 11 runs, {stored} spans, 0 errors" in result.stderr, result.stderr
 
 
@@ -352,7 +344,7 @@ def test_mutual_tls_over_http_takes_only_clients_the_client_ca_signed(collector,
     assert HttpExporter(endpoint=endpoint, certificate_file=str(pki.ca), timeout=2).export(refused) == (
         SpanExportResult.FAILURE
     )
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     spans = make_sdk_spans(3)
     exporter = HttpExporter(
         endpoint=endpoint,
@@ -362,7 +354,7 @@ def test_mutual_tls_over_http_takes_only_clients_the_client_ca_signed(collector,
         timeout=10,
     )
     assert exporter.export(spans) == SpanExportResult.SUCCESS
-    assert _stored(service) == _ids(spans)
+    assert stored_span_ids(service) == _ids(spans)
 
 
 def test_mutual_tls_over_grpc_takes_only_clients_the_client_ca_signed(collector, pki):
@@ -374,11 +366,11 @@ def test_mutual_tls_over_grpc_takes_only_clients_the_client_ca_signed(collector,
         grpc.ssl_channel_credentials(ca, pki.stranger_key.read_bytes(), pki.stranger_cert.read_bytes()),
     ):
         assert _grpc_exporter(service, credentials=credentials).export(refused) == SpanExportResult.FAILURE
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     spans = make_sdk_spans(3)
     credentials = grpc.ssl_channel_credentials(ca, pki.client_key.read_bytes(), pki.client_cert.read_bytes())
     assert _grpc_exporter(service, credentials=credentials).export(spans) == SpanExportResult.SUCCESS
-    assert _stored(service) == _ids(spans)
+    assert stored_span_ids(service) == _ids(spans)
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -389,14 +381,14 @@ def test_wft_export_presents_the_client_certificate_the_otel_variables_name(coll
     # without a client certificate: refused (one run, a short timeout: the failure is what is checked)
     result = _export(harness_out, target, protocol, env, "--timeout", "2", "--run", _first_run(harness_out))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    assert _stored(service) == set()
+    assert stored_span_ids(service) == set()
     env |= {
         "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pki.client_cert),
         "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pki.client_key),
     }
     result = _export(harness_out, target, protocol, env)
     assert result.returncode == 0, result.stderr
-    stored = len(_stored(service))
+    stored = len(stored_span_ids(service))
     assert stored > 0 and f"exported 11 runs, {stored} spans, 0 errors" in result.stderr, result.stderr
 
 
@@ -699,19 +691,6 @@ def test_bad_tls_files_are_a_one_line_usage_error(tmp_path, pki, case):
 # ---- 8. wft serve over TLS ----------------------------------------------------------------------
 
 
-def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    lines = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        if needle in line:
-            return line
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError(f"{needle!r} never logged: {''.join(lines)[-2000:]}")
-
-
 @pytest.mark.parametrize("given", ["flags", "variables"])
 def test_wft_serve_serves_both_ports_over_tls(tmp_path, pki, given):
     port, grpc_port = free_port(), free_port()
@@ -724,7 +703,7 @@ def test_wft_serve_serves_both_ports_over_tls(tmp_path, pki, given):
         env |= {"WFT_TLS_CERT": str(pki.cert), "WFT_TLS_KEY": str(pki.key)}
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        line = _wait_for_line(process, "listening on ")
+        line = wait_for_line(process, "listening on ")
         assert f"listening on https://127.0.0.1:{port}" in line, line
         assert f"OTLP/gRPC over TLS on 127.0.0.1:{grpc_port}" in line, line
         status, _, body = request("GET", f"https://127.0.0.1:{port}/healthz", pki.ca)
