@@ -24,18 +24,25 @@ is the transport's:
 - **Auth**: with ``--token``, the ``authorization`` metadata (``Bearer <token>``), what an
   exporter's ``OTEL_EXPORTER_OTLP_HEADERS`` sends.
 - **Binding**: grpc would share a port another process listens on (``SO_REUSEPORT``, its default
-  on Linux) and split the traffic with it; that is turned off, so a port in use is an error.
+  on Linux) and split the traffic with it; that is turned off, so a port in use is an error. A
+  port with connections of a stopped collector in TIME_WAIT is not in use: a restart binds it.
+- **Logs**: grpc's C core writes an unformatted INFO line to stderr for every failed handshake (a
+  scanner, a plaintext client on a TLS port); ``GRPC_VERBOSITY`` is ERROR unless the environment
+  says otherwise, so the collector's log stays its own (and JSON with ``--log-format json``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NoReturn
 
-import grpc
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc's core starts: before the import
+
+import grpc  # noqa: E402  (after GRPC_VERBOSITY, which its core reads once, at import)
 from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo
 
@@ -225,4 +232,7 @@ def _check_bindable(host: str, port: int) -> None:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as grpc and aiohttp bind: a restart is not refused for its predecessor's TIME_WAIT
+        # connections, while a port another process listens on still is (no SO_REUSEPORT)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))

@@ -149,16 +149,27 @@ def _serve(tmp_path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_wft_serve_listens_for_grpc_on_the_port_asked(tmp_path):
+def test_wft_serve_listens_for_grpc_on_the_port_asked_and_a_restart_binds_it_again(tmp_path):
+    """The stopped collector's connections linger in TIME_WAIT on its port: the next one started on
+    that port (a supervisor's restart) binds it all the same, as it does the HTTP port."""
     grpc_port = free_port()
-    process = _serve(tmp_path, "--grpc-port", str(grpc_port))
-    try:
-        wait_for_line(process, f"OTLP/gRPC on 127.0.0.1:{grpc_port}")
-        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=10)
-        assert exporter.export(make_sdk_spans(2)) == SpanExportResult.SUCCESS
-    finally:
-        process.terminate()
-        process.wait(30)
+    exporters = []
+    for _ in range(2):
+        process = _serve(tmp_path, "--grpc-port", str(grpc_port))
+        try:
+            wait_for_line(process, f"OTLP/gRPC on 127.0.0.1:{grpc_port}")
+            exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=10)
+            assert exporter.export(make_sdk_spans(2)) == SpanExportResult.SUCCESS
+            exporters.append(exporter)
+            with socket.create_connection(("127.0.0.1", grpc_port), timeout=10) as stray:  # not HTTP/2:
+                stray.sendall(b"GET / HTTP/1.1\r\n\r\n")  # the collector closes it first, and its
+                while stray.recv(4096):  # side of it waits in TIME_WAIT on the port
+                    pass
+        finally:
+            process.terminate()
+            process.wait(30)
+    for exporter in exporters:
+        exporter.shutdown()
 
 
 def test_a_grpc_port_asked_for_and_taken_is_a_one_line_error(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -701,9 +702,10 @@ def test_wft_serve_serves_both_ports_over_tls(tmp_path, pki, given):
         command += ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
     else:
         env |= {"WFT_TLS_CERT": str(pki.cert), "WFT_TLS_KEY": str(pki.key)}
+    command += ["--log-format", "json"]  # every line it writes must parse: grpc's own too
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        line = wait_for_line(process, "listening on ")
+        line = json.loads(wait_for_line(process, "listening on "))["message"]
         assert f"listening on https://127.0.0.1:{port}" in line, line
         assert f"OTLP/gRPC over TLS on 127.0.0.1:{grpc_port}" in line, line
         status, _, body = request("GET", f"https://127.0.0.1:{port}/healthz", pki.ca)
@@ -714,7 +716,13 @@ def test_wft_serve_serves_both_ports_over_tls(tmp_path, pki, given):
             endpoint=f"localhost:{grpc_port}", credentials=grpc.ssl_channel_credentials(pki.ca.read_bytes()), timeout=10
         )
         assert exporter.export(spans) == SpanExportResult.SUCCESS
+        for target in (grpc_port, port):  # what a scanner or a plaintext client sends a TLS port
+            with socket.create_connection(("127.0.0.1", target)) as hostile:
+                hostile.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x16\x03\x01garbage" * 50)
+        assert not _healthy(f"http://127.0.0.1:{port}", pki.ca)
     finally:
         process.terminate()
-        process.wait(30)
+        _, rest = process.communicate(timeout=30)
     assert process.returncode == 0
+    for text in rest.splitlines():
+        assert json.loads(text)["logger"].startswith(("collector", "wft", "aiohttp", "asyncio")), text
