@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = logging.StreamHandler(sys.stderr)
     output.setFormatter(formatter(args.log_format))
     logging.basicConfig(level=logging.DEBUG if args.verbose or debug else logging.INFO, handlers=[output])
+    logging.captureWarnings(args.log_format == "json")  # a library's warning is a record too, not a bare line
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -75,3 +75,18 @@ def test_a_traceback_stays_in_its_record():
     (line,) = JsonFormatter().format(record).splitlines()
     parsed = json.loads(line)
     assert parsed["message"] == "failed: it" and "ValueError: boom\nsecond line" in parsed["exception"]
+
+
+def test_a_warning_is_a_record_too(tmp_path):
+    """Python's warnings print a bare line of their own; with JSON logs they go through logging."""
+    script = (
+        "import sys, warnings\n"
+        "from telemetry.cli import main\n"
+        "main(['--log-format', 'json', 'runs', '--dir', sys.argv[1]])\n"  # sets logging up (and fails: no world)
+        "warnings.warn('a library says something')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "no-world")], capture_output=True, text=True, timeout=60
+    )
+    records = _records(result.stderr)
+    assert any(r["logger"] == "py.warnings" and "a library says something" in r["message"] for r in records)
