@@ -299,7 +299,7 @@ def _probes(service: Service) -> list[Probe]:
             return Check("store", False, "the writer stopped", vital=True)
         return Check("store", writer.fault is None, writer.fault, vital=True)
 
-    probes: list[Probe] = [store]
+    probes: list[Probe] = [store, lambda: _tls_check(service.tls)]
     tailer = service.tailer
     if tailer is not None:
         probes.append(lambda: Check("world", tailer.failing is None, tailer.failing))
@@ -311,6 +311,14 @@ def _probes(service: Service) -> list[Probe]:
     return probes
 
 
+def _tls_check(tls: ServerTls | None) -> Check | None:
+    """The certificate serving: well while it has more than a week to live (no TLS: nothing to say)."""
+    if tls is None:
+        return None
+    ok, reason = tls.expiry_check()
+    return Check("tls", ok, reason)
+
+
 def _upstream_probe(name: str, forwarder: Forwarder) -> Probe:
     return lambda: Check(name, forwarder.failing is None, forwarder.failing)
 
@@ -319,6 +327,8 @@ async def start(settings: Settings) -> Service:
     tls = _server_tls(settings)  # before anything is opened: bad files are a one-line error
     service = build(settings)
     service.tls = tls
+    if tls is not None:
+        service.metrics.gauges["wft_tls_certificate_expiry_timestamp_seconds"] = lambda: tls.not_after
     service.writer.start()
     # lingering_time=0: a request answered without reading its body (refused by the budget, 401, 415)
     # has its connection closed, not its body read and discarded for up to 10 s (aiohttp's default)

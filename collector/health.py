@@ -38,15 +38,16 @@ class Check:
     vital: bool = False
 
 
-#: reads one part's state when asked (cheap: attributes the part keeps as it works)
-Probe = Callable[[], Check]
+#: reads one part's state when asked (cheap: attributes the part keeps as it works); None: a part
+#: not there (TLS not served)
+Probe = Callable[[], Check | None]
 
 
 def health_route(probes: Sequence[Probe], authorized: Callable[[web.Request], bool]) -> web.RouteDef:
     """The route; ``authorized``: whether a request may read the reasons."""
 
     async def health(request: web.Request) -> web.Response:
-        checks = [probe() for probe in probes]
+        checks = [check for probe in probes if (check := probe()) is not None]
         unavailable = any(not c.ok and c.vital for c in checks)
         status = "unavailable" if unavailable else "ok" if all(c.ok for c in checks) else "degraded"
         detailed = authorized(request)

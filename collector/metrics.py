@@ -101,6 +101,7 @@ GAUGE_HELP: Final = {
     "wft_tailer_pass_seconds": "Duration of the world tailer's last pass.",
     "wft_sentry_kept_events": "Sentry events the relay kept.",
     "wft_sentry_unforwarded_events": "Sentry events kept with no upstream to forward them to.",
+    "wft_tls_certificate_expiry_timestamp_seconds": "When the TLS certificate serving now expires (Unix time).",
 }
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 import ssl
 import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from cryptography import x509
 
 if TYPE_CHECKING:
     import grpc
@@ -49,6 +51,8 @@ log = logging.getLogger("collector.tls")
 
 #: how often the files are looked at for a renewed certificate (a stat of each, nothing read)
 RELOAD_INTERVAL_S: Final = 30.0
+#: a certificate expiring sooner than this makes ``/healthz`` degraded (a renewal that did not happen)
+EXPIRY_WARNING_S: Final = 7 * 86400
 
 
 class TlsError(ValueError):
@@ -124,12 +128,14 @@ def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A pair (and client CA) checked whole: the context built from it, and its bytes for grpc."""
+    """A pair (and client CA) checked whole: the context built from it, its bytes for grpc, and
+    when the certificate expires (seconds since the epoch)."""
 
     context: ssl.SSLContext
     key: bytes
     cert: bytes
     client_ca: bytes | None
+    not_after: float
 
 
 class ServerTls:
@@ -166,12 +172,33 @@ class ServerTls:
             context.options |= ssl.OP_NO_TICKET
         if self._read() != before:
             raise TlsError(f"--tls-cert {files.cert}: the files changed while being read")
-        return _Loaded(context, key, cert, client_ca)
+        # the first certificate of the chain is the server's (the one load_cert_chain just took)
+        not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
+        return _Loaded(context, key, cert, client_ca, not_after)
 
     def _read(self) -> tuple[bytes, bytes, bytes | None]:
         files = self.files
         key, cert = _read(files.key, "--tls-key"), _read(files.cert, "--tls-cert")
         return key, cert, None if files.client_ca is None else _read(files.client_ca, "--tls-client-ca")
+
+    @property
+    def not_after(self) -> float:
+        """When the certificate serving now expires (seconds since the epoch): for an alert that
+        a renewal did not happen (``wft_tls_certificate_expiry_timestamp_seconds``)."""
+        return self._loaded.not_after
+
+    def expiry_check(self, now: float | None = None) -> tuple[bool, str | None]:
+        """(ok, why not): not ok once the certificate serving expires within ``EXPIRY_WARNING_S``."""
+        left = self.not_after - (time.time() if now is None else now)
+        if left > EXPIRY_WARNING_S:
+            return True, None
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.not_after))
+        if left <= 0:
+            return False, f"the certificate of --tls-cert {self.files.cert} expired at {when}: renew it"
+        return (
+            False,
+            f"the certificate of --tls-cert {self.files.cert} expires at {when} ({left / 86400:.1f} days): renew it",
+        )
 
     def _newest(self, connection: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
         """OpenSSL's callback early in each handshake: the newest good pair serves it."""

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
+from prometheus_client.parser import text_string_to_metric_families
 
 from collector.auth import COOKIE
 from collector.tls import TlsFiles
@@ -550,6 +551,24 @@ def test_a_client_cannot_resume_its_way_past_a_removed_client_ca(collector, pki,
     assert service.tls is not None and service.tls.reload_if_changed()
     with pytest.raises((OSError, http.client.HTTPException)):
         get(session)
+
+
+def test_the_certificates_expiry_is_a_metric_and_a_week_before_it_healthz_says_so(collector, pki):
+    """An alert that a renewal did not happen: ``wft_tls_certificate_expiry_timestamp_seconds`` on
+    /metrics, and /healthz degraded (still 200: the port serves) once it is a week away."""
+    service = collector(tls=pki.server, tls_reload_interval=3600)
+    not_after = x509.load_pem_x509_certificate(pki.cert.read_bytes()).not_valid_after_utc.timestamp()
+    status, _, text = request("GET", f"{service.url}/metrics", pki.ca)
+    samples = {s.name: s.value for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+    assert status == 200 and samples["wft_tls_certificate_expiry_timestamp_seconds"] == not_after
+    status, _, body = request("GET", f"{service.url}/healthz", pki.ca)
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "degraded"  # the test certificates live a day
+    assert answer["checks"]["tls"]["ok"] is False and "expires at" in answer["checks"]["tls"]["reason"]
+    assert service.tls is not None
+    assert service.tls.expiry_check(now=not_after - 30 * 86400) == (True, None)
+    ok, reason = service.tls.expiry_check(now=not_after + 1)
+    assert not ok and reason is not None and "expired at" in reason
 
 
 def test_the_watch_outlives_what_it_meets(collector, pki, caplog, monkeypatch):
