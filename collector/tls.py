@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import ssl
 import stat
@@ -126,6 +127,16 @@ def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+def _not_after(cert: bytes) -> float:
+    """When the first certificate of the chain (the server's, as ``load_cert_chain`` takes it)
+    expires; +inf for one that OpenSSL serves and ``cryptography``'s stricter parser refuses (an
+    old encoding): no expiry to tell then, rather than a service that does not start."""
+    try:
+        return x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
+    except ValueError:
+        return math.inf
+
+
 @dataclass(frozen=True)
 class _Loaded:
     """A pair (and client CA) checked whole: the context built from it, its bytes for grpc, and
@@ -172,9 +183,7 @@ class ServerTls:
             context.options |= ssl.OP_NO_TICKET
         if self._read() != before:
             raise TlsError(f"--tls-cert {files.cert}: the files changed while being read")
-        # the first certificate of the chain is the server's (the one load_cert_chain just took)
-        not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
-        return _Loaded(context, key, cert, client_ca, not_after)
+        return _Loaded(context, key, cert, client_ca, _not_after(cert))
 
     def _read(self) -> tuple[bytes, bytes, bytes | None]:
         files = self.files
