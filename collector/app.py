@@ -81,6 +81,14 @@ class Service:
         return f"{'http' if self.tls is None else 'https'}://{self.settings.host}:{self.port}"
 
     @property
+    def forwarders(self) -> dict[str, Forwarder]:
+        """Every forwarder there is, by its name in ``/healthz``: the traces', the Sentry relay's,
+        and one per ``--relay`` signal."""
+        named = {"forward": self.forwarder, "sentry_forward": self.sentry_forwarder}
+        named |= {f"forward_{signal}": forwarder for signal, forwarder in self.relay_forwarders.items()}
+        return {name: forwarder for name, forwarder in named.items() if forwarder is not None}
+
+    @property
     def port(self) -> int:
         """The bound port (the real one when the settings asked for 0), once started."""
         addresses = self.runner.addresses if self.runner is not None else []
@@ -274,10 +282,8 @@ def _upstream_forwarder(settings: Settings, url: str, spool: Path, metrics: Metr
         url,
         spool,
         metrics,
-        headers={
-            "Content-Type": "application/x-protobuf",  # the body's, whatever the flag says
-            **{name: value for name, value in settings.forward_headers.items() if name != "content-type"},
-        },
+        # the body's type first: it is what a batch spools (``parse_headers`` refuses another)
+        headers={"Content-Type": "application/x-protobuf", **settings.forward_headers},
         max_spool_bytes=settings.spool_max_bytes,
         hold_on_auth_failure=True,  # every batch carries the same --forward-headers
     )
@@ -303,11 +309,7 @@ def _probes(service: Service) -> list[Probe]:
     tailer = service.tailer
     if tailer is not None:
         probes.append(lambda: Check("world", tailer.failing is None, tailer.failing))
-    forwarders = [("forward", service.forwarder), ("sentry_forward", service.sentry_forwarder)]
-    forwarders += [(f"forward_{signal}", f) for signal, f in service.relay_forwarders.items()]
-    for name, forwarder in forwarders:
-        if forwarder is not None:
-            probes.append(_upstream_probe(name, forwarder))
+    probes += [_upstream_probe(name, forwarder) for name, forwarder in service.forwarders.items()]
     return probes
 
 
@@ -351,9 +353,8 @@ async def start(settings: Settings) -> Service:
         raise
     if service.tailer is not None:
         service.tasks.append(asyncio.create_task(service.tailer.run(service.stop_event)))
-    for forwarder in (service.forwarder, service.sentry_forwarder, *service.relay_forwarders.values()):
-        if forwarder is not None:
-            service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
+    for forwarder in service.forwarders.values():
+        service.tasks.append(asyncio.create_task(forwarder.run(service.stop_event)))
     if service.sampler is not None:
         service.tasks.append(asyncio.create_task(service.sampler.run(service.stop_event)))
     if service.tls is not None:

@@ -72,7 +72,11 @@ __all__ = [
     "Outcome",
     "admit",
     "answer_then_drain",
-    "counted_refusal",
+    "Accept",
+    "Answer",
+    "count_refusal",
+    "receive",
+    "traces_answer",
     "decode",
     "read_limited",
     "refusal",
@@ -156,13 +160,12 @@ def admit(request: web.Request, admission: Admission, *, route: str) -> Ticket:
     return admission.admit(key, request.content_length, route=route)
 
 
-def counted_refusal(refused: Refused, metrics: Metrics) -> web.Response:
-    """``refusal``, counted: a 503 as overloaded, anything else (413) as rejected."""
+def count_refusal(refused: Refused, metrics: Metrics) -> None:
+    """A request the budget refused, counted: a 503 as overloaded, anything else (413) as rejected."""
     if refused.status == 503:
         metrics.requests_overloaded += 1
     else:
         metrics.requests_rejected += 1
-    return refusal(refused)
 
 
 def refusal(refused: Refused) -> web.Response:
@@ -243,6 +246,66 @@ class Outcome:
     rejected: int = 0
 
 
+#: takes a request's body (decompressed) and its content type: what the client is answered
+#: (``Ingest.accept``, the relay's), whatever the transport
+Accept = Callable[[bytes, str], Awaitable[Outcome]]
+#: the body of the answer to a request taken (a 200), in its content type
+Answer = Callable[[Outcome, str], bytes]
+
+
+def traces_answer(outcome: Outcome, content_type: str) -> bytes:
+    """An ``ExportTraceServiceResponse``: ``partial_success`` when some spans were refused."""
+    return encode_response(content_type, outcome.rejected, outcome.message)
+
+
+async def receive(
+    request: web.Request,
+    accept: Accept,
+    answer: Answer,
+    *,
+    admission: Admission,
+    metrics: Metrics,
+    max_body: int,
+    route: str,
+) -> web.StreamResponse:
+    """One OTLP/HTTP request, whatever its signal: its content type checked, its size admitted by
+    the budget before its body is read (``route``: the budget's name for it), its body read within
+    ``max_body`` and decoded, taken by ``accept`` while the charge is held, and answered."""
+    content_type = request.content_type
+    if content_type not in (PROTOBUF, JSON):
+        metrics.requests_rejected += 1
+        unsupported = web.Response(
+            status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}"
+        )
+        unsupported.force_close()  # its body is not read
+        return unsupported
+    try:
+        ticket = admit(request, admission, route=route)
+    except Refused as refused:
+        count_refusal(refused, metrics)
+        return refusal(refused)
+    try:  # the charge is held until ``accept`` is done (the writer committed or refused the spans)
+        try:
+            _, body = await read_limited(request, max_body, ticket=ticket)
+        except BadData as error:
+            metrics.requests_rejected += 1
+            return web.Response(status=400, text=f"bad compressed body: {error}")
+        outcome = await accept(body, content_type)
+    except Refused as refused:  # a body without Content-Length outgrew the budget while read
+        count_refusal(refused, metrics)
+        return await answer_then_drain(request, refusal(refused), limit=max_body)
+    except TooLarge:
+        metrics.requests_rejected += 1
+        too_large = web.Response(status=413, text=f"request body over {max_body} bytes (before or after decompression)")
+        return await answer_then_drain(request, too_large, limit=max_body)
+    finally:
+        ticket.release()
+    if outcome.status != 200:
+        headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
+        return web.Response(status=outcome.status, headers=headers, text=outcome.message)
+    return web.Response(body=answer(outcome, content_type), content_type=content_type)
+
+
 class Ingest:
     def __init__(
         self,
@@ -288,46 +351,15 @@ class Ingest:
             self._decoder = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        content_type = request.content_type
-        if content_type not in (PROTOBUF, JSON):
-            self.metrics.requests_rejected += 1
-            unsupported = web.Response(
-                status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}"
-            )
-            unsupported.force_close()  # its body is not read
-            return unsupported
-        try:
-            ticket = admit(request, self.admission, route="otlp")
-        except Refused as refused:
-            return self._refused(refused)
-        try:  # the charge is held until the writer has committed (or refused) the spans
-            return await self._ingest(request, content_type, ticket)
-        except Refused as refused:  # a body without Content-Length outgrew the budget while read
-            return await answer_then_drain(request, self._refused(refused), limit=self.max_body)
-        except TooLarge:
-            self.metrics.requests_rejected += 1
-            too_large = web.Response(
-                status=413, text=f"request body over {self.max_body} bytes (before or after decompression)"
-            )
-            return await answer_then_drain(request, too_large, limit=self.max_body)
-        finally:
-            ticket.release()
-
-    def _refused(self, refused: Refused) -> web.Response:
-        return counted_refusal(refused, self.metrics)
-
-    async def _ingest(self, request: web.Request, content_type: str, ticket: Ticket) -> web.Response:
-        try:
-            _, body = await read_limited(request, self.max_body, ticket=ticket)
-        except BadData as error:
-            self.metrics.requests_rejected += 1
-            return web.Response(status=400, text=f"bad compressed body: {error}")
-        outcome = await self.accept(body, content_type)
-        if outcome.status != 200:
-            headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
-            return web.Response(status=outcome.status, headers=headers, text=outcome.message)
-        answer = encode_response(content_type, outcome.rejected, outcome.message)
-        return web.Response(body=answer, content_type=content_type)
+        return await receive(
+            request,
+            self.accept,
+            traces_answer,
+            admission=self.admission,
+            metrics=self.metrics,
+            max_body=self.max_body,
+            route="otlp",
+        )
 
     async def accept(self, body: bytes, content_type: str) -> Outcome:
         """Decode a request's body (protobuf or JSON), have the writer commit its spans, forward

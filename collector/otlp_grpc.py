@@ -50,10 +50,10 @@ from telemetry.export_grpc import RETRY_INFO_KEY, TRACE_SERVICE
 
 from .admission import Admission, Refused, client_key
 from .auth import bearer_ok
-from .ingest import Ingest, Outcome
+from .ingest import Accept, Answer, Ingest, count_refusal, traces_answer
 from .metrics import Metrics
-from .otlp import PROTOBUF, encode_response
-from .otlp_relay import OtlpRelay, Signal
+from .otlp import PROTOBUF
+from .otlp_relay import OtlpRelay, relayed_answer
 
 __all__ = ["MAX_CONCURRENT_RPCS", "max_message_bytes", "start_grpc"]
 
@@ -79,18 +79,14 @@ def _peer_address(peer: str) -> str:
     return address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else address
 
 
-#: takes one request's bytes (as ``Ingest.accept`` takes a protobuf body): what to answer
-Accept = Callable[[bytes], Awaitable[Outcome]]
-
-
 class _Export:
-    """An ``Export`` handler: admit, accept, answer (``answer``: the response's bytes from an
-    outcome taken). ``route``: the budget's name for what it reads."""
+    """An ``Export`` handler: admit, accept, answer, as OTLP/HTTP's ``receive`` does with the same
+    ``accept`` and ``answer`` (the message is a protobuf body). ``route``: the budget's name for it."""
 
     def __init__(
         self,
         accept: Accept,
-        answer: Callable[[Outcome], bytes],
+        answer: Answer,
         admission: Admission,
         metrics: Metrics,
         token: str | None,
@@ -111,19 +107,16 @@ class _Export:
         try:
             ticket = self.admission.admit(key, len(body), route=self.route)
         except Refused as refused:
-            if refused.status == 503:
-                self.metrics.requests_overloaded += 1
-            else:
-                self.metrics.requests_rejected += 1
+            count_refusal(refused, self.metrics)
             await _refuse(context, refused.status, refused.reason, refused.retry_after)
         try:
             ticket.read(len(body))
-            outcome = await self.accept(body)
+            outcome = await self.accept(body, PROTOBUF)
         finally:
             ticket.release()
         if outcome.status != 200:
             await _refuse(context, outcome.status, outcome.message, outcome.retry_after)
-        return self.answer(outcome)
+        return self.answer(outcome, PROTOBUF)
 
 
 async def _refuse(
@@ -154,33 +147,15 @@ def _handlers(ingest: Ingest, relay: OtlpRelay | None, admission: Admission, tok
     """Traces into ``ingest``; metrics and logs to ``relay`` when there is one (else grpc answers
     UNIMPLEMENTED for them, as a receiver without the signal does)."""
 
-    async def traces(body: bytes) -> Outcome:
-        return await ingest.accept(body, PROTOBUF)
-
-    def traces_answer(outcome: Outcome) -> bytes:
-        return encode_response(PROTOBUF, outcome.rejected, outcome.message)
-
     # a coroutine function (grpc.aio tells by ``inspect``), not an object with an async ``__call__``
-    export = _Export(traces, traces_answer, admission, ingest.metrics, token, "otlp-grpc").export
+    export = _Export(ingest.accept, traces_answer, admission, ingest.metrics, token, "otlp-grpc").export
     handlers = [_handler(TRACE_SERVICE, export)]
     if relay is not None:
         for signal in relay.signals:
-            relayed = _Export(
-                _relaying(relay, signal), _empty, admission, ingest.metrics, token, f"otlp-grpc-{signal.name}"
-            )
+            route = f"otlp-grpc-{signal.name}"
+            relayed = _Export(relay.acceptor(signal), relayed_answer, admission, ingest.metrics, token, route)
             handlers.append(_handler(signal.service, relayed.export))
     return handlers
-
-
-def _relaying(relay: OtlpRelay, signal: Signal) -> Accept:
-    async def accept(body: bytes) -> Outcome:
-        return await relay.accept(signal, body, PROTOBUF)
-
-    return accept
-
-
-def _empty(_outcome: Outcome) -> bytes:
-    return b""  # an Export…ServiceResponse with nothing to say
 
 
 async def start_grpc(

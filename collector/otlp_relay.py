@@ -30,13 +30,12 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from .admission import Admission, Refused
-from .content_coding import BadData, TooLarge
-from .ingest import Outcome, admit, answer_then_drain, counted_refusal, read_limited
+from .admission import Admission
+from .ingest import Accept, Outcome, receive
 from .metrics import Metrics
 from .otlp import JSON, PROTOBUF
 
-__all__ = ["RELAYABLE", "SIGNALS", "OtlpRelay", "Signal", "Spool"]
+__all__ = ["RELAYABLE", "SIGNALS", "OtlpRelay", "Signal", "Spool", "relayed_answer"]
 
 
 @dataclass(frozen=True)
@@ -81,46 +80,28 @@ class OtlpRelay:
         return [web.post(signal.path, self._handler(signal)) for signal in self.signals]
 
     def _handler(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        accept = self.acceptor(signal)
+
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, signal)
+            return await receive(
+                request,
+                accept,
+                relayed_answer,
+                admission=self.admission,
+                metrics=self.metrics,
+                max_body=self.max_body,
+                route=f"otlp-{signal.name}",
+            )
 
         return handle
 
-    async def handle(self, request: web.Request, signal: Signal) -> web.StreamResponse:
-        content_type = request.content_type
-        if content_type not in (PROTOBUF, JSON):
-            self.metrics.requests_rejected += 1
-            unsupported = web.Response(
-                status=415, text=f"unsupported Content-Type {content_type!r}: use {PROTOBUF} or {JSON}"
-            )
-            unsupported.force_close()
-            return unsupported
-        try:
-            ticket = admit(request, self.admission, route=f"otlp-{signal.name}")
-        except Refused as refused:
-            return self._refused(refused)
-        try:
-            try:
-                _, body = await read_limited(request, self.max_body, ticket=ticket)
-            except Refused as refused:
-                return await answer_then_drain(request, self._refused(refused), limit=self.max_body)
-            except TooLarge:
-                self.metrics.requests_rejected += 1
-                too_large = web.Response(status=413, text=f"request body over {self.max_body} bytes")
-                return await answer_then_drain(request, too_large, limit=self.max_body)
-            except BadData as error:
-                self.metrics.requests_rejected += 1
-                return web.Response(status=400, text=f"bad compressed body: {error}")
-            outcome = await self.accept(signal, body, content_type)
-        finally:
-            ticket.release()
-        if outcome.status != 200:
-            headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
-            return web.Response(status=outcome.status, headers=headers, text=outcome.message)
-        return web.Response(body=_ANSWERS[content_type], content_type=content_type)
+    def acceptor(self, signal: Signal) -> Accept:
+        """``accept`` for ``signal``'s requests alone (what a transport's handler of it calls)."""
 
-    def _refused(self, refused: Refused) -> web.Response:
-        return counted_refusal(refused, self.metrics)
+        async def accept(body: bytes, content_type: str) -> Outcome:
+            return await self.accept(signal, body, content_type)
+
+        return accept
 
     async def accept(self, signal: Signal, body: bytes, content_type: str) -> Outcome:
         """Check ``body`` is ``signal``'s request and spool it for upstream: 200 once spooled, 400
@@ -136,6 +117,11 @@ class OtlpRelay:
             return Outcome(503, f"the forward spool cannot be written ({error.strerror or error})", "5")
         self.relayed[signal.name] += 1
         return Outcome(200)
+
+
+def relayed_answer(_outcome: Outcome, content_type: str) -> bytes:
+    """The answer to a request spooled: an ``Export…ServiceResponse`` with nothing to say."""
+    return _ANSWERS[content_type]
 
 
 def _problem(signal: Signal, body: bytes, content_type: str) -> str | None:

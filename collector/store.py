@@ -560,7 +560,6 @@ class Store:
             [(run_id or "", rule, message, now) for run_id, rule, message in drops],
         )
 
-    # ---- retention (writer thread) ---------------------------------------------------------
     @staticmethod
     def probe(conn: sqlite3.Connection) -> None:
         """A committed write that changes nothing: whether the store takes writes again after a
@@ -577,6 +576,7 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
 
+    # ---- retention (writer thread) ---------------------------------------------------------
     def used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])

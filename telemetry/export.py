@@ -25,7 +25,7 @@ import os
 import random
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -49,6 +49,7 @@ __all__ = [
     "Sink",
     "configured_headers",
     "gzip_body",
+    "packer",
     "open_sink",
     "otlp_env",
     "otlp_protocol",
@@ -105,6 +106,16 @@ def run_resource(world: str | None = None) -> Resource:
 def gzip_body(body: bytes) -> bytes:
     """A request body as ``OtlpSink.post(..., gzipped=True)`` takes it (workers compress their own)."""
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def packer(gzip_bodies: bool) -> Callable[[bytes], bytes]:
+    """How a worker process hands its request bodies to a sink whose ``Sink.gzip_bodies`` is
+    ``gzip_bodies``: gzipped (``gzip_body``), or as they are."""
+    return gzip_body if gzip_bodies else _as_is
+
+
+def _as_is(body: bytes) -> bytes:
+    return body
 
 
 def otlp_env(name: str) -> str | None:

@@ -876,7 +876,7 @@ class _CatchUpWorker:
         gzip_bodies: bool,
     ) -> None:
         from .backends import open_backend
-        from .export import gzip_body
+        from .export import packer
 
         self.world: Any = open_backend(config)
         for name, value in settings.items():
@@ -886,7 +886,7 @@ class _CatchUpWorker:
         self.encoder = OtlpEncoder(self.resource)
         self.include_payloads = include_payloads
         self.batch_spans = batch_spans
-        self.pack = gzip_body if gzip_bodies else bytes
+        self.pack = packer(gzip_bodies)
         self.loop = asyncio.new_event_loop()
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ from ..backends.local import LocalWorld
 from ..backends.local_layout import FlatSnapshot, event_ids
 from ..backends.records import UnreadableRun
 from ..errors import UnreadableEventsError, WorkflowWorldError
-from ..export import ExportError, Sink, gzip_body
+from ..export import ExportError, Sink, packer
 from ..otlp_encode import OtlpEncoder, RunBatcher, split_by_run
 from ..reading import all_runs, empty_log, event_log, run_logs, run_records, stalled_runs
 from ..runtrace import RunTraceBuilder
@@ -229,9 +229,8 @@ async def known_logs(
 class _Answer:
     """A worker's answer for one chunk of runs."""
 
-    bodies: list[tuple[bytes, int, list[str]]] = field(
-        default_factory=list
-    )  # requests (gzipped per the sink), spans, run ids
+    #: requests (gzipped if the sink takes them so), spans, run ids
+    bodies: list[tuple[bytes, int, list[str]]] = field(default_factory=list)
     done: list[tuple[str, int, int]] = field(default_factory=list)  # run id, spans, events
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # run id, path, reason
     notes: list[str] = field(default_factory=list)  # lines for stderr
@@ -257,7 +256,7 @@ class _Worker:
         self.encoder = OtlpEncoder(self.resource)
         self.include_payloads = include_payloads
         self.batch_size = batch_size
-        self.pack = gzip_body if gzip_bodies else bytes  # as the parent's sink takes them (``Sink.gzip_bodies``)
+        self.pack = packer(gzip_bodies)  # as the parent's sink takes them (``Sink.gzip_bodies``)
         self.loop = asyncio.new_event_loop()
 
     def warm_up(self) -> None:
